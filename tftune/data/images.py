@@ -1,0 +1,212 @@
+"""Image sources: a folder of class subfolders, and Fashion-MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tftune.config import DataConfig
+from tftune.data.splits import DataSplits, class_index, stratified_split, subsample
+from tftune.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLIT_DIRS = ("train", "val", "test")
+
+
+def _list_class_folder(root: Path) -> tuple[list[str], list[str]]:
+    """(paths, label strings) of the images in `root/<class>/*`; empty classes are errors."""
+    if not root.is_dir():
+        raise DataError(f"Image folder not found: {root}. Set data.path to a folder of class folders.")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"No class folders in {root}. Expected {root}/<class name>/<image files>."
+        )
+    paths, labels = [], []
+    for d in class_dirs:
+        files = sorted(
+            str(f) for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise DataError(
+                f"Class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                f"Add images or remove the folder."
+            )
+        paths += files
+        labels += [d.name] * len(files)
+    return paths, labels
+
+
+def _check_images(paths: list[str]) -> None:
+    """Raises DataError naming every file that cannot be decoded as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            bad.append(p)
+    if bad:
+        shown = ", ".join(bad[:3])
+        raise DataError(
+            f"{len(bad)} image file(s) cannot be decoded: {shown}{' ...' if len(bad) > 3 else ''}. "
+            f"Remove or replace them."
+        )
+
+
+def _decode_fn(image_size: tuple[int, int]):
+    import tensorflow as tf
+
+    def decode(path, label):
+        data = tf.io.read_file(path)
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), image_size)
+        image.set_shape((*image_size, 3))
+        return image, label
+
+    return decode
+
+
+def _paths_dataset(paths, labels, image_size):
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels.astype(np.int32)))
+    return ds.map(_decode_fn(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
+    """Images in `path/<class>/*` (seeded stratified split) or `path/{train,val,test}/<class>/*`."""
+    from tftune.assets import resolve
+
+    if not cfg.path:
+        raise DataError("data.path is not set. Point it at a folder of class folders.")
+    root = Path(resolve(cfg.path)).expanduser()
+    if not root.is_dir():
+        raise DataError(f"Image folder not found: {root}. Set data.path to an existing folder.")
+    has_splits = (root / "train").is_dir()
+    if has_splits:
+        found = {s: _list_class_folder(root / s) for s in SPLIT_DIRS if (root / s).is_dir()}
+        names, train_labels, keep = class_index(
+            found["train"][1], cfg.classes, cfg.skip_unlisted_labels, f"{root / 'train'}"
+        )
+        split_paths = {}
+        split_labels = {}
+        for s, (paths, raw) in found.items():
+            _, lab, kp = class_index(raw, names, cfg.skip_unlisted_labels, f"{root / s}")
+            split_paths[s] = [p for p, k in zip(paths, kp) if k]
+            split_labels[s] = lab[kp]
+        if "val" not in split_paths:
+            val_idx, train_idx = stratified_split(split_labels["train"], [cfg.val_fraction], seed)
+            tp, tl = split_paths["train"], split_labels["train"]
+            split_paths["val"] = [tp[i] for i in val_idx]
+            split_labels["val"] = tl[val_idx]
+            split_paths["train"] = [tp[i] for i in train_idx]
+            split_labels["train"] = tl[train_idx]
+    else:
+        paths, raw = _list_class_folder(root)
+        names, labels, keep = class_index(raw, cfg.classes, cfg.skip_unlisted_labels, str(root))
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels = labels[keep]
+        test_idx, val_idx, train_idx = stratified_split(
+            labels, [cfg.test_fraction, cfg.val_fraction], seed
+        )
+        split_paths = {s: [paths[i] for i in ix] for s, ix in
+                       (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+        split_labels = {"train": labels[train_idx], "val": labels[val_idx], "test": labels[test_idx]}
+    for s, limit in (("train", cfg.max_train_examples), ("test", cfg.max_test_examples)):
+        if s in split_paths:
+            idx = subsample(split_labels[s], limit, seed)
+            split_paths[s] = [split_paths[s][i] for i in idx]
+            split_labels[s] = split_labels[s][idx]
+    if len(split_paths["val"]) == 0:
+        raise DataError(
+            f"The validation split of {root} is empty. Add images or raise data.val_fraction."
+        )
+    _check_images([p for s in split_paths.values() for p in s])
+    datasets = {
+        s: _paths_dataset(split_paths[s], split_labels[s], tuple(cfg.image_size))
+        for s in split_paths
+        if len(split_paths[s])
+    }
+    return DataSplits(
+        train=datasets["train"],
+        val=datasets["val"],
+        test=datasets.get("test"),
+        class_names=names,
+        modality="image",
+        sizes={s: len(p) for s, p in split_paths.items()},
+    )
+
+
+FASHION_MNIST_CLASSES = [
+    "t-shirt_top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Reads a gzipped IDX file (the MNIST array format: magic, dims, big-endian uint8 data)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist_arrays() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((x_train, y_train), (x_test, y_test)) from the offline asset, else `keras.datasets`."""
+    from tftune.assets import asset_path
+    from tftune.errors import AssetError
+
+    try:
+        root = asset_path("fashion-mnist")
+    except AssetError as offline_error:
+        if os.environ.get("TFTUNE_ALLOW_DOWNLOAD") == "1":
+            import keras
+
+            return keras.datasets.fashion_mnist.load_data()
+        raise DataError(
+            f"{offline_error} (or set TFTUNE_ALLOW_DOWNLOAD=1 on a machine with network to "
+            f"download it through keras.datasets)."
+        ) from None
+    return (
+        (_read_idx(root / "train-images-idx3-ubyte.gz"), _read_idx(root / "train-labels-idx1-ubyte.gz")),
+        (_read_idx(root / "t10k-images-idx3-ubyte.gz"), _read_idx(root / "t10k-labels-idx1-ubyte.gz")),
+    )
+
+
+def _array_dataset(x: np.ndarray, y: np.ndarray, image_size):
+    """Grayscale uint8 arrays -> (float32 [H, W, 3] in 0..255, label), resized in the pipeline."""
+    import tensorflow as tf
+
+    def prepare(image, label):
+        image = tf.cast(image[..., None], tf.float32)
+        image = tf.image.resize(image, image_size)
+        image = tf.repeat(image, 3, axis=-1)
+        image.set_shape((*image_size, 3))
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_fashion_mnist(cfg: DataConfig, seed: int) -> DataSplits:
+    """Fashion-MNIST: the official 60k/10k split; validation drawn from the training part."""
+    (x_train, y_train), (x_test, y_test) = fashion_mnist_arrays()
+    val_idx, train_idx = stratified_split(y_train, [cfg.val_fraction], seed)
+    train_idx = train_idx[subsample(y_train[train_idx], cfg.max_train_examples, seed)]
+    test_idx = subsample(y_test, cfg.max_test_examples, seed)
+    size = tuple(cfg.image_size)
+    return DataSplits(
+        train=_array_dataset(x_train[train_idx], y_train[train_idx], size),
+        val=_array_dataset(x_train[val_idx], y_train[val_idx], size),
+        test=_array_dataset(x_test[test_idx], y_test[test_idx], size),
+        class_names=list(FASHION_MNIST_CLASSES),
+        modality="image",
+        sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+    )

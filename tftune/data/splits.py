@@ -1,0 +1,144 @@
+"""Train / validation / test splits of raw examples, as plain `tf.data.Dataset`s."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+
+from tftune.errors import DataError
+
+
+@dataclasses.dataclass
+class DataSplits:
+    """The data a recipe trains on.
+
+    Each split is an unbatched `tf.data.Dataset` of `(raw_input, label)` pairs: an image as a
+    float32 `[height, width, 3]` tensor in 0..255, or a text as a scalar string; the label is
+    an int32 class index into `class_names`. `test` may be None.
+    """
+
+    train: "tf.data.Dataset"  # noqa: F821
+    val: "tf.data.Dataset"  # noqa: F821
+    test: Optional["tf.data.Dataset"]  # noqa: F821
+    class_names: list[str]
+    modality: Literal["image", "text"]
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_datasets(
+        cls,
+        train,
+        val,
+        test=None,
+        *,
+        class_names: Sequence[str],
+        modality: Literal["image", "text"],
+    ) -> "DataSplits":
+        """Wraps a user's own unbatched `(input, label)` datasets (the `python` data source)."""
+        for name, ds in (("train", train), ("val", val)):
+            if ds is None:
+                raise DataError(f"The {name} dataset is missing. Pass a tf.data.Dataset.")
+        sizes = {}
+        for name, ds in (("train", train), ("val", val), ("test", test)):
+            if ds is None:
+                continue
+            if len(ds.element_spec) != 2:
+                raise DataError(
+                    f"The {name} dataset must yield (input, label) pairs. "
+                    f"Received element_spec={ds.element_spec}"
+                )
+            if ds.element_spec[0].shape.rank not in (0, 3) or (
+                ds.element_spec[0].shape.rank == 3 and modality != "image"
+            ):
+                raise DataError(
+                    f"The {name} dataset must be unbatched: one image [H, W, 3] or one string "
+                    f"per element. Received element_spec={ds.element_spec}. Call .unbatch() first."
+                )
+            card = int(ds.cardinality())
+            if card >= 0:
+                sizes[name] = card
+        return cls(train, val, test, list(class_names), modality, sizes)
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Splits example indices per class: one index array per fraction, plus the rest last.
+
+    Every class contributes `round(n_class * fraction)` examples to each split (at least one
+    when the class has enough examples), so small classes are never left out of evaluation.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        start = 0
+        for k, frac in enumerate(fractions):
+            n = int(round(len(idx) * frac))
+            if frac > 0 and n == 0 and len(idx) - start > 1:
+                n = 1
+            parts[k].append(idx[start : start + n])
+            start += n
+        parts[-1].append(idx[start:])
+    out = []
+    for chunks in parts:
+        merged = np.concatenate(chunks) if chunks else np.array([], dtype=np.int64)
+        rng.shuffle(merged)
+        out.append(merged)
+    return out
+
+
+def subsample(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
+    """Indices of at most `limit` examples, keeping the class proportions (stratified)."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    keep, _ = stratified_split(labels, [limit / len(labels)], seed)
+    return np.sort(keep[:limit])
+
+
+def class_index(
+    raw_labels: Sequence[str],
+    classes: Optional[Sequence[str]],
+    skip_unlisted: bool,
+    what: str,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Maps label strings to class indices.
+
+    Returns (class_names, labels, keep) where `keep` selects the examples kept. Labels not in
+    `classes` are an error naming them, unless `skip_unlisted` drops them.
+    """
+    raw = np.asarray([str(x) for x in raw_labels], dtype=object)
+    if classes:
+        names = [str(c) for c in classes]
+        if len(set(names)) != len(names):
+            raise DataError(f"data.classes lists a class twice: {names}")
+        known = set(names)
+        unknown = sorted({x for x in raw if x not in known})
+        keep = np.array([x in known for x in raw], dtype=bool)
+        if unknown and not skip_unlisted:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            raise DataError(
+                f"{what} has labels that are not in data.classes: {shown}"
+                f"{' ...' if len(unknown) > 5 else ''}. Add them to data.classes, or set "
+                f"data.skip_unlisted_labels: true to drop those rows."
+            )
+        present = set(raw[keep])
+        empty = [n for n in names if n not in present]
+        if empty:
+            raise DataError(
+                f"{what} has no examples of class {empty[0]!r}. Remove it from data.classes "
+                f"or add examples of it."
+            )
+    else:
+        names = sorted(set(raw))
+        keep = np.ones(len(raw), dtype=bool)
+    if len(names) < 2:
+        raise DataError(
+            f"{what} has {len(names)} class(es): {names}. A classifier needs at least two."
+        )
+    lookup = {n: i for i, n in enumerate(names)}
+    labels = np.array([lookup.get(x, -1) for x in raw], dtype=np.int32)
+    return names, labels, keep

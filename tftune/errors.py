@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every problem a user can fix (bad config, missing data, a backbone that needs the network, ...)
+raises `TftuneError` with a message that names the problem and the fix. The CLI prints the
+message on one line and exits with code 2; Python users get an ordinary exception.
+"""
+
+
+class TftuneError(Exception):
+    """A problem with the user's input, config, data or environment, with a fix in its message."""
+
+
+class ConfigError(TftuneError, ValueError):
+    """The recipe file or an override is invalid."""
+
+
+class DataError(TftuneError, ValueError):
+    """The data cannot be read or is not usable as given."""
+
+
+class BackboneError(TftuneError, ValueError):
+    """The backbone spec cannot be resolved or loaded."""
+
+
+class AssetError(TftuneError):
+    """A bundled offline asset is missing, corrupt, or cannot be fetched."""

@@ -1,0 +1,222 @@
+"""Stages: which layer groups train, for how long, how fast; freezing happens only between
+stages, with a fresh optimizer and a recompile each time."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Callable, Optional, Sequence
+
+import keras
+
+from tftune.backbones import LayerGroup
+from tftune.config import StageConfig
+from tftune.errors import ConfigError
+
+BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
+
+
+def selected_groups(train, groups: Sequence[LayerGroup], where: str = "train") -> list[int]:
+    """Indices of the groups a stage trains: `head` -> [], `top:N`, `all`, or names."""
+    names = [g.name for g in groups]
+    if isinstance(train, str):
+        if train == "head":
+            return []
+        if train == "all":
+            return list(range(len(groups)))
+        if train.startswith("top:"):
+            n = train[4:]
+            if not n.isdigit() or int(n) < 1:
+                raise ConfigError(
+                    f"Invalid value for '{where}': {train!r}. Expected top:N with N >= 1."
+                )
+            if int(n) > len(groups):
+                raise ConfigError(
+                    f"Invalid value for '{where}': {train!r}, but the backbone has only "
+                    f"{len(groups)} layer groups ({', '.join(names)}). Use all or top:{len(groups)}."
+                )
+            return list(range(len(groups) - int(n), len(groups)))
+        train = (train,)
+    out = []
+    for name in train:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"Invalid value for '{where}': unknown layer group {name!r}.{hint} Expected "
+                f"'head', 'top:N', 'all' or group names: {', '.join(names)}."
+            )
+        out.append(names.index(name))
+    return sorted(set(out))
+
+
+def _all_layers(layer):
+    """A layer and its sublayers, depth first."""
+    yield layer
+    for sub in getattr(layer, "_layers", []) or []:
+        yield from _all_layers(sub)
+
+
+def set_trainable(
+    backbone_model,
+    groups: Sequence[LayerGroup],
+    train_indices: Sequence[int],
+    head: Sequence,
+    train_bn: bool = False,
+    always_frozen: Sequence = (),
+) -> None:
+    """Freezes the backbone except the selected groups; the head always trains.
+
+    Frozen BatchNormalization layers run in inference mode (Keras 3 semantics of
+    `trainable=False`); with `train_bn=False` every BatchNormalization layer stays frozen,
+    even inside trained groups, as the Keras fine-tuning guide advises.
+    """
+    backbone_model.trainable = True
+    for layer in backbone_model.layers:
+        layer.trainable = False
+    for i in train_indices:
+        for layer in groups[i].layers:
+            layer.trainable = True
+    if not train_bn:
+        for layer in _all_layers(backbone_model):
+            if type(layer).__name__ in BN_CLASSES:
+                layer.trainable = False
+    for layer in always_frozen:
+        layer.trainable = False
+    for layer in head:
+        layer.trainable = True
+
+
+def unused_layers(model, backbone_model, sample_inputs) -> list:
+    """Backbone layers whose weights get no gradient from the classifier's output.
+
+    (E.g. BERT's pooler when the head mean-pools tokens.) They stay frozen so optimizers do
+    not carry state for them and Keras does not warn about missing gradients.
+    """
+    import tensorflow as tf
+
+    backbone_model.trainable = True
+    with tf.GradientTape() as tape:
+        out = model(sample_inputs, training=False)
+        loss = tf.reduce_sum(out)
+    layers = [l for l in backbone_model.layers if l.trainable_weights]
+    variables = [v for l in layers for v in l.trainable_weights]
+    grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+    unused = []
+    k = 0
+    for layer in layers:
+        n = len(layer.trainable_weights)
+        if all(g is None for g in grads[k : k + n]):
+            unused.append(layer)
+        k += n
+    return unused
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What one stage did."""
+
+    name: str
+    epochs_run: int
+    best_epoch: int
+    best_value: Optional[float]
+    monitor: str
+    trainable_params: int
+    seconds: float
+
+
+def count_trainable(model) -> int:
+    import numpy as np
+
+    return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+def stage_banner(index: int, total: int, stage: StageConfig, groups, train_indices, model) -> str:
+    trained = "head only" if not train_indices else ", ".join(groups[i].name for i in train_indices)
+    if len(train_indices) > 4:
+        trained = f"{groups[train_indices[0]].name} .. {groups[train_indices[-1]].name} (+ head)"
+    elif train_indices:
+        trained += " + head"
+    return (
+        f"== Stage {index + 1}/{total}: {stage.name} | trains: {trained} | "
+        f"{count_trainable(model):,} trainable params | {stage.epochs} epoch(s), "
+        f"lr {stage.learning_rate:g} ({stage.optimizer}, {stage.schedule}"
+        f"{', warmup ' + format(stage.warmup, 'g') if stage.warmup else ''}) =="
+    )
+
+
+def run_stage(
+    model,
+    stage: StageConfig,
+    index: int,
+    train_ds,
+    val_ds,
+    steps_per_epoch: int,
+    callbacks: list,
+    jit_compile,
+    verbose: int,
+) -> StageResult:
+    """Compiles `model` with a fresh optimizer and fits one stage; the best epoch is restored."""
+    import time
+
+    from tftune.optim import build_optimizer
+
+    model.compile(
+        optimizer=build_optimizer(stage, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    es = stage.early_stopping
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=es.monitor,
+        patience=es.patience,
+        min_delta=es.min_delta,
+        restore_best_weights=True,
+        verbose=0,
+    )
+    start = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=stage.epochs,
+        steps_per_epoch=stage.steps_per_epoch,
+        callbacks=[stopper, *callbacks],
+        verbose=verbose,
+    )
+    values = history.history.get(es.monitor)
+    if values is None:
+        available = ", ".join(sorted(history.history))
+        raise ConfigError(
+            f"Early stopping monitors {es.monitor!r}, which training does not report. "
+            f"Expected one of: {available}. Received: stages.{index}.early_stopping.monitor="
+            f"{es.monitor!r}"
+        )
+    return StageResult(
+        name=stage.name,
+        epochs_run=len(values),
+        best_epoch=stopper.best_epoch + 1,
+        best_value=float(stopper.best) if stopper.best is not None else None,
+        monitor=es.monitor,
+        trainable_params=count_trainable(model),
+        seconds=round(time.perf_counter() - start, 1),
+    )
+
+
+def better(monitor: str, a: float, b: Optional[float]) -> bool:
+    """Whether metric value `a` beats `b` for `monitor` (losses and errors go down)."""
+    if b is None:
+        return True
+    lower = "loss" in monitor or "error" in monitor
+    return a < b if lower else a > b
+
+
+__all__ = [
+    "StageResult",
+    "better",
+    "run_stage",
+    "selected_groups",
+    "set_trainable",
+    "stage_banner",
+    "unused_layers",
+]

@@ -120,7 +120,7 @@ class TrainConfig:
     batch_size: int = 32
     seed: int = 42
     jit_compile: Literal["auto", "on", "off"] = "auto"
-    mixed_precision: Literal["off", "bfloat16", "float16"] = "off"
+    mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "off"
     verbose: Literal["auto", "bar", "epoch", "quiet"] = "auto"
 
 

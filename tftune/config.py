@@ -175,6 +175,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             f"Invalid value for '{where}'. Expected {_type_name(tp)}. Received: {value!r}"
         )
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if isinstance(value, str) and value.lower() in [str(a).lower() for a in args]:
             return value.lower()
         suggestion = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
@@ -338,13 +340,14 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def config_from_dict(data: dict, overrides: list[str] = ()) -> RecipeConfig:
-    """Validates a recipe mapping (plus overrides) on top of its recipe's defaults."""
-    data = apply_overrides(data or {}, list(overrides))
-    recipe = data.get("recipe", RecipeConfig.recipe)
-    recipe = _coerce(recipe, typing.get_type_hints(RecipeConfig)["recipe"], "recipe")
-    # Validate the user's keys first so typos are reported against what they wrote.
+    """Validates a recipe mapping on top of its recipe's defaults, then applies overrides."""
+    data = data or {}
+    # Validate the user's own keys first so typos are reported against what they wrote.
     from_dict(RecipeConfig, data)
-    return from_dict(RecipeConfig, _merge(_recipe_defaults(recipe), data))
+    recipe = apply_overrides(data, list(overrides)).get("recipe", RecipeConfig.recipe)
+    recipe = _coerce(recipe, typing.get_type_hints(RecipeConfig)["recipe"], "recipe")
+    merged = apply_overrides(_merge(_recipe_defaults(recipe), data), list(overrides))
+    return from_dict(RecipeConfig, merged)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:

@@ -83,3 +83,16 @@ def save_model(model, run: Path) -> Path:
     path = run / MODEL_FILE
     atomic_write(path, lambda p: model.save(str(p)))
     return path
+
+
+def save_preprocessor(preprocessor, backbone_model, run: Path) -> Path:
+    """Saves the KerasHub text preprocessor as a preset folder that loads on its own with
+    `TextClassifierPreprocessor.from_preset(run / "preprocessor")`: KerasHub finds the model
+    family through the backbone's `config.json`, written here without weights."""
+    import keras
+
+    path = run / PREPROCESSOR_DIR
+    preprocessor.save_to_preset(str(path))
+    config = keras.saving.serialize_keras_object(backbone_model)
+    write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
+    return path

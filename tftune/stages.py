@@ -50,6 +50,20 @@ def selected_groups(train, groups: Sequence[LayerGroup], where: str = "train") -
     return sorted(set(out))
 
 
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def check_monitor(monitor: str, where: str) -> None:
+    """Raises ConfigError unless `monitor` is a metric that training reports."""
+    if monitor not in METRICS:
+        close = difflib.get_close_matches(monitor, METRICS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"Invalid value for '{where}': {monitor!r} is not reported by training.{hint} "
+            f"Expected one of: {', '.join(METRICS)}."
+        )
+
+
 def _all_layers(layer):
     """A layer and its sublayers, depth first."""
     yield layer
@@ -112,6 +126,18 @@ def unused_layers(model, backbone_model, sample_inputs) -> list:
     return unused
 
 
+def prune_groups(groups: Sequence[LayerGroup], unused: Sequence) -> list[LayerGroup]:
+    """Groups without the unused layers; groups left empty are dropped (so `top:1` on BERT
+    means the last transformer block, not the pooler that a mean-pooling head never uses)."""
+    drop = {id(l) for l in unused}
+    out = []
+    for g in groups:
+        kept = [l for l in g.layers if id(l) not in drop]
+        if kept:
+            out.append(LayerGroup(g.name, kept))
+    return out
+
+
 @dataclasses.dataclass
 class StageResult:
     """What one stage did."""
@@ -161,8 +187,9 @@ def run_stage(
 
     from tftune.optim import build_optimizer
 
+    check_monitor(stage.early_stopping.monitor, f"stages.{index}.early_stopping.monitor")
     model.compile(
-        optimizer=build_optimizer(stage, steps_per_epoch),
+        optimizer=build_optimizer(stage, stage.steps_per_epoch or steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -184,14 +211,7 @@ def run_stage(
         callbacks=[stopper, *callbacks],
         verbose=verbose,
     )
-    values = history.history.get(es.monitor)
-    if values is None:
-        available = ", ".join(sorted(history.history))
-        raise ConfigError(
-            f"Early stopping monitors {es.monitor!r}, which training does not report. "
-            f"Expected one of: {available}. Received: stages.{index}.early_stopping.monitor="
-            f"{es.monitor!r}"
-        )
+    values = history.history[es.monitor]
     return StageResult(
         name=stage.name,
         epochs_run=len(values),
@@ -214,6 +234,8 @@ def better(monitor: str, a: float, b: Optional[float]) -> bool:
 __all__ = [
     "StageResult",
     "better",
+    "check_monitor",
+    "prune_groups",
     "run_stage",
     "selected_groups",
     "set_trainable",

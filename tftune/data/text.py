@@ -19,10 +19,10 @@ from tftune.errors import DataError
 def _open_text(path: Path) -> io.TextIOBase:
     """Opens plain, .gz or .bz2 text files."""
     if path.suffix == ".bz2":
-        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8", newline="")
+        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8-sig", newline="")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def read_rows(path: Path, fmt: str) -> list[dict]:
@@ -72,7 +72,21 @@ def load_text_file(cfg: DataConfig, seed: int) -> DataSplits:
             )
     texts = [str(r.get(cfg.text_column) or "").strip() for r in rows]
     raw_labels = [str(r.get(cfg.label_column) or "").strip() for r in rows]
-    names, labels, keep = class_index(raw_labels, cfg.classes, cfg.skip_unlisted_labels, str(path))
+    empty = [i for i, label in enumerate(raw_labels) if not label]
+    if empty and not cfg.skip_unlisted_labels:
+        raise DataError(
+            f"{path} has {len(empty)} row(s) with an empty {cfg.label_column!r} label (first: "
+            f"data row {empty[0] + 1}). Fill them in, or set data.skip_unlisted_labels: true "
+            f"(with data.classes) to drop them."
+        )
+    has_label = np.array([bool(label) for label in raw_labels])
+    names, labels_kept, keep_kept = class_index(
+        [label for label in raw_labels if label], cfg.classes, cfg.skip_unlisted_labels, str(path)
+    )
+    labels = np.full(len(rows), -1, dtype=np.int32)
+    labels[has_label] = labels_kept
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[has_label] = keep_kept
     keep &= np.array([bool(t) for t in texts])
     if cfg.deduplicate:
         seen = set()

@@ -26,6 +26,30 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow, Keras and KerasHub with file descriptor 2 pointed at a temporary
+    file: their native start-up lines (absl, oneDNN, CUDA stubs) ignore TF_CPP_MIN_LOG_LEVEL.
+    What they printed is shown only if the import fails."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import keras_hub  # noqa: F401
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class _Group(click.Group):
     """Turns user-facing errors into one line and exit code 2 (a traceback with --debug)."""
 
@@ -112,6 +136,7 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
     from tftune.recipes import get_recipe
 
     config = load_recipe(_find_recipe(recipe), overrides)
+    _import_tensorflow_quietly()
     click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
     get_recipe(config.recipe).run(config, output_dir=output, overwrite=overwrite, echo=click.echo)
 
@@ -127,6 +152,7 @@ def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> No
     SPEC is e.g. hf:asset:all-minilm-l6-v2, keras_hub:/path/to/preset,
     keras_applications:MobileNetV2 or keras:model.keras.
     """
+    _import_tensorflow_quietly()
     from tftune.backbones import load_backbone
     from tftune.config import BackboneConfig
 

@@ -10,7 +10,6 @@ Only this module and the run directory deal in dicts; everything downstream gets
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from tftune.errors import ConfigError
+from tftune.errors import ConfigError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +178,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if isinstance(value, str) and value.lower() in [str(a).lower() for a in args]:
             return value.lower()
-        suggestion = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-        hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
+        hint = did_you_mean(str(value), args)
         raise ConfigError(
             f"Invalid value for '{where}'. Expected one of: "
             f"{', '.join(repr(a) for a in args)}. Received: {value!r}.{hint}"
@@ -244,11 +242,9 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = (
-                f" Did you mean '{where + '.' if where else ''}{close[0]}'?"
-                if close
-                else f" Valid keys here: {', '.join(fields)}."
+            prefix = f"{where}." if where else ""
+            hint = did_you_mean(key, fields, f"'{prefix}{{}}'", cutoff=0.5) or (
+                f" Valid keys here: {', '.join(fields)}."
             )
             raise ConfigError(f"Unknown config key '{path}'.{hint}")
         kwargs[key] = _coerce(value, hints[key], path)

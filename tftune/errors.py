@@ -24,3 +24,14 @@ class BackboneError(TftuneError, ValueError):
 
 class AssetError(TftuneError):
     """A bundled offline asset is missing, corrupt, or cannot be fetched."""
+
+
+def did_you_mean(value: str, choices, template: str = "'{}'", cutoff: float = 0.6) -> str:
+    """' Did you mean X?' for the closest of `choices` to `value`, or '' if none is close.
+
+    `{}` in `template` stands for the suggestion, e.g. "'stages.0.{}'" shows it in context.
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" Did you mean {template.replace('{}', close[0])}?" if close else ""

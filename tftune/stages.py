@@ -4,14 +4,13 @@ stages, with a fresh optimizer and a recompile each time."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Callable, Optional, Sequence
 
 import keras
 
 from tftune.backbones import LayerGroup
 from tftune.config import StageConfig
-from tftune.errors import ConfigError
+from tftune.errors import ConfigError, did_you_mean
 
 BN_CLASSES = ("BatchNormalization", "SyncBatchNormalization")
 
@@ -40,8 +39,7 @@ def selected_groups(train, groups: Sequence[LayerGroup], where: str = "train") -
     out = []
     for name in train:
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, names)
             raise ConfigError(
                 f"Invalid value for '{where}': unknown layer group {name!r}.{hint} Expected "
                 f"'head', 'top:N', 'all' or group names: {', '.join(names)}."
@@ -56,8 +54,7 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 def check_monitor(monitor: str, where: str) -> None:
     """Raises ConfigError unless `monitor` is a metric that training reports."""
     if monitor not in METRICS:
-        close = difflib.get_close_matches(monitor, METRICS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(monitor, METRICS)
         raise ConfigError(
             f"Invalid value for '{where}': {monitor!r} is not reported by training.{hint} "
             f"Expected one of: {', '.join(METRICS)}."

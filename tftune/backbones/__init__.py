@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 from tftune.backbones.groups import LayerGroup, layer_groups
 from tftune.config import BackboneConfig
-from tftune.errors import BackboneError
+from tftune.errors import BackboneError, did_you_mean
 
 KINDS = ("keras_hub", "hf", "keras_applications", "keras")
 
@@ -50,8 +50,6 @@ class Backbone:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """`'keras_hub:/path'` -> ('keras_hub', '/path'), with a helpful error for bad specs."""
-    import difflib
-
     if ":" not in spec:
         raise BackboneError(
             f"Invalid backbone spec {spec!r}. Expected KIND:TARGET with KIND one of: "
@@ -59,8 +57,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
         )
     kind, target = spec.split(":", 1)
     if kind not in KINDS:
-        close = difflib.get_close_matches(kind, KINDS, n=1)
-        hint = f" Did you mean '{close[0]}:{target}'?" if close else ""
+        hint = did_you_mean(kind, KINDS, "'{}:" + target + "'")
         raise BackboneError(
             f"Unknown backbone kind {kind!r}. Expected one of: {', '.join(KINDS)}. "
             f"Received: spec={spec!r}.{hint}"
@@ -205,16 +202,13 @@ def _downloads(allowed: bool):
 def _load_keras_application(
     spec: str, name: str, cfg: BackboneConfig, image_size: tuple[int, int]
 ) -> Backbone:
-    import difflib
-
     import keras
 
     from tftune.assets import resolve
 
     available = [n for n in dir(keras.applications) if n[0].isupper()]
     if name not in available:
-        close = difflib.get_close_matches(name, available, n=1)
-        hint = f" Did you mean 'keras_applications:{close[0]}'?" if close else ""
+        hint = did_you_mean(name, available, "'keras_applications:{}'")
         raise BackboneError(
             f"Unknown keras.applications model {name!r}.{hint} Available: {', '.join(available)}."
         )

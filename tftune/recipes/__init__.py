@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from types import ModuleType
 
-from tftune.errors import ConfigError
+from tftune.errors import ConfigError, did_you_mean
 
 RECIPES = ("text_classification", "image_classification")
 
@@ -14,8 +13,7 @@ RECIPES = ("text_classification", "image_classification")
 def get_recipe(name: str) -> ModuleType:
     """The recipe module called `name`."""
     if name not in RECIPES:
-        close = difflib.get_close_matches(name, RECIPES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, RECIPES)
         raise ConfigError(
             f"Unknown recipe {name!r}.{hint} Expected one of: {', '.join(RECIPES)}."
         )

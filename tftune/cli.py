@@ -164,6 +164,11 @@ def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> No
     click.echo(f"{spec}: {backbone.modality} backbone, {len(backbone.groups)} layer groups, {total:,} parameters")
     for note in backbone.notes:
         click.echo(f"  note: {note}")
+    if backbone.modality == "text":
+        click.echo(
+            "  note: at training time, layers no gradient reaches from the head (the pooler,"
+            " when head.pooling is mean) stay frozen and leave the groups"
+        )
     width = max(len(g.name) for g in backbone.groups)
     for i, g in enumerate(backbone.groups):
         click.echo(f"  {i:>2}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.layers):>4} layers")

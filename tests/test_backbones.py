@@ -333,3 +333,12 @@ def test_image_preprocessing_modes():
     np.testing.assert_array_equal(np.asarray(ImagePreprocessing("none")(pixels)), pixels)
     with pytest.raises(ValueError, match="Expected one of: tf, torch, caffe, none"):
         ImagePreprocessing("imagenet")
+
+
+def test_sequence_length_longer_than_the_backbone_supports(tiny_bert_preset):
+    from tftune.backbones import load_backbone
+    from tftune.config import BackboneConfig
+    from tftune.errors import BackboneError
+
+    with pytest.raises(BackboneError, match="sequence_length=64 is longer .* supports \\(32 tokens\\)"):
+        load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}", sequence_length=64))

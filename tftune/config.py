@@ -62,12 +62,13 @@ class BackboneConfig:
     `spec` is one string: `keras_hub:<preset or local preset dir>`, `hf:<local Hugging Face
     checkpoint dir>`, `keras_applications:<Name>`, or `keras:<file.keras>`.
     `weights` applies to `keras_applications` specs: `imagenet`, a local weights file, an
-    `asset:` name, or `none` for random initialisation.
+    `asset:` name, or `none` for random initialisation. `sequence_length` (text) defaults to
+    the backbone's maximum, at most 128 tokens.
     """
 
     spec: str = "keras_applications:MobileNetV2"
     weights: Optional[str] = "imagenet"
-    sequence_length: int = 128
+    sequence_length: Optional[int] = None
     allow_download: bool = False
     train_bn: bool = False
     groups: tuple[GroupPattern, ...] = ()

@@ -74,7 +74,9 @@ def _text_pipelines(splits: DataSplits, backbone, batch_size: int, seed: int):
     return prepare
 
 
-def _image_pipelines(splits: DataSplits, batch_size: int, seed: int, augment: tuple[str, ...], image_size):
+def _image_pipelines(batch_size: int, seed: int, augment: tuple[str, ...], image_size):
+    """Decoded images are cached as uint8 when they fit the memory budget, shuffled, batched,
+    then cast to float (and augmented) per batch."""
     import tensorflow as tf
 
     for a in augment:
@@ -226,7 +228,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
     else:
         prepare = _image_pipelines(
-            splits, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
+            batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
         )
     train_ds = prepare(splits.train, training=True)
     val_ds = prepare(splits.val, training=False)

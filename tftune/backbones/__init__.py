@@ -127,29 +127,29 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool) 
             raise _offline_error(spec, "the download failed: " + msg) from None
         raise BackboneError(f"KerasHub could not load backbone {spec!r}: {msg}") from None
 
-    preprocessor = None
-    modality: Literal["image", "text"] = "text"
+    limit = getattr(model, "max_sequence_length", None)
+    sequence_length = cfg.sequence_length or min(128, limit or 128)
+    if limit is not None and sequence_length > limit:
+        raise BackboneError(
+            f"backbone.sequence_length={cfg.sequence_length} is longer than {spec!r} supports "
+            f"({limit} tokens). Set backbone.sequence_length to {limit} or less."
+        )
     try:
         preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
-            preset, sequence_length=cfg.sequence_length
+            preset, sequence_length=sequence_length
         )
     except Exception:
-        modality = "image"
-    notes = []
-    if modality == "image":
         raise BackboneError(
-            f"Backbone {spec!r} has no text preprocessor; KerasHub image backbones are not "
-            f"supported by tftune yet. Use keras_applications:<Name> for images."
-        )
-    groups = layer_groups(model, cfg.groups, cfg.generic_groups)
+            f"Backbone {spec!r} has no text classifier preprocessor; KerasHub image backbones "
+            f"are not supported by tftune yet. Use keras_applications:<Name> for images."
+        ) from None
     return Backbone(
         model=model,
-        modality=modality,
-        groups=groups,
+        modality="text",
+        groups=layer_groups(model, cfg.groups, cfg.generic_groups),
         spec=spec,
         preprocessor=preprocessor,
         default_pooling="mean",
-        notes=notes,
     )
 
 

@@ -342,3 +342,24 @@ def test_sequence_length_longer_than_the_backbone_supports(tiny_bert_preset):
 
     with pytest.raises(BackboneError, match="sequence_length=64 is longer .* supports \\(32 tokens\\)"):
         load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}", sequence_length=64))
+
+
+def test_efficientnet_groups_follow_resolution_despite_squeeze_excitation():
+    """EfficientNet blocks hold 1x1 squeeze-and-excitation maps; a stage is still decided by
+    each block's output resolution, and the input Rescaling/Normalization join the stem."""
+    import keras
+
+    from tftune.backbones.groups import layer_groups
+
+    model = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
+    groups = layer_groups(model)
+    assert [g.name for g in groups] == ["stem", "stage_1", "stage_2", "stage_3", "stage_4"]
+    sizes = [g.layers[-1].output.shape[1] for g in groups]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    owner = {}
+    for g in groups:
+        for layer in g.layers:
+            if layer.name.startswith("block"):
+                owner.setdefault(layer.name[:7], set()).add(g.name)
+    assert all(len(names) == 1 for names in owner.values()), owner
+    assert "normalization" in [l.name for l in groups[0].layers]

@@ -8,8 +8,9 @@ Rules, tried in order:
    with weights is the block stack; one group per block, `embeddings` for everything with
    weights before it and `final` for everything after it.
 3. CNNs (feature maps): layers are gathered into blocks by name (`block_3_*`, `block2a_*`,
-   `conv2_block1_*`, ...), and consecutive blocks with the same output resolution form a
-   stage: `stem` (the first resolution), then `stage_1`, `stage_2`, ... up to the last.
+   `conv2_block1_*`, ...), and consecutive blocks with the same output resolution (that of a
+   block's last feature map) form a stage: `stem` (the first resolution, with any input
+   preprocessing layers), then `stage_1`, `stage_2`, ... up to the last.
 4. Anything else: the layers with weights, in order, split into `backbone.generic_groups`
    chunks of roughly equal parameter count (`part_1` ... `part_N`).
 """
@@ -113,6 +114,11 @@ def _spatial(layer) -> int | None:
     return shape[1] if shape[1] is not None else -1
 
 
+def _is_preprocessing(layer) -> bool:
+    """Input preprocessing layers (Rescaling, Normalization) that some CNNs start with."""
+    return ".preprocessing." in type(layer).__module__
+
+
 def _cnn_groups(layers) -> list[LayerGroup] | None:
     units: list[tuple[str, list]] = []
     for layer in layers:
@@ -125,22 +131,19 @@ def _cnn_groups(layers) -> list[LayerGroup] | None:
     stages: list[list] = []
     last_res = None
     for _, unit in units:
+        # A unit's resolution is that of its output (its last feature map), not the smallest
+        # inside it: squeeze-and-excitation branches are 1x1 in every block.
         res = [r for r in (_spatial(l) for l in unit) if r is not None]
-        if not res:
-            if stages:
-                stages[-1].extend(unit)
-            else:
-                stages.append(list(unit))
-            continue
-        unit_res = min(res)
-        if last_res is None or unit_res != last_res:
-            if stages and last_res is None:
-                stages[-1].extend(unit)
-            else:
-                stages.append(list(unit))
-            last_res = unit_res
-        else:
+        counts = bool(res) and any(l.weights and not _is_preprocessing(l) for l in unit)
+        unit_res = res[-1] if counts else None
+        if stages and unit_res is not None and last_res is not None and unit_res != last_res:
+            stages.append(list(unit))
+        elif stages:
             stages[-1].extend(unit)
+        else:
+            stages.append(list(unit))
+        if unit_res is not None:
+            last_res = unit_res
     stages = [s for s in stages if _weighted(s)]
     if len(stages) < 2:
         return None

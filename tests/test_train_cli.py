@@ -180,7 +180,7 @@ def test_rerun_without_overwrite_leaves_the_run_untouched(image_run):
     run = tmp / "runs" / "img"
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     result = invoke("train", str(recipe))
-    assert_one_line_error(result, "already exists", "--overwrite")
+    assert_one_line_error(result, "already exists", "a finished run", "--overwrite")
     assert len(result.output.strip().splitlines()) <= 2  # the recipe line and the error
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before
@@ -193,7 +193,7 @@ def test_overwrite_replaces_the_run(tmp_path, image_folder, tiny_cnn_file):
     run = tmp_path / "runs" / "img"
     run.mkdir(parents=True)
     (run / "stale.txt").write_text("from an older run")
-    assert_one_line_error(invoke("train", str(path)), "already exists")
+    assert_one_line_error(invoke("train", str(path)), "already exists", "an unfinished run")
     assert (run / "stale.txt").exists()
     result = invoke("train", str(path), "--overwrite")
     assert result.exit_code == 0, result.output

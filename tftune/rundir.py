@@ -53,9 +53,13 @@ def prepare(output_dir: str | Path, name: str, overwrite: bool) -> Path:
     run = Path(output_dir).expanduser() / name
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         if not overwrite:
+            state = (
+                "a finished run" if (run / METRICS_FILE).is_file()
+                else "an unfinished run (no metrics.json: it stopped or failed before the end)"
+            )
             raise TftuneError(
-                f"Run directory {run} already exists. Pass --overwrite to replace it, or pick "
-                f"another name (--set name=...) or --output directory."
+                f"Run directory {run} already exists and holds {state}. Pass --overwrite to "
+                f"replace it, or pick another name (--set name=...) or --output directory."
             )
         if run.is_dir():
             shutil.rmtree(run)

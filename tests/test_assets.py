@@ -578,3 +578,38 @@ def test_debian_downloader_without_apt(tmp_path: Path, monkeypatch: pytest.Monke
 def test_import_does_not_pull_in_tensorflow() -> None:
     code = "import sys, tftune.assets; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class ScriptedRun:
+    """Plays back one result per call, in order, and records the commands."""
+
+    def __init__(self, *results: tuple[int, str], creates: str | None = None) -> None:
+        self.results = list(results)
+        self.creates = creates
+        self.commands: list[list[str]] = []
+
+    def __call__(self, cmd: list[str], cwd: Path | None, env: Any = None) -> subprocess.CompletedProcess[str]:
+        self.commands.append(cmd)
+        code, err = self.results.pop(0)
+        if code == 0 and "download" in cmd and self.creates and cwd is not None:
+            (cwd / self.creates).write_bytes(b"archive")
+        return subprocess.CompletedProcess(cmd, code, "", err)
+
+
+@pytest.mark.parametrize("euid, updates", [(0, True), (1000, False)])
+def test_debian_downloader_refreshes_empty_package_lists_as_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int, updates: bool
+) -> None:
+    asset = assets.load_manifest().get("fashion-mnist")
+    missing = (100, "E: Unable to locate package dataset-fashion-mnist")
+    run = ScriptedRun(missing, (0, ""), (0, ""), creates=asset.archive)
+    monkeypatch.setattr(assets, "_run", run)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(assets.os, "geteuid", lambda: euid)
+    if updates:
+        assert assets.download_archive(asset, tmp_path) == tmp_path / asset.archive
+        assert [c[1] for c in run.commands] == ["download", "update", "download"]
+    else:
+        with pytest.raises(AssetError, match=r"Run `apt-get update` first"):
+            assets.download_archive(asset, tmp_path)
+        assert [c[1] for c in run.commands] == ["download"]

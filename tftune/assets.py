@@ -523,6 +523,13 @@ def _download_debian(asset: Asset, folder: Path) -> Path:
     # English messages, so the known failure cases below can be recognised.
     env = {**os.environ, "LC_ALL": "C", "LANGUAGE": ""}
     result = _run([apt_get, "download", asset.requirement], cwd=folder, env=env)
+    not_found = result.returncode != 0 and any(
+        marker in result.stderr + result.stdout for marker in _APT_NOT_FOUND
+    )
+    if not_found and hasattr(os, "geteuid") and os.geteuid() == 0:
+        # A fresh machine often has empty package lists; as root, refresh them once and retry.
+        if _run([apt_get, "update", "-qq"], cwd=folder, env=env).returncode == 0:
+            result = _run([apt_get, "download", asset.requirement], cwd=folder, env=env)
     if result.returncode != 0:
         output = result.stderr + result.stdout
         if any(marker in output for marker in _APT_NOT_FOUND):

@@ -99,6 +99,11 @@ class StageConfig:
 
     `train` names what trains: `head`, `top:N` (the head and the top N layer groups),
     `all`, or a list of group names (the head always trains).
+
+    `layer_decay` (e.g. 0.8, as in ELECTRA/BEiT; 1/2.6 = 0.385 is ULMFiT's) gives the trained
+    group k places below the head `learning_rate * layer_decay**k`; `lr_multipliers`
+    ({group name: multiplier}) sets groups' multipliers explicitly and wins over the decay.
+    `warmup` < 1 is a fraction of the stage's steps, >= 1 a number of steps.
     """
 
     name: str = "stage"
@@ -108,20 +113,30 @@ class StageConfig:
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     weight_decay: float = 0.01
     warmup: float = 0.0
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    schedule: Literal["constant", "cosine", "linear", "slanted_triangular", "one_cycle"] = "constant"
+    layer_decay: Optional[float] = None
+    lr_multipliers: Optional[dict[str, float]] = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     steps_per_epoch: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Settings shared by all stages."""
+    """Settings shared by all stages.
+
+    `feature_cache: auto` runs a stage's frozen bottom (its lowest frozen layer groups, or the
+    whole backbone in a head-only stage) once over the data and trains the rest on the stored
+    outputs, when that is exact: no random augmentation in the input pipeline. The outputs are
+    kept in memory up to `cache_memory_mb` and spill to disk beyond it.
+    """
 
     batch_size: int = 32
     seed: int = 42
     jit_compile: Literal["auto", "on", "off"] = "auto"
     mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "off"
     verbose: Literal["auto", "bar", "epoch", "quiet"] = "auto"
+    feature_cache: Literal["auto", "off"] = "auto"
+    cache_memory_mb: int = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +166,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return "list"
+    if origin is dict:
+        return "mapping"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -200,6 +217,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 f"Received: {value!r}"
             )
         return tuple(_coerce(v, a, f"{where}.{i}") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"Invalid value for '{where}'. Expected a mapping. Received: {value!r}"
+            )
+        key_tp, value_tp = args
+        return {
+            _coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:
@@ -258,6 +285,8 @@ def to_dict(config: Any) -> Any:
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, (list, tuple)):
         return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
     return config
 
 

@@ -1,42 +1,82 @@
-"""Optimizers and learning-rate schedules for one stage."""
+"""Optimizers and learning-rate schedules for one stage.
+
+Keras 3 optimizers take one learning rate for all variables. `GroupLR` optimizers (AdamW,
+Adam, SGD) scale the step of each variable by its layer group's multiplier, inside the
+optimizer's own `update_step`: so they work with any schedule, with `model.fit`, with
+`tf.distribute` (the update runs per replica through `distribution.extended.update`), and they
+save and load with the model like any Keras optimizer.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Mapping, Optional, Sequence
 
 import keras
 from keras import ops
 
 from tftune.config import StageConfig
+from tftune.errors import ConfigError, did_you_mean
+
+SCHEDULES = ("constant", "cosine", "linear", "slanted_triangular", "one_cycle")
 
 
 @keras.saving.register_keras_serializable(package="tftune")
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak` over `warmup_steps`, then `constant`, `cosine` (to 0) or
-    `linear` (to 0) decay until `total_steps`."""
+    """A stage's learning rate as a function of the optimizer's step (so it resumes with it).
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, decay: str = "constant"):
+    - `constant`, `cosine` (to 0), `linear` (to 0): linear warmup from 0 to `peak` over
+      `warmup_steps`, then the decay until `total_steps`.
+    - `slanted_triangular` (ULMFiT, Howard & Ruder 2018): a short linear rise from
+      `peak / ratio` to `peak` over `warmup_steps` (their `cut_frac` of the steps), then a long
+      linear fall back to `peak / ratio`; `ratio` = 32.
+    - `one_cycle` (Smith 2018, as in fastai): cosine rise from `peak / 25` to `peak` over
+      `warmup_steps`, then cosine annealing to `peak / 25e4`.
+    """
+
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        decay: str = "constant",
+        ratio: float = 32.0,
+    ):
+        if decay not in SCHEDULES:
+            raise ConfigError(
+                f"Unknown schedule {decay!r}. Expected one of: {', '.join(SCHEDULES)}."
+            )
         self.peak = float(peak)
         self.total_steps = int(max(total_steps, 1))
-        self.warmup_steps = int(max(warmup_steps, 0))
+        self.warmup_steps = int(min(max(warmup_steps, 0), self.total_steps))
         self.decay = decay
+        self.ratio = float(ratio)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        peak = ops.cast(self.peak, "float32")
-        warm = float(self.warmup_steps)
-        warmup_lr = peak * (step + 1.0) / max(warm, 1.0)
-        span = max(float(self.total_steps) - warm, 1.0)
-        progress = ops.clip((step - warm) / span, 0.0, 1.0)
+        peak = self.peak
+        warm = float(max(self.warmup_steps, 1))
+        total = float(self.total_steps)
+        rise = ops.clip(step / warm, 0.0, 1.0)  # 0 -> 1 over the warmup
+        fall = ops.clip((step - self.warmup_steps) / max(total - self.warmup_steps, 1.0), 0.0, 1.0)
+        in_warmup = step < float(self.warmup_steps)
+        if self.decay == "slanted_triangular":
+            p = ops.where(in_warmup, rise, 1.0 - fall)
+            return peak * (1.0 + p * (self.ratio - 1.0)) / self.ratio
+        if self.decay == "one_cycle":
+            low, final = peak / 25.0, peak / 25.0e4
+            up = low + (peak - low) * 0.5 * (1.0 - ops.cos(math.pi * rise))
+            down = final + (peak - final) * 0.5 * (1.0 + ops.cos(math.pi * fall))
+            return ops.where(in_warmup, up, down)
         if self.decay == "cosine":
-            after = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            after = peak * 0.5 * (1.0 + ops.cos(math.pi * fall))
         elif self.decay == "linear":
-            after = peak * (1.0 - progress)
+            after = peak * (1.0 - fall)
         else:
-            after = peak
+            after = peak * ops.ones_like(step)
         if self.warmup_steps == 0:
-            return after * ops.ones_like(step)
-        return ops.where(step < warm, warmup_lr, after)
+            return after
+        return ops.where(in_warmup, peak * (step + 1.0) / warm, after)
 
     def get_config(self):
         return {
@@ -44,23 +84,154 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
             "decay": self.decay,
+            "ratio": self.ratio,
         }
 
 
-def build_optimizer(stage: StageConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """A fresh optimizer for `stage`, with its warmup/decay schedule over the stage's steps."""
+class GroupLR:
+    """Mixin for a Keras optimizer: variable `v` steps with `learning_rate * multiplier(v)`.
+
+    `lr_multipliers` maps variable paths (`v.path`) to multipliers; variables not named
+    train at 1.0. Decoupled weight decay (`weight_decay`) is scaled the same way, as with
+    per-group learning rates in AdamW everywhere else. The multipliers are part of the
+    optimizer's config, so a saved model reloads with them.
+    """
+
+    def __init__(self, *args, lr_multipliers: Optional[Mapping[str, float]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
+        self._scales: list[float] = []
+
+    def build(self, variables):
+        super().build(variables)
+        paths = [v.path for v in variables]
+        unknown = set(self.lr_multipliers) - set(paths)
+        if unknown:
+            raise ValueError(
+                f"lr_multipliers name variables the optimizer does not train: "
+                f"{', '.join(sorted(unknown)[:5])}{' ...' if len(unknown) > 5 else ''}"
+            )
+        self._scales = [self.lr_multipliers.get(p, 1.0) for p in paths]
+
+    def scale_for(self, variable) -> float:
+        """The multiplier of a trainable variable (a Python float: fixed while tracing)."""
+        if not self._scales:
+            return 1.0
+        return self._scales[self._get_variable_index(variable)]
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self.scale_for(variable)
+        lr = ops.cast(learning_rate, variable.dtype)
+        if scale != 1.0:
+            lr = lr * scale
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            wd = ops.cast(self.weight_decay, variable.dtype)
+            self.assign_sub(variable, variable * wd * lr)
+        return super().update_step(gradient, variable, lr)
+
+    def _apply_weight_decay(self, variables):
+        # Applied per variable in `update_step`, where the group's multiplier is known.
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "lr_multipliers": dict(self.lr_multipliers)}
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class GroupLRAdamW(GroupLR, keras.optimizers.AdamW):
+    """AdamW with per-variable learning-rate multipliers (see `GroupLR`)."""
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class GroupLRAdam(GroupLR, keras.optimizers.Adam):
+    """Adam with per-variable learning-rate multipliers (see `GroupLR`)."""
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class GroupLRSGD(GroupLR, keras.optimizers.SGD):
+    """SGD (momentum 0.9 in stages) with per-variable learning-rate multipliers."""
+
+
+def group_multipliers(
+    group_names: Sequence[str],
+    train_indices: Sequence[int],
+    layer_decay: Optional[float] = None,
+    explicit: Optional[Mapping[str, float]] = None,
+    where: str = "stage",
+) -> dict[str, float]:
+    """Multiplier per trained group name. With `layer_decay` d, the head counts as k = 0 and
+    the trained group k places below it gets d**k (the top backbone group d, the one under it
+    d**2, ...); `explicit` {group name: multiplier} entries win over the decay."""
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(
+            f"Invalid value for '{where}.layer_decay'. Expected a number in (0, 1]. "
+            f"Received: {layer_decay!r}"
+        )
+    out: dict[str, float] = {}
+    n = len(group_names)
+    for i in train_indices:
+        out[group_names[i]] = layer_decay ** (n - i) if layer_decay is not None else 1.0
+    for name, m in (explicit or {}).items():
+        if name not in group_names:
+            raise ConfigError(
+                f"Invalid value for '{where}.lr_multipliers': unknown layer group {name!r}."
+                f"{did_you_mean(name, group_names)} Expected group names: {', '.join(group_names)}."
+            )
+        if not m > 0:
+            raise ConfigError(
+                f"Invalid value for '{where}.lr_multipliers.{name}'. Expected a number > 0. "
+                f"Received: {m!r}"
+            )
+        if group_names.index(name) in train_indices:
+            out[name] = float(m)
+    return out
+
+
+def variable_multipliers(groups, multipliers: Mapping[str, float]) -> dict[str, float]:
+    """{variable path: multiplier} for the trainable variables of the groups named."""
+    out = {}
+    for g in groups:
+        m = multipliers.get(g.name)
+        if m is None or m == 1.0:
+            continue
+        for layer in g.layers:
+            for v in layer.trainable_weights:
+                out[v.path] = m
+    return out
+
+
+def warmup_steps(stage: StageConfig, total: int) -> int:
+    """`warmup` < 1 is a fraction of the stage's steps, >= 1 a number of steps; the
+    slanted-triangular and one-cycle schedules default to 10% and 25% of the steps."""
+    if stage.warmup == 0 and stage.schedule == "slanted_triangular":
+        return int(round(0.1 * total))
+    if stage.warmup == 0 and stage.schedule == "one_cycle":
+        return int(round(0.25 * total))
+    return int(round(stage.warmup * total)) if stage.warmup < 1 else int(stage.warmup)
+
+
+def build_optimizer(
+    stage: StageConfig,
+    steps_per_epoch: int,
+    lr_multipliers: Optional[Mapping[str, float]] = None,
+) -> keras.optimizers.Optimizer:
+    """A fresh optimizer for `stage`, with its warmup/decay schedule over the stage's steps
+    and `lr_multipliers` ({variable path: multiplier}) for discriminative learning rates."""
     total = max(1, stage.epochs * steps_per_epoch)
-    warmup = int(round(stage.warmup * total)) if stage.warmup < 1 else int(stage.warmup)
+    warmup = warmup_steps(stage, total)
     lr = (
         stage.learning_rate
         if stage.schedule == "constant" and warmup == 0
         else WarmupDecay(stage.learning_rate, total, warmup, stage.schedule)
     )
+    multipliers = dict(lr_multipliers or {})
     if stage.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
+        return GroupLRSGD(learning_rate=lr, momentum=0.9, lr_multipliers=multipliers)
     if stage.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=stage.weight_decay)
+        return GroupLRAdam(learning_rate=lr, lr_multipliers=multipliers)
+    opt = GroupLRAdamW(
+        learning_rate=lr, weight_decay=stage.weight_decay, lr_multipliers=multipliers
+    )
     # Decay weights only: not biases, norms' scales and shifts, or embeddings' norms.
     opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
     return opt

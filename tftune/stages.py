@@ -168,6 +168,22 @@ def stage_banner(index: int, total: int, stage: StageConfig, groups, train_indic
     )
 
 
+def compile_classifier(model, optimizer, jit_compile) -> None:
+    """The loss and metrics every stage reports (`METRICS`)."""
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+
+
+def compile_like(model, trained, jit_compile) -> None:
+    """Compiles the full `model` with the optimizer that trained `trained` (a model sharing
+    its weights, e.g. the feature cache's suffix), so it evaluates and saves with that state."""
+    compile_classifier(model, trained.optimizer, jit_compile)
+
+
 def run_stage(
     model,
     stage: StageConfig,
@@ -178,18 +194,21 @@ def run_stage(
     callbacks: list,
     jit_compile,
     verbose: int,
+    lr_multipliers: Optional[dict] = None,
 ) -> StageResult:
-    """Compiles `model` with a fresh optimizer and fits one stage; the best epoch is restored."""
+    """Compiles `model` with a fresh optimizer and fits one stage; the best epoch is restored.
+
+    `lr_multipliers` ({variable path: multiplier}) scale the learning rate of those variables
+    (see `tftune.optim.group_multipliers` / `variable_multipliers`)."""
     import time
 
     from tftune.optim import build_optimizer
 
     check_monitor(stage.early_stopping.monitor, f"stages.{index}.early_stopping.monitor")
-    model.compile(
-        optimizer=build_optimizer(stage, stage.steps_per_epoch or steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
+    compile_classifier(
+        model,
+        build_optimizer(stage, stage.steps_per_epoch or steps_per_epoch, lr_multipliers),
+        jit_compile,
     )
     es = stage.early_stopping
     stopper = keras.callbacks.EarlyStopping(
@@ -232,6 +251,8 @@ __all__ = [
     "StageResult",
     "better",
     "check_monitor",
+    "compile_classifier",
+    "compile_like",
     "prune_groups",
     "run_stage",
     "selected_groups",

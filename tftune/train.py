@@ -9,13 +9,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tftune import rundir
+from tftune import pipeline, rundir
 from tftune.config import RecipeConfig, dump_config, load_recipe
 from tftune.data import DataSplits, load_data
 from tftune.errors import ConfigError, DataError
 
-AUGMENTATIONS = ("flip",)
-CACHE_BYTES = 3 * 2**30  # in-memory cache budget for decoded training images
 
 
 @dataclasses.dataclass
@@ -44,74 +42,48 @@ def _jit(setting: str):
     return "auto" if _has_accelerator() else False
 
 
-def _text_pipelines(splits: DataSplits, backbone, batch_size: int, seed: int):
-    """Tokenises once (cached), then batches texts of similar length together and trims each
-    batch to its longest text: short texts stop paying for the full sequence length."""
-    import tensorflow as tf
+@dataclasses.dataclass
+class _StageData:
+    """What one stage fits: the full model on the input batches, or the trained suffix on
+    the frozen prefix's cached outputs."""
 
-    pre = backbone.preprocessor
-    seq_len = int(pre.sequence_length)
-    boundaries = [b for b in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384) if b < seq_len]
+    model: Any
+    train: Any
+    val: Any
+    caches: tuple = ()
 
-    def tokenize(x, y):
-        return pre(x), y
-
-    def length(x, y):
-        return tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32))
-
-    def trim(x, y):
-        longest = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
-        return {k: v[:, :longest] for k, v in x.items()}, y
-
-    def prepare(ds, training):
-        ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
-        if training:
-            n = splits.sizes.get("train") or 10_000
-            ds = ds.shuffle(min(max(n, 1), 50_000), seed=seed, reshuffle_each_iteration=True)
-            ds = ds.bucket_by_sequence_length(
-                length, boundaries, [batch_size] * (len(boundaries) + 1)
-            )
-        else:
-            ds = ds.batch(batch_size)
-        return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    return prepare
+    def close(self):
+        for c in self.caches:
+            c.close()
 
 
-def _image_pipelines(batch_size: int, seed: int, augment: tuple[str, ...], image_size):
-    """Decoded images are cached as uint8 when they fit the memory budget, shuffled, batched,
-    then cast to float (and augmented) per batch."""
-    import tensorflow as tf
+def _stage_data(cfg: RecipeConfig, model, backbone, pipe, splits, train_ds, val_ds, run, echo):
+    from tftune import cache
 
-    for a in augment:
-        if a not in AUGMENTATIONS:
-            raise ConfigError(
-                f"Unknown augmentation {a!r}. Expected one of: {', '.join(AUGMENTATIONS)}. "
-                f"Received: data.augment={list(augment)!r}"
-            )
-
-    def to_uint8(x, y):
-        return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y
-
-    def to_float(x, y):
-        return tf.cast(x, tf.float32), y
-
-    def flip(x, y):
-        return tf.image.random_flip_left_right(x), y
-
-    def prepare(ds, training):
-        n = int(ds.cardinality()) if int(ds.cardinality()) > 0 else 0
-        ds = ds.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
-        if n and n * image_size[0] * image_size[1] * 3 <= CACHE_BYTES:
-            ds = ds.cache()
-        if training:
-            ds = ds.shuffle(min(max(n, 1), 20_000), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        if training and "flip" in augment:
-            ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-        return ds.prefetch(tf.data.AUTOTUNE)
-
-    return prepare
+    uncached = _StageData(model, train_ds, val_ds)
+    if cfg.train.feature_cache == "off":
+        return uncached
+    if pipe.random:
+        echo(f"   feature cache: off (random augmentation {list(pipe.augment)} changes the "
+             f"frozen part's outputs every epoch)")
+        return uncached
+    plan, why = cache.plan_cache(model, backbone.model)
+    if plan is None:
+        if why:
+            echo(f"   feature cache: not used ({why})")
+        return uncached
+    train_b, val_b, caches = cache.cached_datasets(
+        plan, pipe, splits.train, splits.val, cfg.train.cache_memory_mb * 2**20,
+        run / ".feature_cache",
+    )
+    total = sum(c.bytes_total for c in caches)
+    where = "spilled to disk" if any(c.spilled for c in caches) else "in memory"
+    echo(
+        f"   feature cache: frozen part run once over {caches[0].count:,} train + "
+        f"{caches[1].count:,} val examples in {sum(c.seconds for c in caches):.0f}s "
+        f"({total / 2**20:.0f} MiB {where}); steps run only from the {plan.boundary}"
+    )
+    return _StageData(plan.suffix, train_b, val_b, tuple(caches))
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -209,7 +181,7 @@ def train(
 
 def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: float,
            echo, policy: str) -> RunResult:
-    from tftune import heads, stages as stages_mod
+    from tftune import heads, optim, stages as stages_mod
     from tftune.callbacks import EpochLine, HistoryCSV, StopOnNaN
 
     echo(
@@ -225,19 +197,19 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     rundir.write_json(run / rundir.CLASSES_FILE, splits.class_names)
 
     batch = cfg.train.batch_size
-    if splits.modality == "text":
-        prepare = _text_pipelines(splits, backbone, batch, cfg.train.seed)
-        rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
-    else:
-        prepare = _image_pipelines(
-            batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
-        )
-    train_ds = prepare(splits.train, training=True)
-    val_ds = prepare(splits.val, training=False)
-    test_ds = prepare(splits.test, training=False) if splits.test is not None else None
     n_train = splits.sizes.get("train") or int(splits.train.cardinality())
     if n_train <= 0:
         raise DataError("The training split is empty or of unknown size; pass a finite dataset.")
+    if splits.modality == "text":
+        pipe = pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
+        rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
+    else:
+        pipe = pipeline.image_pipeline(
+            n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
+        )
+    train_ds = pipe.prepare(splits.train, training=True)
+    val_ds = pipe.prepare(splits.val, training=False)
+    test_ds = pipe.prepare(splits.test, training=False) if splits.test is not None else None
     if splits.modality == "text":
         # Length buckets make more (partly filled) batches than n / batch: count them once
         # (this also fills the tokenised cache), so schedules span the steps really run.
@@ -272,21 +244,36 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     history_path = run / rundir.HISTORY_FILE
     results = []
     overall_best = None  # (monitor, value, weights, stage index)
+    group_names = [g.name for g in backbone.groups]
     for i, stage in enumerate(cfg.stages):
         train_idx = selections[i]
         stages_mod.set_trainable(
             backbone.model, backbone.groups, train_idx, head, cfg.backbone.train_bn, unused
         )
+        multipliers = optim.group_multipliers(
+            group_names, train_idx, stage.layer_decay, stage.lr_multipliers, f"stages.{i}"
+        )
         echo(stages_mod.stage_banner(i, len(cfg.stages), stage, backbone.groups, train_idx, model))
+        if any(m != 1.0 for m in multipliers.values()):
+            echo("   lr multipliers: " + ", ".join(
+                f"{n} x{multipliers[n]:.3g}" for n in group_names if n in multipliers
+            ) + ", head x1")
         callbacks = [
             HistoryCSV(history_path, i, stage.name),
             StopOnNaN(stage.name, f"stages.{i}.learning_rate"),
         ]
         if epoch_lines:
             callbacks.append(EpochLine(stage.name, stage.epochs, echo))
-        result = stages_mod.run_stage(
-            model, stage, i, train_ds, val_ds, steps_per_epoch, callbacks, jit, verbose
-        )
+        data = _stage_data(cfg, model, backbone, pipe, splits, train_ds, val_ds, run, echo)
+        try:
+            result = stages_mod.run_stage(
+                data.model, stage, i, data.train, data.val, steps_per_epoch, callbacks, jit,
+                verbose, optim.variable_multipliers(backbone.groups, multipliers),
+            )
+        finally:
+            data.close()
+        if data.model is not model:  # trained through the cache: the full model shares its weights
+            stages_mod.compile_like(model, data.model, jit)
         results.append(result)
         echo(
             f"   stage {stage.name}: best {result.monitor}={result.best_value:.4f} at epoch "

@@ -207,3 +207,47 @@ def test_feature_cache_spill_keeps_every_example(tmp_path):
         np.testing.assert_array_equal(fa[0], fb[0])
     disk.close()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("setting", ["auto", "off", "augment"])
+def test_train_says_when_the_cache_is_used_and_saves_the_stage_state(tmp_path, setting):
+    """Through `train`: head -> top:1 with layer decay; the log says what the cache did, the
+    saved model reloads, and its optimizer holds the last stage's multipliers."""
+    from tftune.config import config_from_dict
+    from tftune.train import train
+
+    import tftune.heads  # noqa: F401  (registers the layers for loading)
+
+    cfg = config_from_dict({
+        "recipe": "image_classification", "name": "c", "output_dir": str(tmp_path),
+        "data": {"source": "python", "image_size": [16, 16],
+                 "augment": ["flip"] if setting == "augment" else []},
+        "head": {"dropout": 0.0},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05},
+            {"name": "top", "train": "top:2", "epochs": 1, "learning_rate": 0.01,
+             "layer_decay": 0.5},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet",
+                  "feature_cache": "off" if setting == "off" else "auto"},
+    })
+    lines = []
+    splits = image_splits()
+    result = train(cfg, datasets=splits, backbone_model=build_tiny_cnn(16), echo=lines.append)
+    log = "\n".join(lines)
+    if setting == "auto":
+        assert log.count("feature cache: frozen part run once over 40 train + 12 val") == 2
+        assert "steps run only from the output of head_pool" in log
+        assert "steps run only from the input of the trained blocks (stem_relu outputs)" in log
+    elif setting == "off":
+        assert "feature cache" not in log
+    else:
+        assert log.count("feature cache: off (random augmentation ['flip']") == 2
+    assert "lr multipliers: stage_1 x0.25, stage_2 x0.5, head x1" in log
+    loaded = keras.saving.load_model(result.run_dir / "model.keras")
+    assert loaded.optimizer.lr_multipliers == {
+        "block1_conv/kernel": 0.25, "block2_conv/kernel": 0.5,
+    }
+    x = np.stack([x for x, _ in splits.val.as_numpy_iterator()])
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)

@@ -141,6 +141,44 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
     get_recipe(config.recipe).run(config, output_dir=output, overwrite=overwrite, echo=click.echo)
 
 
+@main.command("lr-find")
+@click.argument("recipe")
+@click.option("--stage", default=1, show_default=True, help="Which stage (1-based) to sweep.")
+@click.option("--steps", default=100, show_default=True, help="Steps of the sweep.")
+@click.option("--min-lr", default=1e-7, show_default=True, help="First learning rate.")
+@click.option("--max-lr", default=1.0, show_default=True, help="Last learning rate.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe setting (repeatable), as for train.")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Where <name>-lr-find/ goes (default: the recipe's output_dir, runs/).")
+def lr_find(recipe: str, stage: int, steps: int, min_lr: float, max_lr: float,
+            overrides: tuple[str, ...], output: str | None) -> None:
+    """Learning-rate range test for one stage of RECIPE.
+
+    Trains the stage's trainable part (with its optimizer and layer decay, on cached features
+    where exact) while the learning rate grows exponentially from --min-lr to --max-lr, then
+    writes the loss curve as PNG and CSV to runs/<name>-lr-find/ and prints a suggested
+    learning rate (steepest fall of the smoothed loss). Nothing is trained for real: the
+    weights are restored and no run directory is written.
+    """
+    from tftune.config import load_recipe
+    from tftune.lr_find import lr_find as run_lr_find
+
+    config = load_recipe(_find_recipe(recipe), overrides)
+    _import_tensorflow_quietly()
+    result = run_lr_find(config, stage, steps=steps, min_lr=min_lr, max_lr=max_lr,
+                         output=output, echo=click.echo)
+    st = config.stages[stage - 1]
+    if result.suggestion is not None:
+        click.echo(f"Suggested learning rate: {result.suggestion:.2e} (steepest fall; "
+                   f"min-loss lr / 10 = {result.min_loss_lr:.2e}); the recipe has "
+                   f"{st.learning_rate:g}. Set it with --set stages.{stage - 1}.learning_rate=...")
+    else:
+        click.echo("No clear suggestion: the loss did not fall over the sweep; widen "
+                   "--min-lr/--max-lr or add --steps.")
+    click.echo(f"Curve: {result.png_path}  Data: {result.csv_path}")
+
+
 @main.command()
 @click.argument("spec")
 @click.option("--weights", default=None, help="Weights for keras_applications specs (default: imagenet).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -149,12 +150,24 @@ def train(
 
         config = config_from_dict(to_dict(config), overrides)
 
+    cfg = config
+    started = time.perf_counter()
+    with loaded_inputs(cfg, datasets, backbone_model) as (splits, backbone, policy):
+        # Only now, with data and backbone loaded, does the run directory get created.
+        run = rundir.prepare(output_dir or cfg.output_dir, cfg.name, overwrite)
+        rundir.write_text(run / rundir.CONFIG_FILE, dump_config(cfg))
+        rundir.write_json(run / rundir.VERSIONS_FILE, rundir.versions())
+        return _train(cfg, splits, backbone, run, started, echo, policy)
+
+
+@contextlib.contextmanager
+def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, backbone_model=None):
+    """Seeds, loads the data and the backbone, and sets the run's dtype policy for the
+    duration: yields (splits, backbone, policy name)."""
     import keras
 
     from tftune import backbones
 
-    cfg = config
-    started = time.perf_counter()
     keras.utils.set_random_seed(cfg.train.seed)
     splits = datasets if datasets is not None else load_data(cfg.data, cfg.train.seed)
     previous_policy = keras.mixed_precision.dtype_policy().name
@@ -170,31 +183,30 @@ def train(
                 f"Backbone {backbone.spec!r} takes {backbone.modality} inputs but the data is "
                 f"{splits.modality}. Use a {splits.modality} backbone (see `tftune recipes`)."
             )
-        # Only now, with data and backbone loaded, does the run directory get created.
-        run = rundir.prepare(output_dir or cfg.output_dir, cfg.name, overwrite)
-        rundir.write_text(run / rundir.CONFIG_FILE, dump_config(cfg))
-        rundir.write_json(run / rundir.VERSIONS_FILE, rundir.versions())
-        return _train(cfg, splits, backbone, run, started, echo, policy)
+        yield splits, backbone, policy
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: float,
-           echo, policy: str) -> RunResult:
-    from tftune import heads, optim, stages as stages_mod
-    from tftune.callbacks import EpochLine, HistoryCSV, StopOnNaN
+@dataclasses.dataclass
+class Prepared:
+    """A run's model and data, ready for its stages (`prepare_run`)."""
 
-    echo(
-        f"Data: {splits.modality}, {len(splits.class_names)} classes "
-        f"({', '.join(splits.class_names[:6])}{' ...' if len(splits.class_names) > 6 else ''}); "
-        + ", ".join(f"{k} {v}" for k, v in splits.sizes.items())
-    )
-    echo(
-        f"Backbone: {backbone.spec}"
-        + (f"; {'; '.join(backbone.notes)}" if backbone.notes else "")
-        + (f"; dtype policy {policy}" if policy != "float32" else "")
-    )
-    rundir.write_json(run / rundir.CLASSES_FILE, splits.class_names)
+    model: Any
+    head: list
+    unused: list
+    pipe: pipeline.Pipeline
+    train_ds: Any
+    val_ds: Any
+    test_ds: Any
+    steps_per_epoch: int
+    selections: list[list[int]]  # per stage: the indices of the groups it trains
+
+
+def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> Prepared:
+    """Input pipelines, the classifier and its layer groups; every stage's group selection and
+    monitor are checked here, before anything trains (a typo in stage 3 must not cost stage 1)."""
+    from tftune import heads, stages as stages_mod
 
     batch = cfg.train.batch_size
     n_train = splits.sizes.get("train") or int(splits.train.cardinality())
@@ -202,7 +214,6 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         raise DataError("The training split is empty or of unknown size; pass a finite dataset.")
     if splits.modality == "text":
         pipe = pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
-        rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
     else:
         pipe = pipeline.image_pipeline(
             n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
@@ -230,14 +241,42 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         f"Layer groups, bottom to top: "
         + ", ".join(f"{g.name} ({g.num_params / 1e6:.2f}M)" for g in backbone.groups)
     )
-
-    # Check every stage before the first one trains: a typo in stage 3 must not cost stage 1.
     selections = []
     for i, stage in enumerate(cfg.stages):
         selections.append(
             stages_mod.selected_groups(stage.train, backbone.groups, f"stages.{i}.train")
         )
         stages_mod.check_monitor(stage.early_stopping.monitor, f"stages.{i}.early_stopping.monitor")
+    return Prepared(model, head, unused, pipe, train_ds, val_ds, test_ds, steps_per_epoch,
+                    selections)
+
+
+def describe(splits: DataSplits, backbone, policy: str, echo) -> None:
+    echo(
+        f"Data: {splits.modality}, {len(splits.class_names)} classes "
+        f"({', '.join(splits.class_names[:6])}{' ...' if len(splits.class_names) > 6 else ''}); "
+        + ", ".join(f"{k} {v}" for k, v in splits.sizes.items())
+    )
+    echo(
+        f"Backbone: {backbone.spec}"
+        + (f"; {'; '.join(backbone.notes)}" if backbone.notes else "")
+        + (f"; dtype policy {policy}" if policy != "float32" else "")
+    )
+
+
+def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: float,
+           echo, policy: str) -> RunResult:
+    from tftune import optim, stages as stages_mod
+    from tftune.callbacks import EpochLine, HistoryCSV, StopOnNaN
+
+    describe(splits, backbone, policy, echo)
+    rundir.write_json(run / rundir.CLASSES_FILE, splits.class_names)
+    if splits.modality == "text":
+        rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
+    prep = prepare_run(cfg, splits, backbone, echo)
+    model, head, unused, pipe = prep.model, prep.head, prep.unused, prep.pipe
+    train_ds, val_ds, test_ds = prep.train_ds, prep.val_ds, prep.test_ds
+    steps_per_epoch, selections = prep.steps_per_epoch, prep.selections
 
     jit = _jit(cfg.train.jit_compile)
     verbose, epoch_lines = _verbosity(cfg.train.verbose)

@@ -1,0 +1,204 @@
+"""The learning-rate range test (Smith 2017; fastai's `lr_find`): train one stage's trainable
+part for a few steps while the learning rate grows exponentially, record the loss, and suggest
+the learning rate where the loss falls fastest. The weights are put back afterwards."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from tftune import rundir
+from tftune.errors import ConfigError, TftuneError
+
+
+@dataclasses.dataclass
+class LRFindResult:
+    """The sweep: learning rates, raw and smoothed losses, and the suggestion."""
+
+    learning_rates: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: Optional[float]
+    min_loss_lr: Optional[float]
+    csv_path: Optional[Path] = None
+    png_path: Optional[Path] = None
+
+
+def smooth(losses: Sequence[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction."""
+    out, avg = [], 0.0
+    for i, loss in enumerate(losses, start=1):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def suggest(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """(steepest-descent lr, min-loss lr / 10): the steepest fall of the smoothed loss against
+    log(lr), looked for before the minimum and past the first tenth of the sweep."""
+    if len(lrs) < 5:
+        return None, None
+    lo = np.log10(np.asarray(lrs))
+    s = np.asarray(smoothed)
+    best = int(np.argmin(s))
+    start = max(1, len(s) // 10)
+    if best <= start:
+        return None, float(lrs[best]) / 10
+    slope = np.gradient(s[: best + 1], lo[: best + 1])
+    steepest = start + int(np.argmin(slope[start:]))
+    return float(lrs[steepest]), float(lrs[best]) / 10
+
+
+def sweep(model, train_ds, optimizer, *, steps: int = 100, min_lr: float = 1e-7,
+          max_lr: float = 1.0, diverge: float = 4.0, echo: Callable[[str], None] = print
+          ) -> LRFindResult:
+    """Runs the range test on `model`'s trainable weights with `optimizer` (whose learning
+    rate is set each step); every weight of `model` is restored afterwards."""
+    import keras
+    import tensorflow as tf
+
+    if not 0 < min_lr < max_lr:
+        raise ConfigError(f"Expected 0 < min_lr < max_lr. Received: min_lr={min_lr}, max_lr={max_lr}")
+    saved = [np.array(v.numpy()) for v in model.weights]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    lrs, losses = [], []
+    factor = (max_lr / min_lr) ** (1.0 / max(steps - 1, 1))
+    best = math.inf
+    try:
+        batches = iter(train_ds.repeat())
+        for i in range(steps):
+            lr = min_lr * factor**i
+            optimizer.learning_rate = lr
+            x, y = next(batches)
+            loss = float(step(x, y))
+            lrs.append(lr)
+            losses.append(loss)
+            sm = smooth(losses)[-1]
+            best = min(best, sm)
+            if not math.isfinite(loss) or (i > steps // 10 and sm > diverge * best):
+                echo(f"   loss diverged at lr {lr:.2e} (step {i + 1}/{steps}): stopping the sweep")
+                break
+    finally:
+        for v, w in zip(model.weights, saved):
+            v.assign(w)
+    smoothed = smooth(losses)
+    steep, min_lr_10 = suggest(lrs, smoothed)
+    return LRFindResult(lrs, losses, smoothed, steep, min_lr_10)
+
+
+def write(result: LRFindResult, out_dir: Path, stem: str, title: str) -> LRFindResult:
+    """`<stem>.csv` (lr, loss, smoothed) and `<stem>.png` (the curve, suggestion marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.png"
+
+    def write_csv(p: Path):
+        with open(p, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["learning_rate", "loss", "smoothed_loss"])
+            for row in zip(result.learning_rates, result.losses, result.smoothed):
+                w.writerow([f"{v:.6g}" for v in row])
+
+    rundir.atomic_write(csv_path, write_csv)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(result.learning_rates, result.losses, color="0.75", lw=1, label="loss")
+    ax.plot(result.learning_rates, result.smoothed, color="C0", lw=2, label="smoothed")
+    if result.suggestion:
+        ax.axvline(result.suggestion, color="C3", ls="--",
+                   label=f"suggested {result.suggestion:.2e} (steepest)")
+    if result.min_loss_lr:
+        ax.axvline(result.min_loss_lr, color="C2", ls=":",
+                   label=f"min-loss lr / 10 = {result.min_loss_lr:.2e}")
+    ax.set_xscale("log")
+    finite = [l for l in result.smoothed if math.isfinite(l)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.95, min(max(finite), 3 * min(finite)) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    rundir.atomic_write(png_path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return dataclasses.replace(result, csv_path=csv_path, png_path=png_path)
+
+
+def lr_find(config, stage: int = 1, *, overrides: tuple[str, ...] = (), steps: int = 100,
+            min_lr: float = 1e-7, max_lr: float = 1.0, output: Optional[str] = None,
+            echo: Callable[[str], None] = print) -> LRFindResult:
+    """Runs the range test for recipe `config`'s stage `stage` (1-based): the stage's groups
+    trainable, its optimizer and layer decay, on the frozen-prefix cache when exact. Writes
+    `<output>/<name>-lr-find/stage<N>-<stage>.{csv,png}` (default output: the recipe's
+    output_dir) and returns the sweep."""
+    from tftune import cache, optim, stages as stages_mod
+    from tftune.config import RecipeConfig, load_recipe
+    from tftune.train import describe, loaded_inputs, prepare_run
+
+    cfg = config if isinstance(config, RecipeConfig) else load_recipe(config, overrides)
+    if not 1 <= stage <= len(cfg.stages):
+        raise ConfigError(
+            f"Invalid --stage {stage}: the recipe has {len(cfg.stages)} stage(s) "
+            f"({', '.join(s.name for s in cfg.stages)}). Expected 1..{len(cfg.stages)}."
+        )
+    st = cfg.stages[stage - 1]
+    with loaded_inputs(cfg) as (splits, backbone, policy):
+        describe(splits, backbone, policy, echo)
+        prep = prepare_run(cfg, splits, backbone, echo)
+        idx = prep.selections[stage - 1]
+        stages_mod.set_trainable(backbone.model, backbone.groups, idx, prep.head,
+                                 cfg.backbone.train_bn, prep.unused)
+        names = [g.name for g in backbone.groups]
+        mult = optim.group_multipliers(names, idx, st.layer_decay, st.lr_multipliers,
+                                       f"stages.{stage - 1}")
+        model, train_ds, caches = prep.model, prep.train_ds, []
+        if cfg.train.feature_cache == "auto" and not prep.pipe.random:
+            plan, _ = cache.plan_cache(prep.model, backbone.model)
+            if plan is not None:
+                train_ds, _, caches = cache.cached_datasets(
+                    plan, prep.pipe, splits.train, splits.val.take(1),
+                    cfg.train.cache_memory_mb * 2**20,
+                )
+                model = plan.suffix
+                echo(f"   feature cache: sweeping on the stored {plan.boundary}")
+        # A constant learning rate variable the sweep sets each step; the stage's optimizer kind,
+        # weight decay and group multipliers.
+        opt = optim.build_optimizer(
+            dataclasses.replace(st, schedule="constant", warmup=0.0, learning_rate=min_lr),
+            prep.steps_per_epoch, optim.variable_multipliers(backbone.groups, mult),
+        )
+        echo(f"LR range test, stage {stage} ({st.name}): {steps} steps from {min_lr:g} to {max_lr:g}")
+        try:
+            result = sweep(model, train_ds, opt, steps=steps, min_lr=min_lr, max_lr=max_lr,
+                           echo=echo)
+        finally:
+            for c in caches:
+                c.close()
+    if len(result.losses) < 5:
+        raise TftuneError(
+            f"The loss diverged after {len(result.losses)} steps, at lr {result.learning_rates[-1]:.2e}: "
+            f"lower --min-lr (now {min_lr:g})."
+        )
+    out_dir = Path(output or cfg.output_dir).expanduser() / f"{cfg.name}-lr-find"
+    result = write(result, out_dir, f"stage{stage}-{st.name}",
+                   f"{cfg.name}: stage {stage} ({st.name}), {len(result.losses)} steps")
+    return result

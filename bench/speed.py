@@ -1,0 +1,224 @@
+"""Speed ratios of tftune's training machinery, each measured side by side in one run:
+
+1. stage overhead: one tftune stage (GroupLR AdamW with layer decay, warmup + cosine,
+   EarlyStopping, HistoryCSV, NaN check) vs the hand-written `model.compile(); model.fit()`
+   on the same model, data pipeline and batch size; per-epoch time ratio (target <= 1.02);
+2. feature cache: epochs of a head-only and of a `top:2` stage with and without the
+   frozen-prefix cache (targets >= 20x and >= 2x), plus the one-off cost of filling it;
+3. input pipeline: share of step time spent waiting for data (target < 5%): an epoch on the
+   real pipeline vs the same batches replayed from memory.
+
+Run on demand (minutes, not CI):
+
+    python bench/speed.py                 # MobileNetV2 on Fashion-MNIST and MiniLM on Rotten Tomatoes
+    python bench/speed.py --only image    # or --only text
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parent.parent
+SETUPS = {
+    # (recipe file, overrides): subsets so each measurement takes a minute or two here.
+    "image": ("recipes/image_fashion_mnist_mobilenetv2.yaml",
+              ["data.max_train_examples=3000", "data.max_test_examples=500"]),
+    "text": ("recipes/text_sentiment_minilm.yaml",
+             ["data.max_train_examples=1500", "data.max_test_examples=200"]),
+}
+
+
+class EpochTimer:
+    """Wall-clock seconds of each epoch (a keras callback built lazily, keras is imported late)."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self._t)
+
+        return _Timer()
+
+
+def steady(seconds):
+    """Epoch time without the first epoch (tracing, cache filling)."""
+    return statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+
+
+def setup(kind, extra=()):
+    from tftune.config import load_recipe
+    from tftune.train import loaded_inputs, prepare_run
+
+    recipe, overrides = SETUPS[kind]
+    cfg = load_recipe(REPO / recipe, [*overrides, *extra])
+    ctx = loaded_inputs(cfg)
+    splits, backbone, policy = ctx.__enter__()
+    prep = prepare_run(cfg, splits, backbone, echo=lambda _: None)
+    return cfg, splits, backbone, prep, ctx
+
+
+def stage_overhead(kind, epochs):
+    import keras
+
+    from tftune import optim, stages
+    from tftune.callbacks import HistoryCSV, StopOnNaN
+    from tftune.config import EarlyStoppingConfig, StageConfig
+
+    cfg, splits, backbone, prep, ctx = setup(kind)
+    try:
+        model = prep.model
+        initial = model.get_weights()
+        all_idx = list(range(len(backbone.groups)))
+        stages.set_trainable(backbone.model, backbone.groups, all_idx, prep.head, False, prep.unused)
+        stage = StageConfig(name="all", train="all", epochs=epochs, learning_rate=1e-4,
+                            layer_decay=0.8, warmup=0.1, schedule="cosine",
+                            early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=epochs))
+        names = [g.name for g in backbone.groups]
+        mult = optim.variable_multipliers(
+            backbone.groups, optim.group_multipliers(names, all_idx, 0.8)
+        )
+        times = {"hand": [], "tftune": []}
+        for round_ in range(2):
+            for who in ("hand", "tftune") if round_ == 0 else ("tftune", "hand"):
+                model.set_weights(initial)
+                timer = EpochTimer()
+                if who == "hand":
+                    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                                  metrics=["accuracy"], jit_compile=False)
+                    model.fit(prep.train_ds, validation_data=prep.val_ds, epochs=epochs,
+                              callbacks=[timer], verbose=0)
+                else:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        stages.run_stage(
+                            model, stage, 0, prep.train_ds, prep.val_ds, prep.steps_per_epoch,
+                            [timer, HistoryCSV(Path(tmp) / "h.csv", 0, "all"),
+                             StopOnNaN("all", "lr")], False, 0, mult,
+                        )
+                times[who] += timer.seconds[1:]
+        hand, tft = statistics.median(times["hand"]), statistics.median(times["tftune"])
+        return {"hand_epoch_s": hand, "tftune_epoch_s": tft, "ratio": tft / hand,
+                "epochs_measured": len(times["hand"])}
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def feature_cache(kind, train, epochs):
+    from tftune import cache, stages
+    from tftune.config import EarlyStoppingConfig, StageConfig
+
+    cfg, splits, backbone, prep, ctx = setup(kind)
+    try:
+        model = prep.model
+        idx = stages.selected_groups(train, backbone.groups)
+        stages.set_trainable(backbone.model, backbone.groups, idx, prep.head, False, prep.unused)
+        stage = StageConfig(name=train, train=train, epochs=epochs, learning_rate=1e-3,
+                            early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=epochs))
+        initial = model.get_weights()
+
+        timer = EpochTimer()
+        stages.run_stage(model, stage, 0, prep.train_ds, prep.val_ds, prep.steps_per_epoch,
+                         [timer], False, 0)
+        uncached = timer.seconds
+
+        model.set_weights(initial)
+        plan, why = cache.plan_cache(model, backbone.model)
+        assert plan is not None, why
+        start = time.perf_counter()
+        train_b, val_b, caches = cache.cached_datasets(
+            plan, prep.pipe, splits.train, splits.val, cfg.train.cache_memory_mb * 2**20
+        )
+        fill = time.perf_counter() - start
+        timer = EpochTimer()
+        stages.run_stage(plan.suffix, stage, 0, train_b, val_b, prep.steps_per_epoch, [timer],
+                         False, 0)
+        for c in caches:
+            c.close()
+        cached = timer.seconds
+        return {"uncached_epoch_s": steady(uncached), "cached_epoch_s": steady(cached),
+                "ratio": steady(uncached) / steady(cached), "fill_s": fill,
+                "whole_stage_ratio": sum(uncached) / (fill + sum(cached)),
+                "boundary": plan.boundary, "epochs": epochs}
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def input_wait(kind, epochs):
+    import keras
+    import tensorflow as tf
+
+    from tftune import stages
+
+    cfg, splits, backbone, prep, ctx = setup(kind)
+    try:
+        model = prep.model
+        all_idx = list(range(len(backbone.groups)))
+        stages.set_trainable(backbone.model, backbone.groups, all_idx, prep.head, False, prep.unused)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-5),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
+        # The same batches, held in memory by tf.data: no decoding, tokenising, shuffling,
+        # bucketing or casting left to do.
+        replay = prep.train_ds.cache().prefetch(tf.data.AUTOTUNE)
+        for _ in replay:
+            pass
+        real, mem = [], []
+        for _ in range(epochs):
+            for ds, out in ((prep.train_ds, real), (replay, mem)):
+                t = EpochTimer()
+                model.fit(ds, epochs=1, callbacks=[t], verbose=0)
+                out.append(t.seconds[0])
+        r, m = statistics.median(real[1:]), statistics.median(mem[1:])
+        return {"real_epoch_s": r, "replay_epoch_s": m, "wait_share": max(0.0, (r - m) / r)}
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["image", "text"], default=None)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    kinds = [args.only] if args.only else ["image", "text"]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"TF {tf.__version__}; subsets: "
+          + "; ".join(f"{k}: {' '.join(SETUPS[k][1])}" for k in kinds), flush=True)
+    for kind in kinds:
+        o = stage_overhead(kind, args.epochs)
+        print(f"[{kind}] stage overhead: tftune {o['tftune_epoch_s']:.1f}s vs hand-written "
+              f"{o['hand_epoch_s']:.1f}s per epoch -> ratio {o['ratio']:.3f} (target <= 1.02; "
+              f"median of {o['epochs_measured']} epochs each)", flush=True)
+        for train in ("head", "top:2"):
+            c = feature_cache(kind, train, args.epochs)
+            print(f"[{kind}] feature cache, {train} stage: uncached {c['uncached_epoch_s']:.2f}s vs "
+                  f"cached {c['cached_epoch_s']:.3f}s per epoch -> {c['ratio']:.1f}x "
+                  f"(target {'>= 20x' if train == 'head' else '>= 2x'}); filling the cache took "
+                  f"{c['fill_s']:.1f}s, so the whole {c['epochs']}-epoch stage ran "
+                  f"{c['whole_stage_ratio']:.1f}x faster (cut at the {c['boundary']})", flush=True)
+        w = input_wait(kind, args.epochs)
+        print(f"[{kind}] input pipeline: epoch {w['real_epoch_s']:.1f}s on the real pipeline vs "
+              f"{w['replay_epoch_s']:.1f}s replaying the same batches from memory -> "
+              f"{100 * w['wait_share']:.1f}% of step time waiting for data (target < 5%)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_DIRS = ("train", "val", "test")
 
 
-def _list_class_folder(root: Path) -> tuple[list[str], list[str]]:
+def list_class_folder(root: Path) -> tuple[list[str], list[str]]:
     """(paths, label strings) of the images in `root/<class>/*`; empty classes are errors."""
     if not root.is_dir():
         raise DataError(f"Image folder not found: {root}. Set data.path to a folder of class folders.")
@@ -40,7 +40,7 @@ def _list_class_folder(root: Path) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
-def _check_images(paths: list[str]) -> None:
+def check_images(paths: list[str]) -> None:
     """Raises DataError naming every file that cannot be decoded as an image."""
     from PIL import Image, UnidentifiedImageError
 
@@ -59,15 +59,45 @@ def _check_images(paths: list[str]) -> None:
         )
 
 
+def prepare_image(image, image_size: tuple[int, int]):
+    """One image as the model takes it: float32 `[height, width, 3]` in 0..255.
+
+    `image` is `[H, W]` or `[H, W, C]` pixels (uint8, or float in 0..255) with C = 1 (grey),
+    2 (grey + alpha), 3 (RGB) or 4 (RGBA); alpha is dropped, as `decode_image(channels=3)`
+    drops it. Resized with `tf.image.resize` (bilinear) and grey repeated to RGB after
+    resizing. Training, `tftune.load(...).predict` and the exported SavedModel all call this
+    function, so an image is prepared the same way everywhere. Works eagerly and in graphs.
+    """
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    channels = image.shape[-1]
+    if channels == 2:
+        image = image[..., :1]
+    elif channels == 4:
+        image = image[..., :3]
+    image = tf.image.resize(tf.cast(image, tf.float32), image_size)
+    if image.shape[-1] == 1:
+        image = tf.repeat(image, 3, axis=-1)
+    image.set_shape((*image_size, 3))
+    return image
+
+
+def decode_image(data, image_size: tuple[int, int]):
+    """Encoded image bytes (PNG, JPEG, BMP, GIF: its first frame) -> `prepare_image`."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return prepare_image(image, image_size)
+
+
 def _decode_fn(image_size: tuple[int, int]):
     import tensorflow as tf
 
     def decode(path, label):
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), image_size)
-        image.set_shape((*image_size, 3))
-        return image, label
+        return decode_image(tf.io.read_file(path), image_size), label
 
     return decode
 
@@ -90,7 +120,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
         raise DataError(f"Image folder not found: {root}. Set data.path to an existing folder.")
     has_splits = (root / "train").is_dir()
     if has_splits:
-        found = {s: _list_class_folder(root / s) for s in SPLIT_DIRS if (root / s).is_dir()}
+        found = {s: list_class_folder(root / s) for s in SPLIT_DIRS if (root / s).is_dir()}
         names, train_labels, keep = class_index(
             found["train"][1], cfg.classes, cfg.skip_unlisted_labels, f"{root / 'train'}"
         )
@@ -108,7 +138,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
             split_paths["train"] = [tp[i] for i in train_idx]
             split_labels["train"] = tl[train_idx]
     else:
-        paths, raw = _list_class_folder(root)
+        paths, raw = list_class_folder(root)
         names, labels, keep = class_index(raw, cfg.classes, cfg.skip_unlisted_labels, str(root))
         paths = [p for p, k in zip(paths, keep) if k]
         labels = labels[keep]
@@ -127,7 +157,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
         raise DataError(
             f"The validation split of {root} is empty. Add images or raise data.val_fraction."
         )
-    _check_images([p for s in split_paths.values() for p in s])
+    check_images([p for s in split_paths.values() for p in s])
     datasets = {
         s: _paths_dataset(split_paths[s], split_labels[s], tuple(cfg.image_size))
         for s in split_paths
@@ -140,6 +170,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
         class_names=names,
         modality="image",
         sizes={s: len(p) for s, p in split_paths.items()},
+        ids={s: list(p) for s, p in split_paths.items()},
     )
 
 
@@ -185,11 +216,7 @@ def _array_dataset(x: np.ndarray, y: np.ndarray, image_size):
     import tensorflow as tf
 
     def prepare(image, label):
-        image = tf.cast(image[..., None], tf.float32)
-        image = tf.image.resize(image, image_size)
-        image = tf.repeat(image, 3, axis=-1)
-        image.set_shape((*image_size, 3))
-        return image, label
+        return prepare_image(image, image_size), label
 
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -209,4 +236,9 @@ def load_fashion_mnist(cfg: DataConfig, seed: int) -> DataSplits:
         class_names=list(FASHION_MNIST_CLASSES),
         modality="image",
         sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        ids={
+            "train": [f"fashion-mnist train image {i}" for i in train_idx],
+            "val": [f"fashion-mnist train image {i}" for i in val_idx],
+            "test": [f"fashion-mnist test image {i}" for i in test_idx],
+        },
     )

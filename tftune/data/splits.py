@@ -16,7 +16,9 @@ class DataSplits:
 
     Each split is an unbatched `tf.data.Dataset` of `(raw_input, label)` pairs: an image as a
     float32 `[height, width, 3]` tensor in 0..255, or a text as a scalar string; the label is
-    an int32 class index into `class_names`. `test` may be None.
+    an int32 class index into `class_names`. `test` may be None. `ids` names each example of
+    a split, in order, where the source has names (image file paths, Fashion-MNIST indices):
+    evaluation reports point at them.
     """
 
     train: "tf.data.Dataset"  # noqa: F821
@@ -25,6 +27,7 @@ class DataSplits:
     class_names: list[str]
     modality: Literal["image", "text"]
     sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_datasets(

@@ -64,8 +64,8 @@ def prepare_image(image, image_size: tuple[int, int]):
 
     `image` is `[H, W]` or `[H, W, C]` pixels (uint8, or float in 0..255) with C = 1 (grey),
     2 (grey + alpha), 3 (RGB) or 4 (RGBA); alpha is dropped, as `decode_image(channels=3)`
-    drops it. Resized with `tf.image.resize` (bilinear) and grey repeated to RGB after
-    resizing. Training, `tftune.load(...).predict` and the exported SavedModel all call this
+    drops it. Resized with `tf.image.resize` (bilinear), rounded to whole values in 0..255
+    (the training pipeline caches pixels as uint8) and grey repeated to RGB. Training, `tftune.load(...).predict` and the exported SavedModel all call this
     function, so an image is prepared the same way everywhere. Works eagerly and in graphs.
     """
     import tensorflow as tf
@@ -79,6 +79,8 @@ def prepare_image(image, image_size: tuple[int, int]):
     elif channels == 4:
         image = image[..., :3]
     image = tf.image.resize(tf.cast(image, tf.float32), image_size)
+    # Whole pixel values, as images are stored: training caches them as uint8.
+    image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
     if image.shape[-1] == 1:
         image = tf.repeat(image, 3, axis=-1)
     image.set_shape((*image_size, 3))

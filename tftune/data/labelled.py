@@ -1,0 +1,142 @@
+"""Labelled examples from a folder or a file, mapped onto a trained run's classes.
+
+This is what `tftune evaluate --data` and `tftune export --data` read: images in
+`FOLDER/<class>/*`, or texts in a CSV / JSONL file with a text and a label column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from tftune.errors import DataError
+
+TEXT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+@dataclasses.dataclass
+class Examples:
+    """Labelled examples to evaluate on (or to check an export with).
+
+    `dataset` is an unbatched `tf.data.Dataset` of `(input, label)`: an image as float32
+    `[H, W, 3]` in 0..255 (prepared as in training) or a text as a scalar string; the label
+    an int32 index into the run's classes. `ids` names each example where the source has
+    names (file paths, dataset indices), else None.
+    """
+
+    name: str
+    description: str
+    dataset: Any
+    size: int
+    ids: Optional[list[str]] = None
+
+
+def _name(path: Path) -> str:
+    stem = path.name
+    for suffix in (".gz", ".bz2", ".csv", ".jsonl", ".json"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "data"
+
+
+def _label_indices(raw: Sequence[str], class_names: Sequence[str], skip_unknown: bool, what: str):
+    """(indices, keep): labels mapped onto the run's classes; unknown labels are an error
+    naming them unless `skip_unknown` drops those examples."""
+    lookup = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted({r for r in raw if r not in lookup})
+    if unknown and not skip_unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise DataError(
+            f"{what} has labels the run was not trained on: {shown}{' ...' if len(unknown) > 5 else ''}. "
+            f"The run's classes are {', '.join(class_names)}. Rename them, or pass "
+            f"--skip-unknown-labels to leave those examples out."
+        )
+    keep = np.array([r in lookup for r in raw], dtype=bool)
+    labels = np.array([lookup.get(r, -1) for r in raw], dtype=np.int32)
+    return labels, keep
+
+
+def load_labelled(
+    spec: str | Path,
+    modality: str,
+    class_names: Sequence[str],
+    image_size: tuple[int, int] = (224, 224),
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    skip_unknown_labels: bool = False,
+) -> Examples:
+    """Images in `spec/<class>/*` (modality `image`) or texts in the CSV / JSONL file `spec`
+    (modality `text`), labelled with the run's `class_names`."""
+    import tensorflow as tf
+
+    from tftune.assets import resolve
+
+    path = Path(resolve(str(spec))).expanduser()
+    if modality == "image":
+        from tftune.data.images import _paths_dataset, check_images, list_class_folder
+
+        if not path.is_dir():
+            raise DataError(
+                f"--data {spec} is not a folder. For an image run, pass a folder of class "
+                f"folders: {spec}/<class name>/<image files>."
+            )
+        paths, raw = list_class_folder(path)
+        labels, keep = _label_indices(raw, class_names, skip_unknown_labels, str(path))
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels = labels[keep]
+        if not paths:
+            raise DataError(f"{path} holds no images of the run's classes ({', '.join(class_names)}).")
+        check_images(paths)
+        return Examples(
+            name=_name(path),
+            description=f"{len(paths)} images in {path}",
+            dataset=_paths_dataset(paths, labels, tuple(image_size)),
+            size=len(paths),
+            ids=list(paths),
+        )
+
+    from tftune.data.text import read_rows
+
+    suffix = next((s for s in path.suffixes[::-1] if s in TEXT_SUFFIXES), None)
+    if not path.is_file() or suffix is None:
+        raise DataError(
+            f"--data {spec} is not a CSV or JSONL file. For a text run, pass a .csv or .jsonl "
+            f"file (optionally .gz / .bz2) with a {text_column!r} and a {label_column!r} column."
+        )
+    rows = read_rows(path, TEXT_SUFFIXES[suffix])
+    if not rows:
+        raise DataError(f"{path} has no data rows.")
+    for column, option in ((text_column, "--text-column"), (label_column, "--label-column")):
+        if column not in rows[0]:
+            raise DataError(
+                f"{path} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. "
+                f"Name the right one with {option}."
+            )
+    texts = [str(r.get(text_column) or "").strip() for r in rows]
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise DataError(
+            f"{path} has {len(empty)} row(s) with an empty {text_column!r} text (first: data "
+            f"row {empty[0] + 1}). Fill them in or remove those rows."
+        )
+    raw = [str(r.get(label_column) or "").strip() for r in rows]
+    labels, keep = _label_indices(raw, class_names, skip_unknown_labels, str(path))
+    rows_kept = [i for i in range(len(rows)) if keep[i]]
+    if not rows_kept:
+        raise DataError(f"{path} has no rows labelled with the run's classes ({', '.join(class_names)}).")
+    texts_kept = [texts[i] for i in rows_kept]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(texts_kept, dtype=tf.string), labels[keep])
+    )
+    return Examples(
+        name=_name(path),
+        description=f"{len(rows_kept)} texts in {path}",
+        dataset=dataset,
+        size=len(rows_kept),
+        ids=[f"row {i + 1}" for i in rows_kept],
+    )

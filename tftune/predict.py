@@ -1,0 +1,233 @@
+"""A trained run as a predictor: raw images or texts in, class probabilities out.
+
+```python
+import tftune
+
+predictor = tftune.load("runs/rt-minilm")
+predictor.predict(["A triumph.", "Two hours I will not get back."])  # -> [n, classes] array
+predictor.predict_labels(["A triumph."])                              # -> ["fresh"]
+```
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from tftune.data.images import IMAGE_EXTENSIONS
+from tftune.errors import DataError
+
+
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Image files named by `paths`: files as given, folders searched recursively (sorted).
+
+    Raises DataError for a path that does not exist, a file that is not an image type, or a
+    folder without images.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+            )
+            if not found:
+                raise DataError(f"Folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            out += found
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError(
+                    f"{p} is not an image file. Expected one of: {', '.join(IMAGE_EXTENSIONS)}."
+                )
+            out.append(p)
+        else:
+            raise DataError(f"Input {p} not found. Pass image files or folders of images.")
+    return out
+
+
+def check_texts(texts: Sequence[str], what: Callable[[int], str] = lambda i: f"Text {i + 1}") -> list[str]:
+    """The texts as str; an empty (or whitespace-only) text is an error naming it."""
+    out = []
+    for i, t in enumerate(texts):
+        if isinstance(t, bytes):
+            t = t.decode("utf-8")
+        if not isinstance(t, str):
+            raise DataError(f"{what(i)} is a {type(t).__name__}, not a string.")
+        if not t.strip():
+            raise DataError(f"{what(i)} is empty. Pass non-empty texts.")
+        out.append(t)
+    return out
+
+
+class Predictor:
+    """A trained classifier with the preprocessing it was trained with.
+
+    Image predictors take file paths (str / Path), folders of images, encoded image bytes,
+    PIL images and numpy arrays (`[H, W]`, `[H, W, C]` uint8 or float pixels in 0..255, or a
+    `[N, H, W, C]` batch); each is prepared with `tftune.data.images.prepare_image`, as in
+    training. Text predictors take strings, tokenised with the run's saved preprocessor.
+    """
+
+    def __init__(self, model, class_names: Sequence[str], modality: str,
+                 image_size: tuple[int, int] = (224, 224), preprocessor=None):
+        import tensorflow as tf
+
+        self.model = model
+        self.class_names = list(class_names)
+        self.modality = modality
+        self.image_size = tuple(image_size)
+        self.preprocessor = preprocessor
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    # -- batches already in the model's input form ---------------------------------------
+
+    def probabilities(self, batch) -> np.ndarray:
+        """Probabilities for one prepared batch: float images `[n, H, W, 3]` in 0..255, or a
+        1-D batch of strings (tokenised here, trimmed to the longest text as in training)."""
+        import tensorflow as tf
+
+        if self.modality == "text":
+            tokens = self.preprocessor(tf.convert_to_tensor(batch, dtype=tf.string))
+            longest = tf.reduce_max(tf.reduce_sum(tf.cast(tokens["padding_mask"], tf.int32), axis=1))
+            batch = {k: v[:, :longest] for k, v in tokens.items()}
+        else:
+            batch = tf.cast(batch, tf.float32)
+        return np.asarray(self._forward(batch), dtype=np.float32)
+
+    # -- raw inputs ----------------------------------------------------------------------
+
+    def _prepare_image(self, item, index: int):
+        import tensorflow as tf
+
+        from tftune.data.images import decode_image, prepare_image
+
+        if isinstance(item, (str, Path)):
+            name = str(item)
+            try:
+                data = Path(item).expanduser().read_bytes()
+            except OSError as e:
+                raise DataError(f"Cannot read image {name}: {e.strerror or e}.") from None
+        elif isinstance(item, (bytes, bytearray)):
+            name, data = f"Input {index + 1} (bytes)", bytes(item)
+        else:
+            pixels = _pixels(item, index)
+            return prepare_image(pixels, self.image_size)
+        try:
+            return decode_image(data, self.image_size)
+        except (tf.errors.InvalidArgumentError, ValueError):
+            raise DataError(
+                f"{name} cannot be decoded as an image (PNG, JPEG, BMP or GIF). Replace or remove it."
+            ) from None
+
+    def _items(self, inputs) -> list:
+        if self.modality == "text":
+            if isinstance(inputs, (str, bytes)):
+                inputs = [inputs]
+            return check_texts(list(inputs))
+        if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+            return list(inputs)
+        if isinstance(inputs, (str, Path, bytes, bytearray, np.ndarray)) or _is_pil(inputs):
+            inputs = [inputs]
+        items = []
+        paths = []
+        for item in inputs:
+            if isinstance(item, (str, Path)):
+                files = image_files([item])
+                paths += files
+                items += files
+            else:
+                items.append(item)
+        if paths:
+            from tftune.data.images import check_images
+
+            check_images([str(p) for p in paths])
+        return items
+
+    def predict(self, inputs, batch_size: int = 32,
+                progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        """Class probabilities, `[n, len(class_names)]` float32, in input order.
+
+        Every input is checked before the first batch runs (unreadable images and empty texts
+        are errors naming the input). `progress(k)` is called after each batch of k inputs.
+        """
+        import tensorflow as tf
+
+        items = self._items(inputs)
+        out = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            if self.modality == "text":
+                batch = chunk
+            else:
+                batch = tf.stack([self._prepare_image(x, start + i) for i, x in enumerate(chunk)])
+            out.append(self.probabilities(batch))
+            if progress is not None:
+                progress(len(chunk))
+        if not out:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.concatenate(out)
+
+    def labels(self, probabilities: np.ndarray) -> list[str]:
+        """The most likely class name of each row of `probabilities`."""
+        return [self.class_names[i] for i in np.argmax(probabilities, axis=1)]
+
+    def predict_labels(self, inputs, batch_size: int = 32) -> list[str]:
+        """The most likely class name for each input."""
+        return self.labels(self.predict(inputs, batch_size=batch_size))
+
+
+def _is_pil(x) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _pixels(item, index: int) -> np.ndarray:
+    """A PIL image or an array-like -> a `[H, W]` / `[H, W, C]` numpy array."""
+    if _is_pil(item):
+        image = item
+        if image.mode not in ("L", "LA", "RGB", "RGBA"):
+            image = image.convert("RGB")
+        item = np.asarray(image)
+    arr = np.asarray(item)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4)) or arr.size == 0:
+        raise DataError(
+            f"Input {index + 1} is an array of shape {arr.shape}. Expected an image: [H, W] or "
+            f"[H, W, C] with C in 1..4, pixels in 0..255."
+        )
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"Input {index + 1} is an array of {arr.dtype}. Expected numbers (pixels in 0..255).")
+    return arr
+
+
+def load(run_dir: str | Path) -> Predictor:
+    """The predictor of the finished run in `run_dir` (see `Predictor`)."""
+    from tftune.runs import open_run
+
+    run = open_run(run_dir)
+    return predictor_for(run)
+
+
+def predictor_for(run) -> Predictor:
+    """A `Predictor` for an opened `tftune.runs.FinishedRun`."""
+    model = run.load_model()
+    preprocessor = run.load_preprocessor() if run.modality == "text" else None
+    return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 pixels `[H, W]` / `[H, W, 3]` -> PNG bytes (used to make raw inputs for checks)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8).squeeze()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+__all__ = ["Predictor", "load", "predictor_for", "image_files", "check_texts"]

@@ -237,6 +237,150 @@ def recipes() -> None:
         raise TftuneError("No recipe files found. Run tftune from the repository root, or set TFTUNE_RECIPES.")
 
 
+def _progress(total: int, label: str, threshold: int = 0):
+    """A click progress bar on stderr for `total` items (a no-op below `threshold`)."""
+    import contextlib
+
+    if total < max(threshold, 1):
+        return contextlib.nullcontext(None)
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", default=None, metavar="SPEC",
+              help="Labelled data instead of the run's test split: a folder of class folders "
+                   "(image runs) or a CSV / JSONL file with text and label columns (text runs).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default=None,
+              help="Which of the run's own splits to score (default: test).")
+@click.option("--name", default=None, help="Report folder name under RUN_DIR/eval/ (default: the split or data name).")
+@click.option("--errors", type=click.IntRange(min=0), default=None,
+              help="How many of the most confidently wrong examples to list (default: 20).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Default: the run's training batch size.")
+@click.option("--text-column", default=None, help="Text column of a CSV / JSONL --data (default: the run's).")
+@click.option("--label-column", default=None, help="Label column of a CSV / JSONL --data (default: the run's).")
+@click.option("--skip-unknown-labels", is_flag=True,
+              help="Leave out --data examples whose label the run was not trained on (else an error).")
+def evaluate(run_dir: str, data, split, name, errors, batch_size, text_column, label_column,
+             skip_unknown_labels: bool) -> None:
+    """Score the finished run in RUN_DIR on its test split (or --data) and write a report.
+
+    Prints accuracy, per-class precision / recall / F1 / ROC-AUC, macro and weighted
+    averages, top-k accuracy (more than 5 classes), the confusion matrix and the most
+    confidently wrong examples. Writes RUN_DIR/eval/<name>/: metrics.json,
+    confusion_matrix.csv and .png, errors.csv (errors.png for images), report.txt.
+    The model runs in float32.
+    """
+    _import_tensorflow_quietly()
+    from tftune.evaluate import evaluate as run_evaluate
+
+    options = {k: v for k, v in dict(split=split, name=name, errors=errors, batch_size=batch_size,
+                                     text_column=text_column, label_column=label_column).items()
+               if v is not None}
+    bar = {}
+
+    def on_start(total):
+        if sys.stderr.isatty():
+            bar["ctx"] = _progress(total, "Scoring")
+            bar["bar"] = bar["ctx"].__enter__()
+
+    def progress(k):
+        if bar.get("bar") is not None:
+            bar["bar"].update(k)
+
+    try:
+        result = run_evaluate(run_dir, data, skip_unknown_labels=skip_unknown_labels,
+                              progress=progress, on_start=on_start, **options)
+    finally:
+        if "ctx" in bar:
+            bar["ctx"].__exit__(None, None, None)
+    click.echo(result.report)
+    click.echo(f"Wrote {result.out_dir}/: " + ", ".join(sorted(p.name for p in result.out_dir.iterdir())))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the predictions to this file (default: print them).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Output format (default: from --output's suffix, .jsonl -> jsonl, else csv).")
+@click.option("--column", default=None,
+              help="Text column of CSV / JSONL inputs (default: the run's data.text_column).")
+@click.option("--literal", is_flag=True, help="Text runs: every INPUT is a text, even if a file of that name exists.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Inputs per batch (default: 32).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal: bool, batch_size,
+            overwrite: bool) -> None:
+    """Predict classes for INPUTS with the finished run in RUN_DIR.
+
+    Image runs: INPUTS are image files or folders of images (searched recursively). Text
+    runs: each INPUT is a text, or a .txt file (one text per line), a .csv / .jsonl file
+    (its --column), or - for lines on stdin. Prints (or writes to --output) one row per
+    input: the input, the predicted label and every class probability, as CSV or JSON
+    lines. Every input is checked before the model runs; nothing is written on an error.
+    """
+    from tftune.errors import TftuneError
+    from tftune.runs import open_run
+
+    run = open_run(run_dir)
+    if output is not None and Path(output).exists() and not overwrite:
+        raise TftuneError(f"{output} already exists. Pass --overwrite to replace it, or another --output.")
+    fmt = fmt or ("jsonl" if output and Path(output).suffix.lower() in (".jsonl", ".json") else "csv")
+    _import_tensorflow_quietly()
+    from tftune import predict as predict_mod
+
+    if run.modality == "image":
+        files = predict_mod.image_files(inputs)
+        names, items = [str(f) for f in files], files
+    else:
+        pairs = []
+        for raw in inputs:
+            path = Path(raw)
+            if not literal and raw == "-":
+                pairs += [(f"stdin:{n}", t) for n, t in enumerate(sys.stdin.read().splitlines(), 1)]
+            elif not literal and path.is_file() and path.suffix.lower() in (".txt", ".csv", ".jsonl", ".json", ".gz", ".bz2"):
+                pairs += predict_mod.read_texts(path, column or run.config.data.text_column)
+            else:
+                pairs.append((f"argument {len(pairs) + 1}", raw))
+        predict_mod.check_texts([t for _, t in pairs], lambda i: f"Text {i + 1} ({pairs[i][0]})")
+        names = items = [t for _, t in pairs]
+    predictor = predict_mod.predictor_for(run)
+    with _progress(len(items), "Predicting", threshold=256) as bar:
+        probabilities = predictor.predict(
+            items, progress=(lambda k: bar.update(k)) if bar is not None else None,
+            **({"batch_size": batch_size} if batch_size else {}),
+        )
+    text = predict_mod.format_predictions(names, probabilities, predictor.class_names, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        from tftune import rundir
+
+        rundir.write_text(Path(output), text)
+        click.echo(f"Wrote {len(names)} predictions to {output}", err=True)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def plot(run_dir: str) -> None:
+    """Re-create RUN_DIR/training_curves.png from RUN_DIR/history.csv.
+
+    Loss and accuracy per epoch over the whole run, stage boundaries dashed, each stage's
+    kept (best) epoch starred. `tftune train` writes it at the end of a run.
+    """
+    from tftune import plots, rundir
+    from tftune.config import load_recipe
+
+    run = Path(run_dir)
+    monitors = None
+    if (run / rundir.CONFIG_FILE).is_file():
+        monitors = [s.early_stopping.monitor for s in load_recipe(run / rundir.CONFIG_FILE).stages]
+    out = plots.training_curves(run / rundir.HISTORY_FILE, run / plots.TRAINING_CURVES_FILE, monitors)
+    click.echo(f"Wrote {out}")
+
+
 @main.group()
 def assets() -> None:
     """Offline pretrained weights and datasets, taken from registry packages."""

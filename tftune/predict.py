@@ -230,4 +230,72 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["Predictor", "load", "predictor_for", "image_files", "check_texts"]
+
+
+
+TEXT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
+
+
+def read_texts(path: str | Path, column: str = "text") -> list[tuple[str, str]]:
+    """(where, text) pairs from a file: `.txt` one text per line, `.csv` / `.jsonl`
+    (optionally `.gz` / `.bz2`) the `column` of each row. An empty text is an error naming
+    its line or row."""
+    from tftune.data.text import _open_text, read_rows
+
+    p = Path(path).expanduser()
+    suffixes = [s for s in p.suffixes if s not in (".gz", ".bz2")]
+    kind = suffixes[-1].lower() if suffixes else ""
+    out = []
+    if kind == ".txt":
+        try:
+            with _open_text(p) as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"Cannot read {p}: {e}") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                raise DataError(f"Line {n} of {p} is empty. Remove empty lines (one text per line).")
+            out.append((f"{p.name}:{n}", line.strip()))
+        return out
+    if kind not in (".csv", ".jsonl", ".json"):
+        raise DataError(f"{p}: expected a .txt, .csv or .jsonl file of texts.")
+    rows = read_rows(p, "csv" if kind == ".csv" else "jsonl")
+    if rows and column not in rows[0]:
+        raise DataError(
+            f"{p} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. Name the "
+            f"text column with --column."
+        )
+    for n, row in enumerate(rows, 1):
+        text = str(row.get(column) or "").strip()
+        if not text:
+            raise DataError(f"Row {n} of {p} has an empty {column!r} text. Fill it in or remove the row.")
+        out.append((f"{p.name} row {n}", text))
+    if not out:
+        raise DataError(f"{p} has no data rows.")
+    return out
+
+
+def format_predictions(inputs: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str],
+                       fmt: str = "csv") -> str:
+    """Predictions as CSV (`input,label,prob_<class>...`) or JSON lines
+    (`{"input", "label", "probabilities": {class: p}}`)."""
+    import csv
+    import json
+
+    labels = [class_names[i] for i in np.argmax(probabilities, axis=1)]
+    if fmt == "jsonl":
+        return "".join(
+            json.dumps({"input": str(x), "label": label,
+                        "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, row)}},
+                       ensure_ascii=False) + "\n"
+            for x, label, row in zip(inputs, labels, probabilities)
+        )
+    if fmt != "csv":
+        raise ValueError(f"Unknown format {fmt!r}. Expected one of: csv, jsonl. Received: fmt={fmt!r}")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["input", "label", *[f"prob_{c}" for c in class_names]])
+    for x, label, row in zip(inputs, labels, probabilities):
+        writer.writerow([str(x), label, *[f"{float(p):.6f}" for p in row]])
+    return buf.getvalue()
+__all__ = ["Predictor", "load", "predictor_for", "image_files", "check_texts", "read_texts", "format_predictions"]

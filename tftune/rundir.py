@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -100,3 +101,33 @@ def save_preprocessor(preprocessor, backbone_model, run: Path) -> Path:
     config = keras.saving.serialize_keras_object(backbone_model)
     write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def building_dir(dest: Path):
+    """Yields an empty temporary directory beside `dest` to build into. When the block
+    finishes, it replaces `dest` (the old one is moved aside first and removed only once the
+    new one is in place); when the block raises, it is removed and `dest` stays as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

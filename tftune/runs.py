@@ -29,6 +29,7 @@ class FinishedRun:
     config: RecipeConfig
     class_names: list[str]
     modality: str
+    trained_policy: Optional[str] = None  # set by load_model: e.g. 'mixed_bfloat16'
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -55,6 +56,8 @@ class FinishedRun:
                 f"Cannot load {path}: {first}. The file is damaged or not a tftune model; "
                 f"train the run again (tftune train ... --overwrite)."
             ) from None
+        mixed = {l.dtype_policy.name for l in _all_layers(model) if l.dtype_policy.name.startswith("mixed_")}
+        self.trained_policy = sorted(mixed)[0] if mixed else "float32"
         return float32_copy(model)
 
     def load_preprocessor(self):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tftune import pipeline, rundir
+from tftune import pipeline, plots, rundir
 from tftune.config import RecipeConfig, dump_config, load_recipe
 from tftune.data import DataSplits, load_data
 from tftune.errors import ConfigError, DataError
@@ -341,6 +341,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     rundir.save_model(model, run)
     rundir.write_json(run / rundir.METRICS_FILE, metrics)
+    plots.training_curves(history_path, run / plots.TRAINING_CURVES_FILE, [s.early_stopping.monitor for s in cfg.stages])
     summary = ", ".join(
         f"{split} accuracy {metrics[split]['accuracy']:.4f}" for split in ("val", "test") if split in metrics
     )

@@ -364,6 +364,46 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "litert"]), required=True,
+              help="keras: a float32 .keras file; savedmodel: TF Serving, raw inputs in; "
+                   "litert: a TFLite model for phones and edge devices.")
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8"]), default=None,
+              help="LiteRT weight / activation quantization (default: none). int8 calibrates on "
+                   "200 training examples.")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Export folder (default: RUN_DIR/export/<format>[-<quantize>]).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Examples to verify the export with (default: 128, from the test split).")
+@click.option("--data", default=None, metavar="SPEC",
+              help="Labelled examples to verify (and calibrate int8) with instead of the run's "
+                   "splits: a folder of class folders or a CSV / JSONL file.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="Largest allowed |probability difference| (default: per format and quantization).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Smallest allowed share of equal top-1 classes (default: per quantization).")
+def export(run_dir: str, fmt: str, quantize, output, overwrite: bool, samples, data, tolerance,
+           min_agreement) -> None:
+    """Export the finished run in RUN_DIR and verify it against the Keras model.
+
+    Writes RUN_DIR/export/<format>[-<quantize>]/ with the artefact, classes.json and
+    verification.json: N test examples run through the Keras model and the export, with the
+    largest probability difference and the top-1 agreement. Past the tolerance the command
+    fails (exit 2) and writes nothing. The SavedModel takes raw inputs (encoded image bytes
+    or texts) and is checked from a fresh Python process; LiteRT text models take token ids
+    (TOKENIZE.md and the vocabulary are written beside them).
+    """
+    _import_tensorflow_quietly()
+    from tftune.export import export as run_export
+
+    options = {k: v for k, v in dict(quantize=quantize, output=output, samples=samples, data=data,
+                                     tolerance=tolerance, min_agreement=min_agreement).items()
+               if v is not None}
+    run_export(run_dir, fmt, overwrite=overwrite, echo=click.echo, **options)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
 def plot(run_dir: str) -> None:
     """Re-create RUN_DIR/training_curves.png from RUN_DIR/history.csv.
 

@@ -202,3 +202,80 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:Even though the `tf.config.experimental_run_functions_eagerly`:UserWarning"
     )
+
+
+# ------------------------------------------------------------------------------------------
+# Finished tiny runs, trained once per session, for evaluate / predict / export tests.
+# Tests that write into a run directory work on a copy (`copy_run`).
+
+
+def _train_quietly(config: dict):
+    import tensorflow as tf
+
+    from tftune.config import config_from_dict
+    from tftune.train import train
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        return train(config_from_dict(config), echo=lambda _: None)
+    finally:
+        tf.config.run_functions_eagerly(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_run(tmp_path_factory) -> Path:
+    """A finished image run: the tiny CNN on 3 colour classes (16 PNGs each, 32 px), with a
+    12-image test split. Read-only: copy it (`copy_run`) before writing into it."""
+    import keras
+
+    tmp = tmp_path_factory.mktemp("tiny_image_run")
+    folder = make_image_folder(tmp / "images", per_class=16)
+    keras.utils.set_random_seed(0)
+    cnn = tmp / "cnn.keras"
+    build_tiny_cnn(32).save(str(cnn))
+    result = _train_quietly({
+        "recipe": "image_classification",
+        "name": "img",
+        "output_dir": str(tmp / "runs"),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32],
+                 "val_fraction": 0.125, "test_fraction": 0.25},
+        "backbone": {"spec": f"keras:{cnn}"},
+        "head": {"dropout": 0.0},
+        "stages": [{"name": "head", "train": "head", "epochs": 16, "learning_rate": 1.0,
+                    "early_stopping": {"monitor": "val_loss", "patience": 16}},
+                   {"name": "top", "train": "top:1", "epochs": 1, "learning_rate": 1e-3}],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    })
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory, tiny_bert_preset) -> Path:
+    """A finished text run: the tiny BERT preset on 60 pos / neg sentences, 12 in the test
+    split. Read-only: copy it (`copy_run`) before writing into it."""
+    tmp = tmp_path_factory.mktemp("tiny_text_run")
+    rng = random.Random(0)
+    rows = [(make_sentence(rng, label), label) for label in ("pos", "neg") for _ in range(30)]
+    rng.shuffle(rows)
+    csv_path = write_text_csv(tmp / "texts.csv", rows)
+    result = _train_quietly({
+        "recipe": "text_classification",
+        "name": "txt",
+        "output_dir": str(tmp / "runs"),
+        "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2, "test_fraction": 0.2},
+        "backbone": {"spec": f"keras_hub:{tiny_bert_preset}", "sequence_length": 16},
+        "stages": [{"name": "head", "train": "head", "epochs": 6, "learning_rate": 3e-2,
+                    "early_stopping": {"monitor": "val_loss", "patience": 6}},
+                   {"name": "all", "train": "all", "epochs": 1, "learning_rate": 1e-3}],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    })
+    return result.run_dir
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a finished run directory at `dest` (returned)."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest

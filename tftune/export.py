@@ -212,14 +212,16 @@ def export(
             seconds=round(time.perf_counter() - started, 1), notes=notes,
         )
         if not (result.max_abs_diff <= tol and agreement >= floor):
+            milder = {"int8": "dynamic or float16", "dynamic": "float16", "float16": "none"}
             raise ExportVerificationError(
                 f"The {export_name(format, quantize)} export does not match the Keras model: "
                 f"max |p diff| {result.max_abs_diff:.3g} (allowed {tol:g}), top-1 agreement "
                 f"{agreement:.3f} (required {floor:g}) on {len(inputs)} examples. Nothing was "
                 f"written. "
-                + ("Try a milder quantization (float16 or dynamic), or pass --tolerance / "
-                   "--min-agreement if this loss is acceptable."
-                   if quantize != "none" else "This is a bug; please report it with the run's versions.json.")
+                + (f"Try --quantize {milder[quantize]}, or pass --tolerance / --min-agreement if "
+                   f"this loss is acceptable." if quantize != "none"
+                   else "This is a bug; please report it with the run's versions.json.")
+                + (f" (Notes: {'; '.join(notes)}.)" if notes else "")
             )
         rundir.write_json(tmp / VERIFY_FILE, result.to_json())
     echo(f"Wrote {result.artefact} ({_human(result.size_bytes)})")

@@ -261,6 +261,18 @@ def test_an_int8_kernel_that_fails_at_run_time_is_kept_in_float(text_run, monkey
     assert any(tensors[o["outputs"][0]]["dtype"] == np.int8 for o in ops if o["op_name"] == "FULLY_CONNECTED")
 
 
+def test_verify_with_data_of_your_own(text_run, tmp_path):
+    from conftest import write_text_csv
+
+    data = write_text_csv(tmp_path / "mine.csv", [("good fun film", "pos"), ("awful dull plot", "neg"),
+                                                 ("lovely acting", "pos")], columns=("review", "stars"))
+    result = invoke("export", text_run, "--format", "keras", "--data", data, "--text-column", "review",
+                    "--label-column", "stars", "--output", text_run / "export" / "mine")
+    assert result.exit_code == 0, result.output
+    v = verification(text_run / "export" / "mine")
+    assert v["samples"] == 3 and v["data"] == f"3 texts in {data}"
+
+
 # ------------------------------------------------------------------------------------------
 # failures write nothing
 

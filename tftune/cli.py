@@ -382,8 +382,10 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
               help="Largest allowed |probability difference| (default: per format and quantization).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Smallest allowed share of equal top-1 classes (default: per quantization).")
+@click.option("--text-column", default=None, help="Text column of a CSV / JSONL --data (default: the run's).")
+@click.option("--label-column", default=None, help="Label column of a CSV / JSONL --data (default: the run's).")
 def export(run_dir: str, fmt: str, quantize, output, overwrite: bool, samples, data, tolerance,
-           min_agreement) -> None:
+           min_agreement, text_column, label_column) -> None:
     """Export the finished run in RUN_DIR and verify it against the Keras model.
 
     Writes RUN_DIR/export/<format>[-<quantize>]/ with the artefact, classes.json and
@@ -397,7 +399,8 @@ def export(run_dir: str, fmt: str, quantize, output, overwrite: bool, samples, d
     from tftune.export import export as run_export
 
     options = {k: v for k, v in dict(quantize=quantize, output=output, samples=samples, data=data,
-                                     tolerance=tolerance, min_agreement=min_agreement).items()
+                                     tolerance=tolerance, min_agreement=min_agreement,
+                                     text_column=text_column, label_column=label_column).items()
                if v is not None}
     run_export(run_dir, fmt, overwrite=overwrite, echo=click.echo, **options)
 

@@ -132,6 +132,8 @@ def export(
     data: Optional[str] = None,
     tolerance: Optional[float] = None,
     min_agreement: Optional[float] = None,
+    text_column: Optional[str] = None,
+    label_column: Optional[str] = None,
     echo: Callable[[str], None] = print,
 ) -> ExportResult:
     """Exports the finished run in `run_dir` and verifies the artefact against Keras.
@@ -145,6 +147,7 @@ def export(
         data: labelled examples to verify with (and, for int8, to calibrate with) instead of
             the run's own splits: a folder of class folders or a CSV / JSONL file.
         tolerance, min_agreement: override the format's limits (see the module docstring).
+        text_column, label_column: columns of a CSV / JSONL `data` (default: the run's).
     """
     from tftune.runs import open_run
 
@@ -177,7 +180,8 @@ def export(
     from tftune.predict import predictor_for
 
     predictor = predictor_for(run)
-    examples = _examples(run, data, "test")
+    columns = (text_column or run.config.data.text_column, label_column or run.config.data.label_column)
+    examples = _examples(run, data, "test", columns)
     inputs = _take_inputs(examples, samples)
     echo(f"Exporting {run.path.name} as {export_name(format, quantize)} "
          f"(verifying on {len(inputs)} examples from {examples.description})")
@@ -195,7 +199,7 @@ def export(
         else:
             representative = None
             if quantize == "int8":
-                calibration = _examples(run, data, "train")
+                calibration = _examples(run, data, "train", columns)
                 representative = _take_inputs(calibration, REPRESENTATIVE_EXAMPLES, shuffle=True)
                 notes.append(f"int8 ranges calibrated on {len(representative)} examples from "
                              f"{calibration.description}")
@@ -233,14 +237,13 @@ def export(
 # verification examples
 
 
-def _examples(run, data: Optional[str], split: str):
+def _examples(run, data: Optional[str], split: str, columns: tuple[str, str]):
     from tftune.data.labelled import load_labelled
 
     if data is not None:
         return load_labelled(
             data, run.modality, run.class_names, run.image_size,
-            text_column=run.config.data.text_column, label_column=run.config.data.label_column,
-            skip_unknown_labels=True,
+            text_column=columns[0], label_column=columns[1], skip_unknown_labels=True,
         )
     try:
         return run.split(split)

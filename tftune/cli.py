@@ -332,19 +332,13 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
     from tftune import predict as predict_mod
 
     if run.modality == "image":
+        from tftune.data.images import check_images
+
         files = predict_mod.image_files(inputs)
+        check_images([str(f) for f in files])  # before the model loads: a bad file fails fast
         names, items = [str(f) for f in files], files
     else:
-        pairs = []
-        for raw in inputs:
-            path = Path(raw)
-            if not literal and raw == "-":
-                pairs += [(f"stdin:{n}", t) for n, t in enumerate(sys.stdin.read().splitlines(), 1)]
-            elif not literal and path.is_file() and path.suffix.lower() in (".txt", ".csv", ".jsonl", ".json", ".gz", ".bz2"):
-                pairs += predict_mod.read_texts(path, column or run.config.data.text_column)
-            else:
-                pairs.append((f"argument {len(pairs) + 1}", raw))
-        predict_mod.check_texts([t for _, t in pairs], lambda i: f"Text {i + 1} ({pairs[i][0]})")
+        pairs = predict_mod.gather_texts(inputs, column or run.config.data.text_column, literal, sys.stdin)
         names = items = [t for _, t in pairs]
     predictor = predict_mod.predictor_for(run)
     with _progress(len(items), "Predicting", threshold=256) as bar:

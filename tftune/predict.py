@@ -275,6 +275,24 @@ def read_texts(path: str | Path, column: str = "text") -> list[tuple[str, str]]:
     return out
 
 
+def gather_texts(inputs: Sequence[str], column: str = "text", literal: bool = False,
+                 stdin=None) -> list[tuple[str, str]]:
+    """(where, text) pairs from `tftune predict` arguments: `-` reads lines from `stdin`, an
+    existing .txt / .csv / .jsonl file (optionally .gz / .bz2) is read with `read_texts`, any
+    other argument (every argument when `literal`) is a text itself. Empty texts are errors."""
+    pairs: list[tuple[str, str]] = []
+    for a, raw in enumerate(inputs, 1):
+        path = Path(raw)
+        if not literal and raw == "-" and stdin is not None:
+            pairs += [(f"stdin line {n}", t) for n, t in enumerate(stdin.read().splitlines(), 1)]
+        elif not literal and path.is_file() and path.suffix.lower() in TEXT_FILE_SUFFIXES + (".gz", ".bz2"):
+            pairs += read_texts(path, column)
+        else:
+            pairs.append((f"argument {a}", raw))
+    check_texts([t for _, t in pairs], lambda i: f"Text {i + 1} ({pairs[i][0]})")
+    return pairs
+
+
 def format_predictions(inputs: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str],
                        fmt: str = "csv") -> str:
     """Predictions as CSV (`input,label,prob_<class>...`) or JSON lines
@@ -298,4 +316,5 @@ def format_predictions(inputs: Sequence[str], probabilities: np.ndarray, class_n
     for x, label, row in zip(inputs, labels, probabilities):
         writer.writerow([str(x), label, *[f"{float(p):.6f}" for p in row]])
     return buf.getvalue()
-__all__ = ["Predictor", "load", "predictor_for", "image_files", "check_texts", "read_texts", "format_predictions"]
+__all__ = ["Predictor", "load", "predictor_for", "image_files", "check_texts", "read_texts",
+           "gather_texts", "format_predictions"]

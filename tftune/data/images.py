@@ -65,8 +65,9 @@ def prepare_image(image, image_size: tuple[int, int]):
     `image` is `[H, W]` or `[H, W, C]` pixels (uint8, or float in 0..255) with C = 1 (grey),
     2 (grey + alpha), 3 (RGB) or 4 (RGBA); alpha is dropped, as `decode_image(channels=3)`
     drops it. Resized with `tf.image.resize` (bilinear), rounded to whole values in 0..255
-    (the training pipeline caches pixels as uint8) and grey repeated to RGB. Training, `tftune.load(...).predict` and the exported SavedModel all call this
-    function, so an image is prepared the same way everywhere. Works eagerly and in graphs.
+    (the training pipeline caches pixels as uint8) and grey repeated to RGB. Training,
+    `tftune.load(...).predict` and the exported SavedModel all call this function, so an
+    image is prepared the same way everywhere. Works eagerly and in graphs.
     """
     import tensorflow as tf
 

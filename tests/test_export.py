@@ -196,7 +196,11 @@ def test_litert_image_export_for_each_quantization(image_run, image_predictor, q
     got = run_tflite(out / "model.tflite", [{"image": x[i:i + 1]} for i in range(3)])
     ref = image_predictor.probabilities(x)
     assert np.abs(got - ref).max() <= tolerance
-    assert np.array_equal(got.argmax(1), ref.argmax(1))
+    # Quantized models may flip near-ties: the top-1 must agree wherever Keras's top two
+    # probabilities are 0.1 or more apart (everywhere for the float formats).
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0] >= 0.1) if quantize in ("dynamic", "int8") else np.ones(3, bool)
+    assert np.array_equal(got.argmax(1)[clear], ref.argmax(1)[clear])
 
 
 def test_litert_text_export_takes_token_ids(text_run, text_predictor):

@@ -3,7 +3,13 @@
 Text is tokenised once (and cached), shuffled, batched with texts of similar length together
 and trimmed to each batch's longest text. Images are cached as uint8 while they fit a memory
 budget, shuffled, batched, cast to float and optionally flipped. The same object tells the
-feature cache how to serve stored features in the same order and batches."""
+feature cache how to serve stored features in the same order and batches.
+
+`source(split)` is the cached part (tokens / uint8 pixels), made once per split; `batches(source,
+training, epoch_seed)` is one pass over it. With an `epoch_seed` the order (and any random flip)
+is a pure function of that seed, so epoch k of a stage is the same whether or not the run was
+interrupted and resumed before it (`epoch_seed(seed, stage, epoch)`); without one, the order
+reshuffles on every iteration from `seed`, as `Dataset.shuffle` does."""
 
 from __future__ import annotations
 
@@ -19,21 +25,50 @@ IMAGE_SHUFFLE = 20_000
 LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
 
 
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    """The shuffle seed of one epoch of one stage: independent of how many passes over the
+    data were made before it (in this process or in an interrupted one)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, stage, epoch]).generate_state(1)[0] % (2**31 - 1))
+
+
 @dataclasses.dataclass
 class Pipeline:
-    """How one run feeds its model. `prepare(ds, training)` batches an unbatched split;
-    `length_fn(x)` gives each example's token count in a batch (text) or is None."""
+    """How one run feeds its model. `prepare(ds, training)` batches an unbatched split
+    (`batches(source(ds), training)`); `length_fn(x)` gives each example's token count in a
+    batch (text) or is None."""
 
     modality: str
     batch_size: int
     seed: int
-    prepare_fn: Callable
+    source_fn: Callable
+    batches_fn: Callable
     length_fn: Optional[Callable] = None
     bucket_boundaries: Optional[tuple[int, ...]] = None
     augment: tuple[str, ...] = ()
 
+    def source(self, ds):
+        """The split's examples converted once and cached (reuse it for every epoch)."""
+        return self.source_fn(ds)
+
+    def batches(self, source, training: bool, epoch_seed: Optional[int] = None):
+        """One pass over `source` in batches; shuffled (and augmented) when `training`, in an
+        order fixed by `epoch_seed` when given."""
+        return self.batches_fn(source, training, epoch_seed)
+
     def prepare(self, ds, training: bool):
-        return self.prepare_fn(ds, training)
+        return self.batches(self.source(ds), training)
+
+    def shuffled(self, ds, n: int, epoch_seed: Optional[int]):
+        """`ds.shuffle` with this pipeline's buffer, seeded by `epoch_seed` (else `self.seed`).
+
+        A new dataset's first pass has an order fixed by its seed; later passes over the same
+        dataset object reshuffle. So a dataset made for one epoch (`batches(..., epoch_seed)`)
+        gives that epoch's order however many other datasets were iterated before, and the
+        feature cache (`cache.batched`, the same shuffle) serves the same order."""
+        seed = self.seed if epoch_seed is None else epoch_seed
+        return ds.shuffle(self.shuffle_buffer(n), seed=seed, reshuffle_each_iteration=True)
 
     def shuffle_buffer(self, n: int) -> int:
         return min(max(n, 1), TEXT_SHUFFLE if self.modality == "text" else IMAGE_SHUFFLE)
@@ -62,10 +97,12 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
         longest = tf.reduce_max(lengths(x))
         return {k: v[:, :longest] for k, v in x.items()}, y
 
-    def prepare(ds, training):
-        ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    def source(ds):
+        return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
+
+    def batches(ds, training, epoch_seed):
         if training:
-            ds = ds.shuffle(pipe.shuffle_buffer(n_train), seed=seed, reshuffle_each_iteration=True)
+            ds = pipe.shuffled(ds, n_train, epoch_seed)
             ds = ds.bucket_by_sequence_length(
                 lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1)
             )
@@ -73,7 +110,7 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
             ds = ds.batch(batch_size)
         return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    pipe = Pipeline("text", batch_size, seed, prepare, lengths, boundaries)
+    pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries)
     return pipe
 
 
@@ -99,17 +136,28 @@ def image_pipeline(n_train: int, batch_size: int, seed: int, augment: tuple[str,
     def flip(x, y):
         return tf.image.random_flip_left_right(x), y
 
-    def prepare(ds, training):
+    def source(ds):
         n = int(ds.cardinality()) if int(ds.cardinality()) > 0 else 0
         ds = ds.map(to_uint8, num_parallel_calls=tf.data.AUTOTUNE)
         if n and n * image_size[0] * image_size[1] * 3 <= IMAGE_CACHE_BYTES:
             ds = ds.cache()
+        return ds
+
+    def batches(ds, training, epoch_seed):
+        n = int(ds.cardinality()) if int(ds.cardinality()) > 0 else 0
         if training:
-            ds = ds.shuffle(pipe.shuffle_buffer(n), seed=seed, reshuffle_each_iteration=True)
+            ds = pipe.shuffled(ds, n, epoch_seed)
         ds = ds.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
         if training and "flip" in augment:
-            ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+            if epoch_seed is None:
+                ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+            else:  # batch k of the epoch flips the same images on every run
+                ds = ds.enumerate().map(
+                    lambda k, xy: (tf.image.stateless_random_flip_left_right(
+                        xy[0], tf.stack([tf.constant(epoch_seed, tf.int64), k])), xy[1]),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                )
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    pipe = Pipeline("image", batch_size, seed, prepare, augment=tuple(augment))
+    pipe = Pipeline("image", batch_size, seed, source, batches, augment=tuple(augment))
     return pipe

@@ -6,6 +6,7 @@ import csv
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import keras
 
@@ -13,13 +14,18 @@ from tftune.errors import TftuneError
 
 
 class HistoryCSV(keras.callbacks.Callback):
-    """Appends one row per epoch to `history.csv`: stage, epoch, seconds, lr and all metrics."""
+    """One row per epoch in `history.csv`: stage, epoch, seconds, lr and all metrics.
 
-    def __init__(self, path: Path, stage_index: int, stage_name: str):
+    The whole file is rewritten atomically after each epoch (a kill never leaves a torn row),
+    from `rows`: the rows so far, shared by the stages of a run and kept in its checkpoints,
+    so a resumed run writes each epoch once. Without `rows` the file's own rows are read."""
+
+    def __init__(self, path: Path, stage_index: int, stage_name: str, rows: Optional[list] = None):
         super().__init__()
         self.path = Path(path)
         self.stage_index = stage_index
         self.stage_name = stage_name
+        self.rows = rows if rows is not None else read_rows(self.path)
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -33,28 +39,40 @@ class HistoryCSV(keras.callbacks.Callback):
                 lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             except Exception:
                 lr = ""
-        row = {
+        self.rows.append({
             "stage": self.stage_index,
             "stage_name": self.stage_name,
             "epoch": epoch + 1,
             "seconds": round(time.perf_counter() - self._start, 3),
             "learning_rate": lr,
             **{k: float(v) for k, v in sorted(logs.items())},
-        }
-        new = not self.path.exists()
-        fields = list(row)
-        if not new:
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f), [])
-            if header and set(fields) <= set(header):
-                fields = header
-            elif header:
-                fields = header + [k for k in fields if k not in header]
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, restval="")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        })
+        write_rows(self.path, self.rows)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a history CSV (values as text); [] when there is none."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Writes `rows` as a CSV (columns in order of first appearance), atomically."""
+    import io
+
+    from tftune.rundir import write_text
+
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(Path(path), buffer.getvalue())
 
 
 class StopOnNaN(keras.callbacks.Callback):

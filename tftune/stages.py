@@ -4,7 +4,8 @@ stages, with a fresh optimizer and a recompile each time."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+import time
+from typing import Any, Callable, Optional, Sequence
 
 import keras
 
@@ -107,17 +108,27 @@ def unused_layers(model, backbone_model, sample_inputs) -> list:
     import tensorflow as tf
 
     backbone_model.trainable = True
-    with tf.GradientTape() as tape:
-        out = model(sample_inputs, training=False)
-        loss = tf.reduce_sum(out)
     layers = [l for l in backbone_model.layers if l.trainable_weights]
     variables = [v for l in layers for v in l.trainable_weights]
-    grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+
+    def no_gradient():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(sample_inputs, training=False))
+        grads = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables])
+        return tf.constant([g is None for g in grads] or [False])
+
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        # Distributed variables take gradients in a replica (one is enough to look).
+        strategy = tf.distribute.get_strategy()
+        none = strategy.experimental_local_results(strategy.run(no_gradient))[0]
+    else:
+        none = no_gradient()
+    none = [bool(b) for b in none.numpy()]
     unused = []
     k = 0
     for layer in layers:
         n = len(layer.trainable_weights)
-        if all(g is None for g in grads[k : k + n]):
+        if all(none[k : k + n]):
             unused.append(layer)
         k += n
     return unused
@@ -184,6 +195,39 @@ def compile_like(model, trained, jit_compile) -> None:
     compile_classifier(model, trained.optimizer, jit_compile)
 
 
+@dataclasses.dataclass
+class StageRun:
+    """A stage in progress, as a checkpoint of it sees it: the model being fitted (the
+    classifier, or the feature cache's suffix sharing its weights), its steps (with the
+    epoch's metric sums), its early stopping, the logs of its finished epochs, and the
+    seconds it has trained so far (before a resume too)."""
+
+    model: Any
+    steps: Any
+    stopper: Any
+    epoch_logs: list
+    seconds_before: float = 0.0
+
+    def early_stopping_state(self) -> dict:
+        s = self.stopper
+        return {
+            "wait": int(s.wait),
+            "best": None if s.best is None else float(s.best),
+            "best_epoch": int(s.best_epoch),
+            "stopped_epoch": int(s.stopped_epoch),
+            "seconds": self.seconds_before + time.perf_counter() - self._started,
+        }
+
+    def load_early_stopping_state(self, state: dict, best_weights) -> None:
+        s = self.stopper
+        s.wait, s.best, s.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        s.stopped_epoch = state["stopped_epoch"]
+        s.best_weights = best_weights
+        self.seconds_before = float(state.get("seconds", 0.0))
+
+    _started: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
+
+
 def run_stage(
     model,
     stage: StageConfig,
@@ -195,13 +239,23 @@ def run_stage(
     jit_compile,
     verbose: int,
     lr_multipliers: Optional[dict] = None,
+    *,
+    distribution=None,
+    resume: Optional[Callable[[StageRun], Any]] = None,
+    hooks: Optional[Callable[[StageRun], Any]] = None,
 ) -> StageResult:
-    """Compiles `model` with a fresh optimizer and fits one stage; the best epoch is restored.
+    """Compiles `model` with a fresh optimizer and trains one stage; the best epoch is restored.
 
-    `lr_multipliers` ({variable path: multiplier}) scale the learning rate of those variables
-    (see `tftune.optim.group_multipliers` / `variable_multipliers`)."""
-    import time
+    `train_ds` is a dataset (each epoch is one pass over it) or a function epoch -> dataset
+    (so each epoch's order can be fixed, see `pipeline.epoch_seed`). `lr_multipliers`
+    ({variable path: multiplier}) scale the learning rate of those variables (see
+    `tftune.optim.group_multipliers` / `variable_multipliers`).
 
+    Under a `distribution` the caller is in its scope. `resume(stage_run)` loads a
+    checkpointed state of this stage into the freshly compiled stage (optimizer, metric sums,
+    early stopping) and returns the `loop.Position` to continue from; `hooks(stage_run)` gives
+    the `loop.Hooks` (checkpoints, stop requests) the loop calls at step boundaries."""
+    from tftune import loop
     from tftune.optim import build_optimizer
 
     check_monitor(stage.early_stopping.monitor, f"stages.{index}.early_stopping.monitor")
@@ -215,27 +269,40 @@ def run_stage(
         monitor=es.monitor,
         patience=es.patience,
         min_delta=es.min_delta,
+        mode="min" if "loss" in es.monitor else "max",
         restore_best_weights=True,
         verbose=0,
     )
-    start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=stage.epochs,
-        steps_per_epoch=stage.steps_per_epoch,
-        callbacks=[stopper, *callbacks],
+    steps = loop.Steps(model, distribution)
+    steps.build()
+    callback_list = keras.callbacks.CallbackList(
+        [stopper, *callbacks],
+        add_history=False,
+        add_progbar=verbose != 0,
         verbose=verbose,
+        epochs=stage.epochs,
+        steps=stage.steps_per_epoch or steps_per_epoch,
+        model=model,
     )
-    values = history.history[es.monitor]
+    run = StageRun(model, steps, stopper, [])
+    callback_list.on_train_begin()
+    start = resume(run) if resume is not None else loop.Position()
+    epoch_data = train_ds if callable(train_ds) else (lambda epoch: train_ds)
+    logs = loop.run_epochs(
+        steps, stage.epochs, epoch_data, val_ds, callback_list, start,
+        steps_per_epoch=stage.steps_per_epoch,
+        hooks=hooks(run) if hooks is not None else loop.Hooks(),
+        epoch_logs=run.epoch_logs,
+    )
+    callback_list.on_train_end(logs[-1] if logs else None)
     return StageResult(
         name=stage.name,
-        epochs_run=len(values),
+        epochs_run=len(logs),
         best_epoch=stopper.best_epoch + 1,
         best_value=float(stopper.best) if stopper.best is not None else None,
         monitor=es.monitor,
         trainable_params=count_trainable(model),
-        seconds=round(time.perf_counter() - start, 1),
+        seconds=round(run.seconds_before + time.perf_counter() - run._started, 1),
     )
 
 
@@ -249,6 +316,7 @@ def better(monitor: str, a: float, b: Optional[float]) -> bool:
 
 __all__ = [
     "StageResult",
+    "StageRun",
     "better",
     "check_monitor",
     "compile_classifier",

@@ -1,0 +1,262 @@
+"""The loop a stage runs: Keras callbacks around tftune's train and test steps, batch by batch,
+under any `tf.distribute` strategy, able to stop at any step and start again from there.
+
+Why not `model.fit`: it fails under MultiWorkerMirroredStrategy in Keras 3 (keras#20585: its
+per-step metric reduction), its train step averages each replica's loss separately (a replica
+that gets an empty part of a short last batch makes the loss NaN), and it cannot start an
+epoch part-way or stop at a step with its state intact. This loop keeps what fit gives:
+`keras.callbacks.CallbackList` (progress bar, EarlyStopping, the history and NaN callbacks),
+the model's compiled optimizer (`apply_gradients`, loss scaling, `tf.distribute` updates),
+Keras metrics, and `strategy.run` inside one `tf.function` per step.
+
+One step: every replica computes its examples' losses, the loss is their sum divided by the
+number of examples in the whole global batch (an all-reduce), plus the model's regularisation
+losses / replicas; the optimizer sums the replicas' gradients. That is the gradient of the
+global batch's mean loss whatever the replica split, the same as on one device. With several
+replicas a short batch arrives padded to a multiple of them with weight-0 copies
+(`Distribution.distribute`); the weights keep the copies out of the loss and the metrics.
+
+Not supported here: `sample_weight` / class weights, models whose `train_step` is customised
+(it is not called), steps_per_execution > 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, Optional
+
+import keras
+
+from tftune import faults
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a stage is: `step` batches of epoch `epoch` done (0-based); `stopped`: early
+    stopping ended the stage after epoch `epoch - 1`."""
+
+    epoch: int = 0
+    step: int = 0
+    stopped: bool = False
+
+
+class Steps:
+    """Train and test steps of `model` (compiled: its optimizer is used) on `distribution`'s
+    strategy, with their own loss/accuracy metrics (created in the strategy's scope)."""
+
+    def __init__(self, model, distribution=None):
+        import tensorflow as tf
+
+        self.model = model
+        self.distribution = distribution
+        self.strategy = distribution.strategy if distribution else tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+            self.train_metrics = _metrics()
+            self.test_metrics = _metrics()
+        kind = distribution.kind if distribution else "default"
+        jit = bool(getattr(model, "jit_compile", False)) and kind != "tpu"
+        eager = bool(getattr(model, "run_eagerly", False))
+        self._train_fn = self._train_batch if eager else tf.function(
+            self._train_batch, jit_compile=jit, reduce_retracing=True)
+        self._test_fn = self._test_batch if eager else tf.function(
+            self._test_batch, jit_compile=jit, reduce_retracing=True)
+
+    @property
+    def metric_variables(self) -> list:
+        """The running sums of the epoch's training metrics (checkpointed mid-epoch)."""
+        return [v for m in self.train_metrics.values() for v in m.variables]
+
+    def build(self) -> None:
+        """Creates the optimizer's variables now (not inside the first traced step), so a
+        checkpoint can be restored into them before training starts."""
+        with self.strategy.scope():
+            self.model.optimizer.build(self.model.trainable_variables)
+
+    def distribute(self, dataset):
+        if self.distribution is None:
+            return dataset
+        return self.distribution.distribute(dataset)
+
+    # -- one replica -------------------------------------------------------------------
+
+    def _regularization(self):
+        import tensorflow as tf
+
+        losses = self.model.losses
+        return tf.add_n([tf.cast(l, "float32") for l in losses]) if losses else None
+
+    def _replica_train(self, x, y, weight=None):
+        import tensorflow as tf
+
+        ctx = tf.distribute.get_replica_context()
+        count = tf.cast(tf.shape(y)[0], tf.float32) if weight is None else tf.reduce_sum(weight)
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        optimizer = self.model.optimizer
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            per_example = tf.cast(self.loss_fn(y, y_pred), tf.float32)
+            summed = tf.reduce_sum(per_example if weight is None else per_example * weight)
+            loss = summed / tf.maximum(total, 1.0)
+            reg = self._regularization()
+            if reg is not None:
+                loss += reg / ctx.num_replicas_in_sync
+            scaled = optimizer.scale_loss(loss)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        self._update(self.train_metrics, y, y_pred, per_example, reg, weight)
+
+    def _replica_test(self, x, y, weight=None):
+        import tensorflow as tf
+
+        y_pred = self.model(x, training=False)
+        per_example = tf.cast(self.loss_fn(y, y_pred), tf.float32)
+        self._update(self.test_metrics, y, y_pred, per_example, self._regularization(), weight)
+
+    @staticmethod
+    def _update(metrics, y, y_pred, per_example, reg, weight):
+        metrics["loss"].update_state(per_example if reg is None else per_example + reg,
+                                     sample_weight=weight)
+        metrics["accuracy"].update_state(y, y_pred, sample_weight=weight)
+
+    # -- all replicas ------------------------------------------------------------------
+
+    # The step functions take the iterator, as Keras' own do: traced once for the dataset's
+    # element spec (None batch and length dimensions), not once per batch shape.
+
+    def _train_batch(self, iterator):
+        self.strategy.run(self._replica_train, args=tuple(iterator.get_next()))
+        return {k: m.result() for k, m in self.train_metrics.items()}
+
+    def _test_batch(self, iterator):
+        self.strategy.run(self._replica_test, args=tuple(iterator.get_next()))
+
+    def batches(self, dataset):
+        """An iterator over `dataset` split across the replicas, for `train_batch`."""
+        return iter(self.distribute(dataset))
+
+    def train_batch(self, iterator) -> Optional[dict]:
+        """One step on the next batch of `iterator`; returns the epoch's running loss and
+        accuracy, or None when the iterator is exhausted."""
+        import tensorflow as tf
+
+        try:
+            logs = self._train_fn(iterator)
+        except (StopIteration, tf.errors.OutOfRangeError):
+            return None
+        return {k: float(v) for k, v in logs.items()}
+
+    def train_results(self) -> dict:
+        return {k: float(m.result()) for k, m in self.train_metrics.items()}
+
+    def reset_train(self) -> None:
+        for m in self.train_metrics.values():
+            m.reset_state()
+
+    def evaluate(self, dataset) -> dict:
+        """Loss and accuracy over `dataset` (batched with the global batch): exact sums over
+        every replica's examples."""
+        import tensorflow as tf
+
+        for m in self.test_metrics.values():
+            m.reset_state()
+        iterator = self.batches(dataset)
+        while True:
+            try:
+                self._test_fn(iterator)
+            except (StopIteration, tf.errors.OutOfRangeError):
+                break
+        return {k: float(m.result()) for k, m in self.test_metrics.items()}
+
+
+def _metrics() -> dict:
+    return {
+        "loss": keras.metrics.Mean(name="loss"),
+        "accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+    }
+
+
+@dataclasses.dataclass
+class Hooks:
+    """What the loop asks of its caller at step boundaries.
+
+    `checkpoint(position)` writes a checkpoint of the stage at `position`;
+    `stop_requested()` says whether to stop at this step boundary: the loop checkpoints there
+    and raises `tftune.preemption.Preempted` (callbacks' `on_train_end` is not called: early
+    stopping must not restore its best weights over a stage that is not over);
+    `every_steps` > 0 checkpoints every that many training steps as well as at epoch ends."""
+
+    checkpoint: Optional[Callable[[Position], None]] = None
+    stop_requested: Callable[[], bool] = lambda: False
+    every_steps: int = 0
+
+
+def run_epochs(
+    steps: Steps,
+    epochs: int,
+    epoch_data: Callable[[int], object],
+    val_data,
+    callbacks: keras.callbacks.CallbackList,
+    start: Position = Position(),
+    steps_per_epoch: Optional[int] = None,
+    hooks: Hooks = Hooks(),
+    epoch_logs: Optional[list] = None,
+) -> list[dict]:
+    """Trains epochs `start.epoch .. epochs - 1` (the first from batch `start.step`, its
+    metric sums already restored), validating after each; returns every epoch's logs (those
+    in `epoch_logs` first; that list is appended to as epochs end, so a checkpoint taken
+    meanwhile sees them). Stops early when a callback sets `model.stop_training`."""
+    model = steps.model
+    logs_per_epoch = epoch_logs if epoch_logs is not None else []
+    model.stop_training = start.stopped
+    global_step = 0
+    for epoch in range(start.epoch, epochs):
+        if model.stop_training:
+            break
+        first = start.step if epoch == start.epoch else 0
+        if first == 0:
+            steps.reset_train()
+        callbacks.on_epoch_begin(epoch)
+        dataset = epoch_data(epoch)
+        if steps_per_epoch:
+            dataset = dataset.repeat().take(steps_per_epoch)
+        if first:
+            dataset = dataset.skip(first)
+        iterator = steps.batches(dataset)
+        for batch_index in itertools.count(first):
+            callbacks.on_train_batch_begin(batch_index)
+            logs = steps.train_batch(iterator)
+            if logs is None:
+                break
+            callbacks.on_train_batch_end(batch_index, logs)
+            global_step += 1
+            faults.point("step")
+            here = Position(epoch, batch_index + 1)
+            if hooks.stop_requested():
+                _stop(hooks, here)
+            if hooks.every_steps and hooks.checkpoint is not None and (
+                global_step % hooks.every_steps == 0
+            ):
+                hooks.checkpoint(here)
+        logs = steps.train_results()
+        if val_data is not None:
+            logs.update({f"val_{k}": v for k, v in steps.evaluate(val_data).items()})
+        logs_per_epoch.append(dict(logs))
+        callbacks.on_epoch_end(epoch, logs)
+        here = Position(epoch + 1, 0, bool(model.stop_training))
+        faults.point("epoch_end")
+        if hooks.stop_requested():
+            _stop(hooks, here)
+        if hooks.checkpoint is not None:
+            hooks.checkpoint(here)
+    return logs_per_epoch
+
+
+def _stop(hooks: Hooks, here: Position):
+    from tftune.preemption import Preempted
+
+    if hooks.checkpoint is not None:
+        hooks.checkpoint(here)
+    raise Preempted("stopped on request", where=here)

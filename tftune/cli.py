@@ -126,19 +126,49 @@ def _find_recipe(recipe: str) -> Path:
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Directory for run directories (default: the recipe's output_dir, runs/).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory of the same name.")
-def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite: bool) -> None:
+@click.option("--resume", is_flag=True,
+              help="Continue the unfinished run in the run directory from its last checkpoint "
+                   "(same recipe and --set options).")
+@click.option("--distribute", type=click.Choice(["auto", "default", "mirrored", "multi_worker", "tpu"]),
+              default=None,
+              help="tf.distribute strategy (sets train.distribute; the recipe's default is auto: "
+                   "a TPU when one is named, workers from TF_CONFIG, all GPUs when more than one).")
+@click.option("--tpu", default=None, metavar="NAME",
+              help="The TPU for --distribute tpu/auto: 'local' on a TPU VM, a TPU name, or "
+                   "grpc://HOST:8470 (sets train.tpu; default: $TPU_NAME).")
+def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite: bool,
+          resume: bool, distribute: str | None, tpu: str | None) -> None:
     """Train RECIPE (a recipe file, or the name of one in recipes/) and write runs/<name>/.
 
     Prints a banner per stage and a line (or progress bar) per epoch; the run directory holds
-    the resolved config, versions, history.csv, metrics.json, classes.json and model.keras.
+    the resolved config, versions, history.csv, metrics.json, classes.json and model.keras,
+    and while the run is unfinished a checkpoint (checkpoint/, written at every epoch end).
+
+    On SIGTERM (preemption) the run checkpoints at the next step, prints the command that
+    resumes it and exits with code 75; `--resume` continues it from there.
     """
     from tftune.config import load_recipe
+    from tftune.preemption import EXIT_CODE, Preempted
     from tftune.recipes import get_recipe
 
-    config = load_recipe(_find_recipe(recipe), overrides)
+    extra = tuple(f"train.{k}={v}" for k, v in (("distribute", distribute), ("tpu", tpu)) if v)
+    config = load_recipe(_find_recipe(recipe), overrides + extra)
     _import_tensorflow_quietly()
     click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
-    get_recipe(config.recipe).run(config, output_dir=output, overwrite=overwrite, echo=click.echo)
+    try:
+        get_recipe(config.recipe).run(config, output_dir=output, overwrite=overwrite,
+                                      resume=resume, echo=click.echo)
+    except Preempted as e:
+        import shlex
+
+        words = ["tftune", "train", recipe]
+        for o in overrides:
+            words += ["--set", o]
+        for flag, value in (("--output", output), ("--distribute", distribute), ("--tpu", tpu)):
+            if value:
+                words += [flag, value]
+        click.echo(f"{e} Resume with: {shlex.join(words + ['--resume'])}", err=True)
+        sys.exit(EXIT_CODE)
 
 
 @main.command("lr-find")

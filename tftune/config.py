@@ -128,6 +128,13 @@ class TrainConfig:
     whole backbone in a head-only stage) once over the data and trains the rest on the stored
     outputs, when that is exact: no random augmentation in the input pipeline. The outputs are
     kept in memory up to `cache_memory_mb` and spill to disk beyond it.
+
+    `distribute` picks the `tf.distribute` strategy (see `tftune.distribute`): `auto` (a TPU
+    when `tpu` or TPU_NAME names one, several workers when TF_CONFIG describes a cluster,
+    MirroredStrategy on more than one GPU, else the default strategy), `default`, `mirrored`,
+    `multi_worker` (cluster from TF_CONFIG) or `tpu`. `batch_size` is the global batch.
+    A checkpoint is written at every epoch end, and every `checkpoint_steps` training steps
+    when > 0 (see `tftune.checkpoint`).
     """
 
     batch_size: int = 32
@@ -137,6 +144,9 @@ class TrainConfig:
     verbose: Literal["auto", "bar", "epoch", "quiet"] = "auto"
     feature_cache: Literal["auto", "off"] = "auto"
     cache_memory_mb: int = 2048
+    distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    tpu: Optional[str] = None
+    checkpoint_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,9 @@ PAUSE_ENV = "TFTUNE_PAUSE_AT"
 _counts: dict[str, int] = {}
 
 
-def point(name: str) -> None:
-    """Marks that the run reached `name` (a no-op unless the variables above are set)."""
+def point(name: str, detail: str = "") -> None:
+    """Marks that the run reached `name` (a no-op unless the variables above are set);
+    `detail` (e.g. "epoch 2 step 3") goes into the trace."""
     trace, pause = os.environ.get(TRACE_ENV), os.environ.get(PAUSE_ENV)
     if not trace and not pause:
         return
@@ -31,7 +32,7 @@ def point(name: str) -> None:
     _counts[name] = n
     if trace:
         with open(trace, "a") as f:
-            f.write(f"{name}#{n} {time.time():.3f}\n")
+            f.write(f"{name}#{n} {time.time():.3f} {detail}".rstrip() + "\n")
             f.flush()
             os.fsync(f.fileno())
     if pause and pause == f"{name}#{n}":

@@ -232,7 +232,7 @@ def run_epochs(
                 break
             callbacks.on_train_batch_end(batch_index, logs)
             global_step += 1
-            faults.point("step")
+            faults.point("step", f"epoch {epoch + 1} step {batch_index + 1}")
             here = Position(epoch, batch_index + 1)
             if hooks.stop_requested():
                 _stop(hooks, here)
@@ -246,7 +246,7 @@ def run_epochs(
         logs_per_epoch.append(dict(logs))
         callbacks.on_epoch_end(epoch, logs)
         here = Position(epoch + 1, 0, bool(model.stop_training))
-        faults.point("epoch_end")
+        faults.point("epoch_end", f"epoch {epoch + 1}")
         if hooks.stop_requested():
             _stop(hooks, here)
         if hooks.checkpoint is not None:

@@ -559,7 +559,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         ]
         if epoch_lines:
             callbacks.append(EpochLine(stage.name, stage.epochs, echo))
-        faults.point("stage_begin")
+        faults.point("stage_begin", f"stage {i + 1}")
         if stop_requested():  # e.g. SIGTERM while loading: stop before the cache is built
             raise stopped_here()
         data = _stage_data(cfg, model, backbone, pipe, splits, prep, i, run, echo)
@@ -610,7 +610,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
                 best = {"monitor": result.monitor, "value": result.best_value, "stage": i}
                 best_weights = model.get_weights()
         save(i + 1)  # the stage boundary
-        faults.point("stage_end")
+        faults.point("stage_end", f"stage {i + 1}")
         if stop_requested():
             raise stopped_here()
     if best is not None and best["stage"] != len(cfg.stages) - 1:

@@ -1,0 +1,693 @@
+"""Resume: a run stopped anywhere continues exactly where it was.
+
+- In this process (eager, fast): SIGTERM at several points of a two-stage run (head with the
+  feature cache and dropout, then top:1 with a cosine schedule), then `--resume`: the final
+  weights, metrics and history equal an uninterrupted run's.
+- The CLI's rules: an unfinished run with a checkpoint is not replaced without --resume or
+  --overwrite, a changed recipe is not resumed, a finished run is not resumed.
+- Checkpoint files: a damaged or partial checkpoint is never used.
+- Subprocesses: a real SIGTERM makes `tftune train` checkpoint, print how to resume and exit
+  75; and the kill test: `kill -9` at random moments (mid-epoch, at epoch ends and stage
+  boundaries, inside checkpoint writes, at random times, twice in a row), resume each, and
+  compare with an uninterrupted run. TFTUNE_KILL_TRIALS=N runs N trials (default 10),
+  TFTUNE_KILL_JOBS=J runs J at a time (default 2). Run with -s to see the table.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import json
+import math
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import build_tiny_cnn, make_image_folder, make_sentence, write_text_csv
+from tftune import checkpoint as ckpt
+from tftune import faults
+from tftune.cli import main
+from tftune.config import config_from_dict, load_recipe
+
+TFTUNE = str(Path(sys.executable).with_name("tftune"))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+for key in ("TF_CONFIG", "TPU_NAME", faults.TRACE_ENV, faults.PAUSE_ENV):
+    ENV.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """36 coloured images (30 train: 4 batches of 8, the last short) and a tiny CNN file."""
+    import keras
+
+    root = tmp_path_factory.mktemp("resume")
+    folder = make_image_folder(root / "images")
+    keras.utils.set_random_seed(0)
+    cnn = root / "cnn.keras"
+    build_tiny_cnn(32).save(str(cnn))
+    return root, folder, cnn
+
+
+def recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", **train) -> dict:
+    """Head (2 epochs, feature cache, dropout 0.3: the dropout RNG must resume too), then
+    top:1 (2 epochs, warmup + cosine: the schedule must resume at its step), AdamW."""
+    return {
+        "recipe": "image_classification", "name": name, "output_dir": str(output_dir),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": f"keras:{cnn}"},
+        "head": {"dropout": 0.3},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05,
+             "early_stopping": {"monitor": "val_loss", "patience": 5}},
+            {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 2e-3,
+             "warmup": 2, "schedule": "cosine",
+             "early_stopping": {"monitor": "val_accuracy", "patience": 5}},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet", **train},
+    }
+
+
+def history_rows(run: Path) -> list[tuple]:
+    """history.csv without the seconds column (wall time differs between runs)."""
+    with open(run / "history.csv", newline="") as f:
+        return [tuple((k, v) for k, v in row.items() if k != "seconds") for row in csv.DictReader(f)]
+
+
+def max_weight_difference(a: list, b: list) -> float:
+    assert len(a) == len(b)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+
+
+def metric_difference(a: dict, b: dict) -> float:
+    return max(abs(a[s][k] - b[s][k]) for s in ("val", "test") for k in ("loss", "accuracy"))
+
+
+# ------------------------------------------------------------------------------------------
+# in this process: SIGTERM at a step, then resume
+
+
+def sigterm_at(monkeypatch, event: str, n: int) -> None:
+    """Sends this process SIGTERM when faults point `event` is reached for the n-th time."""
+    seen = {"n": 0}
+    original = faults.point
+
+    def point(name, detail=""):
+        original(name, detail)
+        if name == event:
+            seen["n"] += 1
+            if seen["n"] == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(faults, "point", point)
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    """The uninterrupted run (eager), with the config used."""
+    import tensorflow as tf
+
+    from tftune.train import train
+
+    root, folder, cnn = data
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        cfg = config_from_dict(recipe(folder, cnn, root / "ref"))
+        result = train(cfg, echo=lambda _: None)
+    finally:
+        tf.config.run_functions_eagerly(before)
+    return result
+
+
+@pytest.mark.usefixtures("eager")
+@pytest.mark.parametrize(
+    "event, n, where",
+    [
+        ("step", 2, "stage 1/2 'head', epoch 1, step 2"),
+        ("epoch_end", 1, "stage 1/2 'head', epoch 2, start"),
+        ("stage_end", 1, "stage 2/2 'top', epoch 1, start"),
+        ("step", 11, "stage 2/2 'top', epoch 1, step 3"),
+        ("step", 15, "stage 2/2 'top', epoch 2, step 3"),
+    ],
+    ids=["mid-epoch-1", "epoch-end", "stage-boundary", "mid-stage-2", "last-epoch"],
+)
+def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, data, reference,
+                                                          monkeypatch, event, n, where):
+    from tftune.preemption import Preempted
+    from tftune.train import train
+
+    root, folder, cnn = data
+    cfg = config_from_dict(recipe(folder, cnn, tmp_path))
+    sigterm_at(monkeypatch, event, n)
+    with pytest.raises(Preempted) as info:
+        train(cfg, echo=lambda _: None)
+    assert str(info.value) == (
+        f"SIGTERM received: stopped at {where} with a checkpoint in {tmp_path / 'r' / 'checkpoint'}."
+    )
+    run = tmp_path / "r"
+    assert not (run / "metrics.json").exists() and (run / "checkpoint" / "latest").is_file()
+    monkeypatch.undo()
+
+    lines = []
+    resumed = train(cfg, resume=True, echo=lines.append)
+    assert any(l.startswith("Resuming from checkpoint/ckpt-") and l.endswith(where) for l in lines), lines
+    # Stages finished before the checkpoint are not run again.
+    banners = [l for l in lines if l.startswith("== Stage")]
+    assert len(banners) == (1 if "stage 2/2" in where else 2)
+    assert max_weight_difference(resumed.model.get_weights(), reference.model.get_weights()) < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(run) == history_rows(reference.run_dir)
+    assert [s["epochs_run"] for s in resumed.metrics["stages"]] == [2, 2]
+    assert [s["best_value"] for s in resumed.metrics["stages"]] == pytest.approx(
+        [s["best_value"] for s in reference.metrics["stages"]], abs=1e-6)
+    assert not (run / "checkpoint").exists()  # a finished run keeps its results, not checkpoints
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.usefixtures("eager")
+def test_resumed_stage_gets_its_trainability_from_the_stage(tmp_path, data, reference,
+                                                           monkeypatch):
+    """(Lightning#21901: a resumed run re-froze the backbone.) Stopped inside stage 2
+    (top:1), the resumed run trains exactly stage 2's variables from the checkpoint on, and
+    a checkpoint whose stage trained other variables is refused."""
+    from tftune.preemption import Preempted
+    from tftune.train import train
+
+    root, folder, cnn = data
+    cfg = config_from_dict(recipe(folder, cnn, tmp_path))
+    sigterm_at(monkeypatch, "step", 10)
+    with pytest.raises(Preempted):
+        train(cfg, echo=lambda _: None)
+    monkeypatch.undo()
+    loaded = ckpt.latest(tmp_path / "r")
+    assert (loaded.state.stage, loaded.state.epoch, loaded.state.step) == (1, 0, 2)
+    assert set(loaded.state.trainable) == {
+        "block2_conv/kernel", "head_classifier/kernel", "head_classifier/bias"}
+
+    from tftune import callbacks as callbacks_mod
+
+    seen = []  # what the model being fitted trains, when each (resumed) stage begins
+
+    def spy(self, logs=None):
+        seen.append({v.path for v in self.model.trainable_variables})
+
+    monkeypatch.setattr(callbacks_mod.StopOnNaN, "on_train_begin", spy, raising=False)
+    resumed = train(cfg, resume=True, echo=lambda _: None)
+    assert seen == [set(loaded.state.trainable)]
+    assert max_weight_difference(resumed.model.get_weights(), reference.model.get_weights()) < 1e-6
+
+    # A checkpoint whose stage trained other variables is not loaded into this stage.
+    monkeypatch.undo()
+    sigterm_at(monkeypatch, "step", 10)
+    with pytest.raises(Preempted):
+        train(cfg, overwrite=True, echo=lambda _: None)
+    monkeypatch.undo()
+    state_file = ckpt.latest(tmp_path / "r").path / ckpt.STATE
+    payload = json.loads(state_file.read_text())
+    payload["state"]["trainable"] = payload["state"]["trainable"][1:]
+    state_file.write_text(json.dumps(payload))  # the manifest does not cover state.json itself
+    from tftune.errors import TftuneError
+
+    with pytest.raises(TftuneError, match="Cannot resume stage 2: it trains 3 variables, the "
+                                          "checkpoint's stage trained 2"):
+        train(cfg, resume=True, echo=lambda _: None)
+
+
+@pytest.mark.usefixtures("eager")
+def test_text_run_resumes_mid_stage_with_bucketed_batches(tmp_path, tiny_bert_preset, monkeypatch):
+    """Text: length-bucketed, trimmed batches and a cached top:1 stage (ragged features);
+    stopped mid-epoch in stage 2 and resumed, the result equals the uninterrupted run's."""
+    from tftune.preemption import Preempted
+    from tftune.train import train
+
+    rng = random.Random(1)
+    rows = [(make_sentence(rng, lab, rng.randint(2, 20)), lab) for lab in ("pos", "neg")
+            for _ in range(20)]
+    rng.shuffle(rows)
+    path = write_text_csv(tmp_path / "t.csv", rows)
+
+    def cfg(out):
+        return config_from_dict({
+            "recipe": "text_classification", "name": "t", "output_dir": str(out),
+            "data": {"source": "csv", "path": str(path), "val_fraction": 0.2,
+                     "test_fraction": 0.2},
+            "backbone": {"spec": f"keras_hub:{tiny_bert_preset}", "sequence_length": 32},
+            "stages": [
+                {"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2},
+                {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 1e-2,
+                 "schedule": "linear"},
+            ],
+            "train": {"batch_size": 8, "verbose": "quiet"},
+        })
+
+    steps = []
+    original = faults.point
+    monkeypatch.setattr(faults, "point", lambda name, detail="": (
+        steps.append(detail) if name == "step" else None, original(name, detail)))
+    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
+    monkeypatch.undo()
+    first_stage = steps.index("epoch 1 step 1", 1)  # stage 2 starts again at epoch 1 step 1
+    assert first_stage >= 3, steps  # 24 texts in batches of 8, bucketed by length
+    sigterm_at(monkeypatch, "step", first_stage + 2)
+    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 1, step 2 "):
+        train(cfg(tmp_path / "cut"), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    assert max_weight_difference(resumed.model.get_weights(), reference.model.get_weights()) < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+
+
+# ------------------------------------------------------------------------------------------
+# the CLI's rules
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    errors = [l for l in result.output.splitlines() if l.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for f in fragments:
+        assert f in errors[0], errors[0]
+
+
+@pytest.mark.usefixtures("eager")
+def test_cli_resume_rules(tmp_path, data, monkeypatch):
+    root, folder, cnn = data
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(folder, cnn, tmp_path / "runs")))
+    run = tmp_path / "runs" / "r"
+
+    one_error(invoke("train", str(path), "--resume"), "Nothing to resume", "without --resume")
+
+    sigterm_at(monkeypatch, "step", 6)
+    result = invoke("train", str(path), "--set", "train.verbose=epoch")
+    monkeypatch.undo()
+    assert result.exit_code == 75, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last == (
+        f"SIGTERM received: stopped at stage 1/2 'head', epoch 2, step 2 with a checkpoint in "
+        f"{run / 'checkpoint'}. Resume with: tftune train {path} --set train.verbose=epoch --resume"
+    ), last
+    assert "Traceback" not in result.output
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    one_error(invoke("train", str(path)), "unfinished run with a checkpoint (stage 1/2 'head', "
+              "epoch 2, step 2)", "--resume", "--overwrite")
+    one_error(invoke("train", str(path), "--resume", "--set", "stages.1.epochs=3"),
+              "differ from the run's config.yaml in 1 setting(s) (stages.1.epochs: run 2, now 3)")
+    one_error(invoke("train", str(path), "--resume", "--overwrite"), "not both")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+    # Where and how it computes may change: verbosity, the strategy.
+    result = invoke("train", str(path), "--resume", "--distribute", "default")
+    assert result.exit_code == 0, result.output
+    assert "Resuming from checkpoint/ckpt-" in result.output
+    rows = history_rows(run)
+    assert [(dict(r)["stage"], dict(r)["epoch"]) for r in rows] == [
+        ("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
+    one_error(invoke("train", str(path), "--resume"), "holds a finished run", "nothing to resume")
+
+
+# ------------------------------------------------------------------------------------------
+# checkpoint files
+
+
+def small_variables(values=(1.0, 2.0)):
+    import keras
+
+    return [keras.Variable(np.full((2, 3), v, np.float32), name=f"w{i}")
+            for i, v in enumerate(values)]
+
+
+def test_damaged_or_partial_checkpoints_are_never_used(tmp_path):
+    run = tmp_path / "run"
+    a = small_variables((1.0, 2.0))
+    first = ckpt.write(run, ckpt.RunState(stage=0, epoch=1), {"model": a},
+                       {"best": [np.arange(3.0)]})
+    for v in a:
+        v.assign(v + 10.0)
+    second = ckpt.write(run, ckpt.RunState(stage=0, epoch=2), {"model": a})
+    assert ckpt.latest(run).path == second
+
+    b = small_variables((0.0, 0.0))
+    ckpt.latest(run).restore({"model": b})
+    assert float(b[0].numpy()[0, 0]) == 11.0
+
+    # One flipped byte in the newest checkpoint's variables: the previous one is used.
+    data_file = next(second.glob("variables.data-*"))
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    loaded = ckpt.latest(run)
+    assert loaded.path == first and loaded.state.epoch == 1
+    assert "does not match its sha256" in loaded.skipped[0]
+    loaded.restore({"model": b})
+    assert float(b[0].numpy()[0, 0]) == 1.0
+    np.testing.assert_array_equal(loaded.arrays("best")[0], np.arange(3.0))
+
+    # A truncated state.json, a missing file: never used.
+    (first / ckpt.STATE).write_text((first / ckpt.STATE).read_text()[:40])
+    assert ckpt.latest(run) is None
+    assert "unreadable state.json" in ckpt.verify(first)[1]
+
+    # A checkpoint being written when the process died (a .tmp- folder), then a new write:
+    # the partial folder is never read, and the next write removes it.
+    partial = run / "checkpoint" / ".tmp-ckpt-000009-x"
+    partial.mkdir()
+    (partial / "variables.index").write_bytes(b"half")
+    third = ckpt.write(run, ckpt.RunState(stage=1), {"model": a})
+    assert ckpt.latest(run).path == third and not partial.exists()
+    # `latest` names the newest; without it the newest complete folder is found.
+    (run / "checkpoint" / "latest").unlink()
+    assert ckpt.latest(run).path == third
+    # Only the two newest are kept.
+    assert [p.name for p in ckpt.folders(run)] == [third.name, second.name]
+
+    # Variables that are not the checkpoint's are refused with the difference named.
+    from tftune.errors import TftuneError
+
+    import keras
+
+    with pytest.raises(TftuneError, match="does not fit this run's model"):
+        ckpt.latest(run).restore({"model": [keras.Variable(np.zeros((3, 3)), name="w0"),
+                                            keras.Variable(np.zeros((2, 3)), name="w1")]})
+
+
+def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path, data):
+    from tftune.errors import TftuneError
+    from tftune.train import plan_run_dir
+
+    root, folder, cnn = data
+    cfg = config_from_dict(recipe(folder, cnn, tmp_path))
+    run = tmp_path / "r"
+    run.mkdir()
+    from tftune.config import dump_config
+
+    (run / "config.yaml").write_text(dump_config(cfg))
+    written = ckpt.write(run, ckpt.RunState(), {"model": small_variables()})
+    (written / ckpt.STATE).unlink()
+    with pytest.raises(TftuneError, match=r"checkpoints are all unusable \(ckpt-000001: no state.json\)"):
+        plan_run_dir(cfg, run, resume=True, overwrite=False)
+    # Stopped before its first checkpoint (no ckpt- folder at all): starts from the beginning.
+    import shutil
+
+    shutil.rmtree(run / "checkpoint")
+    from tftune.train import RESTART
+
+    assert plan_run_dir(cfg, run, resume=True, overwrite=False) == RESTART
+
+
+# ------------------------------------------------------------------------------------------
+# subprocesses: a real SIGTERM, and kill -9
+
+
+def start(args: list, cwd: Path, trace: Path, pause: str = "", log_name: str = "log"):
+    env = {**ENV, faults.TRACE_ENV: str(trace)}
+    if pause:
+        env[faults.PAUSE_ENV] = pause
+    out = open(cwd / f"{log_name}.out", "w")
+    err = open(cwd / f"{log_name}.err", "w")
+    proc = subprocess.Popen([TFTUNE, *args], cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+    proc.logs = (cwd / f"{log_name}.out", cwd / f"{log_name}.err")
+    out.close()
+    err.close()
+    return proc
+
+
+def wait_stopped(proc, timeout=300) -> bool:
+    """True when `proc` stopped itself (SIGSTOP at its pause point), False when it exited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        if info is not None:
+            return info.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED)
+        time.sleep(0.02)
+    proc.kill()
+    raise TimeoutError(f"process {proc.pid} neither stopped nor exited")
+
+
+def trace_lines(trace: Path) -> list[str]:
+    return trace.read_text().splitlines() if trace.exists() else []
+
+
+def output(proc) -> str:
+    return proc.logs[0].read_text() + proc.logs[1].read_text()
+
+
+@pytest.fixture(scope="module")
+def cli_reference(data):
+    """An uninterrupted `tftune train` run of the recipe (checkpoints every 3 steps too), its
+    trace of points, metrics, history and weights."""
+    root, folder, cnn = data
+    base = root / "cli"
+    base.mkdir()
+    path = base / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(folder, cnn, base / "runs", checkpoint_steps=3)))
+    trace = base / "reference.trace"
+    proc = start(["train", str(path)], base, trace, log_name="reference")
+    assert proc.wait(timeout=600) == 0, output(proc)
+    run = base / "runs" / "r"
+    return {
+        "recipe": path, "trace": trace_lines(trace), "run": run,
+        "metrics": json.loads((run / "metrics.json").read_text()),
+        "history": history_rows(run), "weights": model_weights(run / "model.keras"),
+    }
+
+
+def model_weights(path: Path) -> list:
+    import keras
+
+    import tftune.heads  # noqa: F401
+    import tftune.optim  # noqa: F401
+
+    return keras.saving.load_model(str(path), compile=False).get_weights()
+
+
+def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path, cli_reference):
+    """A real SIGTERM to `tftune train` (delivered while it is paused right after step 6):
+    it checkpoints at that step, prints one line saying how to resume and exits 75; the
+    printed command finishes the run with the uninterrupted run's result."""
+    recipe_path = cli_reference["recipe"]
+    trace = tmp_path / "trace"
+    proc = start(["train", str(recipe_path), "--output", str(tmp_path / "runs")], tmp_path, trace,
+                 pause="step#6")
+    assert wait_stopped(proc), output(proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=300) == 75, output(proc)
+    err = proc.logs[1].read_text().strip().splitlines()
+    run = tmp_path / "runs" / "r"
+    assert err[-1] == (
+        f"SIGTERM received: stopped at stage 1/2 'head', epoch 2, step 2 with a checkpoint in "
+        f"{run / 'checkpoint'}. Resume with: tftune train {recipe_path} --output "
+        f"{tmp_path / 'runs'} --resume"), err
+    assert "Traceback" not in output(proc)
+    assert ckpt.latest(run).state.step == 2
+
+    command = shlex.split(err[-1].split("Resume with: ", 1)[1])
+    resumed = start(command[1:], tmp_path, tmp_path / "trace2", log_name="resumed")
+    assert resumed.wait(timeout=300) == 0, output(resumed)
+    assert "Resuming from checkpoint/ckpt-" in output(resumed)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metric_difference(metrics, cli_reference["metrics"]) < 1e-6
+    assert history_rows(run) == cli_reference["history"]
+
+
+CHECKPOINT_POINTS = ("checkpoint:begin", "checkpoint:variables_written", "checkpoint:arrays_written",
+                     "checkpoint:state_written", "checkpoint:renamed", "checkpoint:latest_updated")
+
+
+def kill_plans(trials: int, reference_trace: list[str], seed: int = 0) -> list[list[tuple]]:
+    """Per trial, the kills in order: ("pause", "point#n") stops the process exactly at a
+    point and kills it there; ("time", seconds) kills it that long after its first step."""
+    rng = random.Random(seed)
+    count = lambda name: sum(1 for l in reference_trace if l.split("#")[0] == name)  # noqa: E731
+    steps, epochs, ckpts = count("step"), count("epoch_end"), count("checkpoint:begin")
+    times = [float(l.split()[1]) for l in reference_trace]
+    first_step = next(float(l.split()[1]) for l in reference_trace if l.startswith("step#1 "))
+    duration = times[-1] - first_step
+    mid_epoch = [k for k in range(1, steps + 1) if k % 4]  # 4 steps per epoch
+
+    def one(category):
+        if category == "mid-epoch":
+            return ("pause", f"step#{rng.choice(mid_epoch)}")
+        if category == "epoch end":
+            return ("pause", f"epoch_end#{rng.randint(1, epochs)}")
+        if category == "stage boundary":
+            return ("pause", rng.choice(["stage_end#1", "stage_begin#2"]))
+        if category == "checkpoint write":
+            return ("pause", f"{rng.choice(CHECKPOINT_POINTS)}#{rng.randint(2, ckpts)}")
+        if category == "first checkpoint":
+            return ("pause", f"{rng.choice(CHECKPOINT_POINTS[:4])}#1")
+        if category == "end of run":
+            return ("pause", rng.choice(["final:evaluated#1", "final:model_saved#1"]))
+        return ("time", round(rng.uniform(0.0, 0.9 * duration), 2))
+
+    categories = ["mid-epoch", "checkpoint write", "stage boundary", "random time", "epoch end",
+                  "first checkpoint", "checkpoint write", "end of run", "random time", "twice"]
+    plans = []
+    for t in range(trials):
+        category = categories[t] if t < len(categories) else rng.choice(categories)
+        if category == "twice":
+            plans.append([one("checkpoint write"), ("pause", f"step#{rng.randint(1, 3)}")])
+        else:
+            plans.append([one(category)])
+    return plans
+
+
+def integrity_problems(run: Path, recipe_path: Path) -> list[str]:
+    """Every file in the run directory is whole: config.yaml loads as the recipe, JSON files
+    parse, history.csv has full rows without repeats, model.keras is a sound zip, and every
+    checkpoint folder (and the one `latest` names) matches its manifest. Names starting with
+    a dot are temporary files of interrupted writes: never read, removed by the resume."""
+    problems = []
+    if not run.exists():
+        return problems
+    for p in run.iterdir():
+        try:
+            if p.name.startswith("."):
+                continue
+            if p.name == "config.yaml":
+                assert load_recipe(p) == load_recipe(recipe_path), "config differs"
+            elif p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.name == "history.csv":
+                with open(p, newline="") as f:
+                    rows = list(csv.reader(f))
+                assert rows and all(len(r) == len(rows[0]) for r in rows), "ragged rows"
+                keys = [(r[0], r[2]) for r in rows[1:]]
+                assert len(keys) == len(set(keys)), "repeated epochs"
+                assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[3:] if v)
+            elif p.name == "model.keras":
+                with zipfile.ZipFile(p) as z:
+                    assert z.testzip() is None, "bad zip member"
+            elif p.name == "checkpoint":
+                for folder in ckpt.folders(run):
+                    assert ckpt.verify(folder)[0] is not None, f"{folder.name}: {ckpt.verify(folder)[1]}"
+                if (p / "latest").exists():
+                    named = (p / "latest").read_text().strip()
+                    assert ckpt.verify(p / named)[0] is not None, f"latest -> {named}"
+            elif p.is_file():
+                raise AssertionError("unexpected file")
+        except Exception as e:  # noqa: BLE001 - collected and reported per file
+            problems.append(f"{p.name}: {type(e).__name__}: {e}")
+    return problems
+
+
+def describe_landing(trace: list[str], planned: tuple) -> str:
+    """Where the kill landed, from the killed process's trace: its last point, and the
+    stage / epoch / step of its last training step."""
+    if not trace:
+        return "before the first point (loading)"
+    stage, last_step = "", "before any step"
+    for line in trace:
+        name, _, *detail = line.split()
+        if name.startswith("stage_begin#"):
+            stage = " ".join(detail)
+        elif name.startswith("step#"):
+            last_step = f"{stage}, {' '.join(detail)}"
+    how = "paused at" if planned[0] == "pause" else f"{planned[1]}s after step 1, at"
+    return f"{how} {trace[-1].split()[0]}; last step: {last_step}"
+
+
+def resumed_from(log: str, run: Path) -> str:
+    """The checkpoint a resumed process said it continued from."""
+    for line in log.splitlines():
+        if line.startswith("Resuming from checkpoint/"):
+            return line[len("Resuming from checkpoint/"):]
+        if line.startswith(f"{run} has no checkpoint yet"):
+            return "no checkpoint yet: from the start"
+    return "?"
+
+
+def run_trial(index: int, plan: list[tuple], recipe_path: Path, base: Path, reference: dict) -> dict:
+    work = base / f"trial{index:02d}"
+    work.mkdir(parents=True)
+    out_dir = work / "runs"
+    run = out_dir / "r"
+    args = ["train", str(recipe_path), "--output", str(out_dir)]
+    landed, problems, starts = [], [], []
+    for k, (kind, target) in enumerate(plan):
+        trace = work / f"kill{k}.trace"
+        proc = start(args + (["--resume"] if k else []), work, trace,
+                     pause=target if kind == "pause" else "", log_name=f"kill{k}")
+        if kind == "pause":
+            stopped = wait_stopped(proc)
+        else:
+            while not any(l.startswith("step#1 ") for l in trace_lines(trace)):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.02)
+            time.sleep(target)
+            stopped = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if k:
+            starts.append(resumed_from(output(proc), run))
+        if not stopped:
+            landed.append(f"{target}: the process had exited ({proc.returncode}) first")
+        else:
+            landed.append(describe_landing(trace_lines(trace), (kind, target)))
+        problems += integrity_problems(run, recipe_path)
+    proc = start(args + ["--resume"], work, work / "resume.trace", log_name="resume")
+    code = proc.wait(timeout=600)
+    log = output(proc)
+    starts.append(resumed_from(log, run))
+    row = {"trial": index, "kills": landed, "starts": starts, "exit": code,
+           "problems": problems, "run": run}
+    if code == 0:
+        metrics = json.loads((run / "metrics.json").read_text())
+        row["metric_diff"] = metric_difference(metrics, reference["metrics"])
+        row["history_equal"] = history_rows(run) == reference["history"]
+        row["leftovers"] = sorted(p.name for p in run.iterdir() if p.name.startswith("."))
+        row["problems"] += integrity_problems(run, recipe_path)
+    else:
+        row["log"] = log[-2000:]
+    return row
+
+
+def test_kill_9_at_random_moments_then_resume(tmp_path, cli_reference):
+    trials = int(os.environ.get("TFTUNE_KILL_TRIALS", "10"))
+    jobs = int(os.environ.get("TFTUNE_KILL_JOBS", "2"))
+    plans = kill_plans(trials, cli_reference["trace"], seed=int(os.environ.get("TFTUNE_KILL_SEED", "0")))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        rows = list(pool.map(
+            lambda ip: run_trial(ip[0] + 1, ip[1], cli_reference["recipe"], tmp_path, cli_reference),
+            enumerate(plans)))
+    for r in rows:  # Keras builds models in one thread at a time: here, not in the pool
+        if r["exit"] == 0:
+            r["weight_diff"] = max_weight_difference(model_weights(r["run"] / "model.keras"),
+                                                     cli_reference["weights"])
+
+    print(f"\nkill -9 trials: {trials}; each row a kill, then the checkpoint the next process "
+          f"resumed from; diffs: final run vs the uninterrupted one")
+    print(f"{'trial':>5} | {'where the kill landed':<76} | {'resumed from':<46} | ok  | "
+          f"metric diff | weight diff")
+    for r in rows:
+        ok = r["exit"] == 0 and r.get("history_equal") and not r["problems"] and not r.get("leftovers")
+        for j, (kill, start_) in enumerate(zip(r["kills"], r["starts"])):
+            last = j == len(r["kills"]) - 1
+            tail = (f"{'yes' if ok else 'NO':<3} | {r.get('metric_diff', float('nan')):11.2e} | "
+                    f"{r.get('weight_diff', float('nan')):.2e}") if last else f"{'':<3} |"
+            print(f"{r['trial'] if j == 0 else '':>5} | {kill:<76} | {start_:<46} | {tail}")
+    for r in rows:
+        assert r["exit"] == 0, (r["trial"], r["kills"], r.get("log"))
+        assert not r["problems"], (r["trial"], r["kills"], r["problems"])
+        assert r["history_equal"], (r["trial"], r["kills"])
+        assert not r["leftovers"], (r["trial"], r["leftovers"])
+        assert r["metric_diff"] < 1e-6 and r["weight_diff"] < 1e-6, r

@@ -21,7 +21,6 @@ feature cache's model) runs inside `Distribution.scope()`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -252,12 +251,3 @@ def make_distribution(setting: str = "auto", tpu: Optional[str] = None) -> Distr
     strategy, devices = _tpu_strategy(tpu)
     return Distribution(strategy, "tpu", devices)
 
-
-@contextlib.contextmanager
-def in_scope(distribution: Optional[Distribution]):
-    """`distribution.scope()`, or nothing for None."""
-    if distribution is None:
-        yield
-    else:
-        with distribution.scope():
-            yield

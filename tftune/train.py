@@ -176,6 +176,11 @@ def train(
         from tftune.config import config_from_dict
 
         config = config_from_dict(to_dict(config), overrides)
+    if config.train.checkpoint_steps < 0:
+        raise ConfigError(
+            f"Invalid value for 'train.checkpoint_steps'. Expected an integer >= 0 (0: checkpoints "
+            f"at epoch ends only). Received: {config.train.checkpoint_steps}"
+        )
     if overwrite and resume:
         raise ConfigError(
             "Pass either --resume (continue the run from its checkpoint) or --overwrite (start "

@@ -165,6 +165,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path, image_data):
     assert any("MirroredStrategy, 2 replica(s) (/device:CPU:0, /device:CPU:1); global batch 8 = "
                "4 per replica" in l for l in two["log"]), two["log"]
     assert sum("feature cache: frozen part run once" in l for l in two["log"]) == 2
+    print("\n--- mirrored run ---\n" + "\n".join(two["log"]))
     print(f"\n{'':>8} {'val loss':>12} {'val acc':>8} {'test loss':>12} {'test acc':>8}")
     for name, r in result.items():
         m = r["metrics"]

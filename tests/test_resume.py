@@ -176,6 +176,33 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, data, refere
 
 
 @pytest.mark.usefixtures("eager")
+def test_random_flips_resume_too(tmp_path, data, monkeypatch):
+    """With `augment: [flip]` (no feature cache) the flipped images of an epoch are fixed by
+    (seed, stage, epoch, batch): stopped mid-epoch and resumed, the run ends as the
+    uninterrupted one does."""
+    from tftune.preemption import Preempted
+    from tftune.train import train
+
+    root, folder, cnn = data
+
+    def cfg(out):
+        r = recipe(folder, cnn, out)
+        r["data"]["augment"] = ["flip"]
+        return config_from_dict(r)
+
+    lines = []
+    reference = train(cfg(tmp_path / "ref"), echo=lines.append)
+    assert sum("feature cache: off (random augmentation ['flip']" in l for l in lines) == 2
+    sigterm_at(monkeypatch, "step", 7)
+    with pytest.raises(Preempted, match="stage 1/2 'head', epoch 2, step 3"):
+        train(cfg(tmp_path / "cut"), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    assert max_weight_difference(resumed.model.get_weights(), reference.model.get_weights()) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+
+
+@pytest.mark.usefixtures("eager")
 def test_resumed_stage_gets_its_trainability_from_the_stage(tmp_path, data, reference,
                                                            monkeypatch):
     """(Lightning#21901: a resumed run re-froze the backbone.) Stopped inside stage 2

@@ -67,15 +67,18 @@ class RunState:
     config_digest: str = ""
     variables: dict = dataclasses.field(default_factory=dict)  # group -> [[path, shape], ...]
 
-    def describe(self, stage_names: Sequence[str] = ()) -> str:
-        if stage_names and self.stage >= len(stage_names):
+    def describe(self, stages: Sequence = ()) -> str:
+        """E.g. "stage 2/3 'top', epoch 1, step 4"; `stages` are the run's StageConfigs."""
+        if stages and self.stage >= len(stages):
             return "after the last stage"
-        name = f" {stage_names[self.stage]!r}" if stage_names else ""
-        total = f"/{len(stage_names)}" if stage_names else ""
-        where = f"stage {self.stage + 1}{total}{name}, epoch {self.epoch + 1}"
+        stage = f"stage {self.stage + 1}"
+        if stages:
+            stage += f"/{len(stages)} {stages[self.stage].name!r}"
         if self.stopped:
-            return f"stage {self.stage + 1}{total}{name}, after early stopping"
-        return where + (f", step {self.step}" if self.step else ", start")
+            return f"{stage}, after early stopping"
+        if stages and self.epoch >= stages[self.stage].epochs:
+            return f"{stage}, after its last epoch"
+        return f"{stage}, epoch {self.epoch + 1}, " + (f"step {self.step}" if self.step else "start")
 
 
 def _sha256(path: Path) -> str:

@@ -269,7 +269,7 @@ def plan_run_dir(cfg: RecipeConfig, run: Path, resume: bool, overwrite: bool):
             if loaded is not None:
                 raise TftuneError(
                     f"Run directory {run} already exists and holds an unfinished run with a "
-                    f"checkpoint ({loaded.state.describe([s.name for s in cfg.stages])}). Pass "
+                    f"checkpoint ({loaded.state.describe(cfg.stages)}). Pass "
                     f"--resume to continue it, --overwrite to start it again, or pick another "
                     f"name (--set name=...) or --output directory."
                 )
@@ -493,7 +493,6 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     model, head, unused, pipe = prep.model, prep.head, prep.unused, prep.pipe
     val_ds, test_ds = prep.val_ds, prep.test_ds
     steps_per_epoch, selections = prep.steps_per_epoch, prep.selections
-    names = [s.name for s in cfg.stages]
 
     jit = _jit(cfg.train.jit_compile)
     verbose, epoch_lines = _verbosity(cfg.train.verbose)
@@ -508,7 +507,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         loaded.restore({"model": model.variables})
         write_rows(history_path, history)  # drop rows of epochs the checkpoint does not have
         echo(f"Resuming from {loaded.path.parent.name}/{loaded.path.name}: "
-             f"{state.describe(names)}"
+             f"{state.describe(cfg.stages)}"
              + (f" (not usable: {'; '.join(loaded.skipped)})" if loaded.skipped else ""))
 
     def save(stage_index: int, at: Optional["loop.Position"] = None, srun=None) -> None:
@@ -539,7 +538,7 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
         return dist.agree(bool(stop))
 
     def stopped_here() -> Preempted:
-        return Preempted("stopped", where=saved[0].describe(names))
+        return Preempted("stopped", where=saved[0].describe(cfg.stages))
 
     for i, stage in enumerate(cfg.stages):
         if i < state.stage:

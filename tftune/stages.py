@@ -207,6 +207,7 @@ class StageRun:
     stopper: Any
     epoch_logs: list
     seconds_before: float = 0.0
+    _started: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
 
     def early_stopping_state(self) -> dict:
         s = self.stopper
@@ -224,8 +225,6 @@ class StageRun:
         s.stopped_epoch = state["stopped_epoch"]
         s.best_weights = best_weights
         self.seconds_before = float(state.get("seconds", 0.0))
-
-    _started: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
 
 
 def run_stage(

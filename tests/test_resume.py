@@ -605,6 +605,9 @@ def integrity_problems(run: Path, recipe_path: Path) -> list[str]:
                 keys = [(r[0], r[2]) for r in rows[1:]]
                 assert len(keys) == len(set(keys)), "repeated epochs"
                 assert all(math.isfinite(float(v)) for r in rows[1:] for v in r[3:] if v)
+            elif p.suffix == ".png":  # training_curves.png: a whole PNG, up to its IEND chunk
+                data = p.read_bytes()
+                assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:-4] == b"IEND", "cut PNG"
             elif p.name == "model.keras":
                 with zipfile.ZipFile(p) as z:
                     assert z.testzip() is None, "bad zip member"

@@ -10,24 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from conftest import copy_run, make_image_folder, make_sentence, write_text_csv
-from tftune.cli import main
+from test_predict import assert_one_line_error, invoke
 
 EVAL_FILES = {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "errors.csv", "report.txt"}
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def keras_scores(run: Path, split: str = "test"):

@@ -209,6 +209,28 @@ def test_feature_cache_spill_keeps_every_example(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("train", ["head", "top:1"])
+def test_text_fill_by_length_keeps_the_split_order(dropout_free_bert, train):
+    """Blocks of texts run in sub-batches of similar length, each trimmed to its longest:
+    the same features per example, in the split's order, as the split's own batches give."""
+    model, backbone, head, pipe, splits, unused = prepared("text", dropout_free_bert)
+    set_trainable(backbone.model, backbone.groups, selected_groups(train, backbone.groups),
+                  head, False, unused)
+    plan, _ = plan_cache(model, backbone.model)
+    plain = FeatureCache(2**30).fill(plan, pipe.prepare(splits.train, False), pipe.length_fn)
+    by_length = FeatureCache(2**30).fill(plan, pipe.blocks(pipe.source(splits.train), 16),
+                                         pipe.length_fn, sub_batch=3)
+    a = list(plain.dataset().as_numpy_iterator())
+    b = list(by_length.dataset().as_numpy_iterator())
+    labels = [y for _, y in splits.train.as_numpy_iterator()]
+    assert [r[1] for r in a] == [r[1] for r in b] == labels and len(set(r[2] for r in b)) > 5
+    for (fa, _, na), (fb, _, nb) in zip(a, b):
+        assert na == nb and len(fa) == len(fb)
+        for x, y in zip(fa, fb):
+            assert x.shape == y.shape
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("setting", ["auto", "off", "augment"])
 def test_train_says_when_the_cache_is_used_and_saves_the_stage_state(tmp_path, setting):
     """Through `train`: head -> top:1 with layer decay; the log says what the cache did, the

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import keras
 import numpy as np
 
+FILL_BLOCK = 32  # the cache fill sorts blocks of FILL_BLOCK batches of texts by length
 RANDOM_LAYER_PREFIXES = ("Dropout", "SpatialDropout", "GaussianNoise", "GaussianDropout",
                          "AlphaDropout", "Random")
 
@@ -296,19 +297,29 @@ class FeatureCache:
             return wanted
         return max(1, min(wanted, int(self.count * self.memory_bytes / self.bytes_total)))
 
-    def fill(self, plan: CachePlan, batches, length_fn: Optional[Callable] = None) -> "FeatureCache":
-        """Runs `plan.prefix` over `batches` of (x, y), once, in graph mode."""
+    def fill(self, plan: CachePlan, batches, length_fn: Optional[Callable] = None,
+             sub_batch: int = 0) -> "FeatureCache":
+        """Runs `plan.prefix` over `batches` of (x, y), once, in graph mode.
+
+        With `length_fn` and `sub_batch`, each batch is a block of consecutive examples that
+        runs as sub-batches of `sub_batch` texts of similar length, each trimmed to its
+        longest text; the outputs are put back in the block's order. The features are the
+        ones the block's own batches would give (padding is masked), with far less padding."""
         import tensorflow as tf
 
         start = time.perf_counter()
         prefix = tf.function(lambda x: plan.prefix(x, training=False), reduce_retracing=True)
         for x, y in batches:
-            feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
             y = np.asarray(y)
-            lengths = (
-                np.asarray(length_fn(x)) if length_fn is not None
-                else np.full(len(y), -1, dtype=np.int32)
-            )
+            if length_fn is None:
+                lengths = np.full(len(y), -1, dtype=np.int32)
+                feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
+            else:
+                lengths = np.asarray(length_fn(x))
+                if sub_batch:
+                    feats = _by_length(prefix, x, lengths, sub_batch, plan.sequence_axes)
+                else:
+                    feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
             self._add(feats, y, lengths, plan.sequence_axes)
         self._flush_to_disk(final=True)
         self.seconds = time.perf_counter() - start
@@ -388,6 +399,31 @@ class FeatureCache:
         self._shards = []
 
 
+def _by_length(prefix, x, lengths: np.ndarray, sub_batch: int, axes) -> list[np.ndarray]:
+    """`prefix` over the block `x` (a dict of [n, tokens] arrays) in sub-batches of similar
+    length, each trimmed to its longest text; outputs in the block's order, token axes
+    zero-padded to the block's longest text."""
+    x = {k: np.asarray(v) for k, v in x.items()}
+    n = len(lengths)
+    order = np.argsort(lengths, kind="stable")
+    out: list[Optional[np.ndarray]] = []
+    for first in range(0, n, sub_batch):
+        rows = order[first: first + sub_batch]
+        longest = max(int(lengths[rows].max()), 1)
+        part = {k: v[rows, :longest] if v.ndim >= 2 else v[rows] for k, v in x.items()}
+        feats = [keras.ops.convert_to_numpy(f) for f in prefix(part)]
+        if not out:
+            width = max(int(lengths.max()), 1)
+            out = [np.zeros((n, width, *f.shape[2:]) if axis is not None else (n, *f.shape[1:]),
+                            dtype=f.dtype) for f, axis in zip(feats, axes)]
+        for dest, f, axis in zip(out, feats, axes):
+            if axis is not None:
+                dest[rows, : f.shape[1]] = f
+            else:
+                dest[rows] = f
+    return out
+
+
 def _ragged(values: Sequence[np.ndarray]):
     import tensorflow as tf
 
@@ -429,12 +465,17 @@ def cached_datasets(plan: CachePlan, pipe, train_split, val_split, memory_bytes:
         for split, training in ((train_split, True), (val_split, False)):
             fc = FeatureCache(memory_bytes, spill_dir)
             caches.append(fc)
-            fc.fill(plan, pipe.prepare(split, training=False), pipe.length_fn)
+            if pipe.length_fn is not None:  # texts: blocks run in sub-batches of similar length
+                fc.fill(plan, pipe.blocks(pipe.source(split), FILL_BLOCK * pipe.batch_size),
+                        pipe.length_fn, sub_batch=pipe.batch_size)
+            else:
+                fc.fill(plan, pipe.prepare(split, training=False))
+            # Validation batches only sum losses and hits: bucketed by length, unshuffled.
             served.append(batched(
                 fc.dataset(), pipe.batch_size,
                 shuffle_buffer=fc.shuffle_limit(pipe.shuffle_buffer(fc.count)) if training else 0,
                 seed=pipe.seed,
-                bucket_boundaries=pipe.bucket_boundaries if training else None,
+                bucket_boundaries=pipe.bucket_boundaries,
                 pad=pad,
             ))
     except BaseException:

@@ -47,6 +47,7 @@ class Pipeline:
     length_fn: Optional[Callable] = None
     bucket_boundaries: Optional[tuple[int, ...]] = None
     augment: tuple[str, ...] = ()
+    eval_fn: Optional[Callable] = None
 
     def source(self, ds):
         """The split's examples converted once and cached (reuse it for every epoch)."""
@@ -59,6 +60,22 @@ class Pipeline:
 
     def prepare(self, ds, training: bool):
         return self.batches(self.source(ds), training)
+
+    def blocks(self, source, size: int):
+        """`source` in the split's order, in blocks of `size` examples as they are stored
+        (texts padded to the sequence length): for the feature cache's fill."""
+        import tensorflow as tf
+
+        return source.batch(size).prefetch(tf.data.AUTOTUNE)
+
+    def eval_batches(self, source):
+        """One unshuffled pass over `source` for consumers that only sum over examples (loss
+        and accuracy): texts of similar length come batched together, so the batches carry
+        little padding; the order is fixed but is not the split's. Images: `batches(source,
+        False)`."""
+        if self.eval_fn is None:
+            return self.batches(source, False)
+        return self.eval_fn(source)
 
     def shuffled(self, ds, n: int, epoch_seed: Optional[int]):
         """`ds.shuffle` with this pipeline's buffer, seeded by `epoch_seed` (else `self.seed`).
@@ -100,17 +117,23 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
     def source(ds):
         return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
+    def bucketed(ds):
+        return ds.bucket_by_sequence_length(
+            lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1)
+        )
+
     def batches(ds, training, epoch_seed):
         if training:
-            ds = pipe.shuffled(ds, n_train, epoch_seed)
-            ds = ds.bucket_by_sequence_length(
-                lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1)
-            )
+            ds = bucketed(pipe.shuffled(ds, n_train, epoch_seed))
         else:
             ds = ds.batch(batch_size)
         return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries)
+    def eval_batches(ds):
+        return bucketed(ds).map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries,
+                    eval_fn=eval_batches)
     return pipe
 
 

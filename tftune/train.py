@@ -422,8 +422,9 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
         )
     train_source = pipe.source(splits.train)
     train_ds = pipe.batches(train_source, training=True)
-    val_ds = pipe.prepare(splits.val, training=False)
-    test_ds = pipe.prepare(splits.test, training=False) if splits.test is not None else None
+    # Validation and test only sum losses and hits: their batches need not keep the split's order.
+    val_ds = pipe.eval_batches(pipe.source(splits.val))
+    test_ds = pipe.eval_batches(pipe.source(splits.test)) if splits.test is not None else None
     if splits.modality == "text":
         # Length buckets make more (partly filled) batches than n / batch: count them once
         # (this also fills the tokenised cache), so schedules span the steps really run.

@@ -38,6 +38,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--one-stage", default=None, help="override for the one-stage run's stages")
+    parser.add_argument("--runs", default="staged,one-stage",
+                        help="which runs to make (comma-separated): staged, one-stage")
     args = parser.parse_args()
 
     from tftune.train import train
@@ -46,11 +48,19 @@ def main():
     one_stage = args.one_stage or one_stage
     results = {}
     with tempfile.TemporaryDirectory() as out:
-        for label, overrides in (("staged recipe", ()), ("one-stage", (one_stage,))):
+        # Each run in its own run directory (the same recipe name would refuse the second).
+        for label, overrides in (("staged", ("name=staged",)),
+                                 ("one-stage", (one_stage, "name=one-stage"))):
+            if label not in args.runs.split(","):
+                continue
             r = train(REPO / recipe, overrides=overrides, output_dir=out,
                       echo=lambda line, label=label: print(f"  [{label}] {line}", flush=True))
             results[label] = (r.metrics["test"]["accuracy"], r.metrics["seconds"])
-    (sa, st), (oa, ot) = results["staged recipe"], results["one-stage"]
+            print(f"{args.task}: {label}: test accuracy {results[label][0]:.4f} in "
+                  f"{results[label][1]:.0f}s", flush=True)
+    if len(results) < 2:
+        return
+    (sa, st), (oa, ot) = results["staged"], results["one-stage"]
     print(f"{args.task}: staged recipe test accuracy {sa:.4f} in {st:.0f}s; one-stage full "
           f"fine-tune {oa:.4f} in {ot:.0f}s; difference {100 * (sa - oa):+.2f} points, "
           f"time ratio staged/one-stage {st / ot:.2f}")

@@ -311,15 +311,14 @@ class FeatureCache:
         prefix = tf.function(lambda x: plan.prefix(x, training=False), reduce_retracing=True)
         for x, y in batches:
             y = np.asarray(y)
-            if length_fn is None:
-                lengths = np.full(len(y), -1, dtype=np.int32)
-                feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
+            lengths = (
+                np.asarray(length_fn(x)) if length_fn is not None
+                else np.full(len(y), -1, dtype=np.int32)
+            )
+            if sub_batch and length_fn is not None:
+                feats = _by_length(prefix, x, lengths, sub_batch, plan.sequence_axes)
             else:
-                lengths = np.asarray(length_fn(x))
-                if sub_batch:
-                    feats = _by_length(prefix, x, lengths, sub_batch, plan.sequence_axes)
-                else:
-                    feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
+                feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
             self._add(feats, y, lengths, plan.sequence_axes)
         self._flush_to_disk(final=True)
         self.seconds = time.perf_counter() - start

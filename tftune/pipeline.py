@@ -48,10 +48,17 @@ class Pipeline:
     bucket_boundaries: Optional[tuple[int, ...]] = None
     augment: tuple[str, ...] = ()
     eval_fn: Optional[Callable] = None
+    # id(split) -> (split, its source): a split is tokenised / decoded once however many
+    # consumers (training, validation, the feature cache's fill) ask for it.
+    _sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def source(self, ds):
-        """The split's examples converted once and cached (reuse it for every epoch)."""
-        return self.source_fn(ds)
+        """The split's examples converted once and cached (reuse it for every epoch); the
+        same dataset object for every call with the same split."""
+        held = self._sources.get(id(ds))
+        if held is None or held[0] is not ds:
+            held = self._sources[id(ds)] = (ds, self.source_fn(ds))
+        return held[1]
 
     def batches(self, source, training: bool, epoch_seed: Optional[int] = None):
         """One pass over `source` in batches; shuffled (and augmented) when `training`, in an
@@ -122,15 +129,16 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
             lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1)
         )
 
+    def trimmed(batched):
+        return batched.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
     def batches(ds, training, epoch_seed):
         if training:
-            ds = bucketed(pipe.shuffled(ds, n_train, epoch_seed))
-        else:
-            ds = ds.batch(batch_size)
-        return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+            return trimmed(bucketed(pipe.shuffled(ds, n_train, epoch_seed)))
+        return trimmed(ds.batch(batch_size))
 
     def eval_batches(ds):
-        return bucketed(ds).map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return trimmed(bucketed(ds))
 
     pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries,
                     eval_fn=eval_batches)

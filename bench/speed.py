@@ -64,7 +64,7 @@ def steady(seconds):
 
 def setup(kind, extra=()):
     from tftune.config import load_recipe
-    from tftune.train import loaded_inputs, prepare_run
+    from tftune.training.runner import loaded_inputs, prepare_run
 
     recipe, overrides = SETUPS[kind]
     cfg = load_recipe(REPO / recipe, [*overrides, *extra])
@@ -77,8 +77,8 @@ def setup(kind, extra=()):
 def stage_overhead(kind, epochs):
     import keras
 
-    from tftune import optim, stages
-    from tftune.callbacks import HistoryCSV, StopOnNaN
+    from tftune.training import optim, stages
+    from tftune.training.callbacks import HistoryCSV, StopOnNaN
     from tftune.config import EarlyStoppingConfig, StageConfig
 
     cfg, splits, backbone, prep, ctx = setup(kind)
@@ -121,7 +121,7 @@ def stage_overhead(kind, epochs):
 
 
 def feature_cache(kind, train, epochs):
-    from tftune import cache, stages
+    from tftune.training import cache, stages
     from tftune.config import EarlyStoppingConfig, StageConfig
 
     cfg, splits, backbone, prep, ctx = setup(kind)
@@ -163,8 +163,8 @@ def feature_cache(kind, train, epochs):
 def text_inference_batching(reps=2):
     """Text only: the frozen part's cache fill and a validation pass, each in the split's
     order (batches padded to their longest text) and grouped by length, side by side."""
-    from tftune import cache, stages
-    from tftune.loop import Steps
+    from tftune.training import cache, stages
+    from tftune.training.loop import Steps
 
     cfg, splits, backbone, prep, ctx = setup("text", ["data.max_train_examples=3000"])
     try:
@@ -201,7 +201,7 @@ def input_wait(kind, epochs):
     import keras
     import tensorflow as tf
 
-    from tftune import stages
+    from tftune.training import stages
 
     cfg, splits, backbone, prep, ctx = setup(kind)
     try:

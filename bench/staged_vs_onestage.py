@@ -42,7 +42,7 @@ def main():
                         help="which runs to make (comma-separated): staged, one-stage")
     args = parser.parse_args()
 
-    from tftune.train import train
+    from tftune.training.runner import train
 
     recipe, one_stage = TASKS[args.task]
     one_stage = args.one_stage or one_stage

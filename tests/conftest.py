@@ -213,7 +213,7 @@ def _train_quietly(config: dict):
     import tensorflow as tf
 
     from tftune.config import config_from_dict
-    from tftune.train import train
+    from tftune.training.runner import train
 
     before = tf.config.functions_run_eagerly()
     tf.config.run_functions_eagerly(True)

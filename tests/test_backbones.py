@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tftune.backbones import load_backbone, parse_spec
-from tftune.backbones.groups import _spatial, layer_groups
+from tftune.model.backbones import load_backbone, parse_spec
+from tftune.model.backbones.groups import _spatial, layer_groups
 from tftune.config import BackboneConfig, GroupPattern
 from tftune.errors import BackboneError
 
@@ -111,7 +111,7 @@ def test_keras_file_spec(tmp_path, tiny_cnn_file):
 def test_user_model_must_take_images():
     import keras
 
-    from tftune.backbones import from_keras_model
+    from tftune.model.backbones import from_keras_model
 
     inputs = keras.Input((10,))
     with pytest.raises(BackboneError, match="input shape"):
@@ -321,7 +321,7 @@ def test_local_weights_file(tmp_path):
 def test_image_preprocessing_modes():
     import numpy as np
 
-    from tftune.backbones.preprocessing import ImagePreprocessing
+    from tftune.model.backbones.preprocessing import ImagePreprocessing
 
     pixels = np.array([[[[0.0, 127.5, 255.0]]]], dtype=np.float32)
     np.testing.assert_allclose(np.asarray(ImagePreprocessing("tf")(pixels)), [[[[-1.0, 0.0, 1.0]]]], atol=1e-6)
@@ -336,7 +336,7 @@ def test_image_preprocessing_modes():
 
 
 def test_sequence_length_longer_than_the_backbone_supports(tiny_bert_preset):
-    from tftune.backbones import load_backbone
+    from tftune.model.backbones import load_backbone
     from tftune.config import BackboneConfig
     from tftune.errors import BackboneError
 
@@ -349,7 +349,7 @@ def test_efficientnet_groups_follow_resolution_despite_squeeze_excitation():
     each block's output resolution, and the input Rescaling/Normalization join the stem."""
     import keras
 
-    from tftune.backbones.groups import layer_groups
+    from tftune.model.backbones.groups import layer_groups
 
     model = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(64, 64, 3))
     groups = layer_groups(model)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import VOCAB, build_tiny_cnn, make_sentence
-from tftune import pipeline
-from tftune.backbones import from_keras_model, load_backbone
+from tftune.data import pipeline
+from tftune.model.backbones import from_keras_model, load_backbone
 from tftune.config import BackboneConfig
-from tftune.cache import FeatureCache, cached_datasets, plan_cache
+from tftune.training.cache import FeatureCache, cached_datasets, plan_cache
 from tftune.config import EarlyStoppingConfig, HeadConfig, StageConfig
 from tftune.data import DataSplits
-from tftune.heads import build_classifier, head_layers
-from tftune.stages import prune_groups, run_stage, selected_groups, set_trainable, unused_layers
+from tftune.model.heads import build_classifier, head_layers
+from tftune.training.stages import prune_groups, run_stage, selected_groups, set_trainable, unused_layers
 
 pytestmark = pytest.mark.usefixtures("eager")
 
@@ -236,9 +236,9 @@ def test_train_says_when_the_cache_is_used_and_saves_the_stage_state(tmp_path, s
     """Through `train`: head -> top:1 with layer decay; the log says what the cache did, the
     saved model reloads, and its optimizer holds the last stage's multipliers."""
     from tftune.config import config_from_dict
-    from tftune.train import train
+    from tftune.training.runner import train
 
-    import tftune.heads  # noqa: F401  (registers the layers for loading)
+    import tftune.model.heads  # noqa: F401  (registers the layers for loading)
 
     cfg = config_from_dict({
         "recipe": "image_classification", "name": "c", "output_dir": str(tmp_path),

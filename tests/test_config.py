@@ -72,9 +72,9 @@ def test_yaml_becomes_typed_frozen_dataclasses(tmp_path):
     cfg = load_recipe(write(tmp_path, RECIPE))
     assert isinstance(cfg, RecipeConfig)
     assert cfg.recipe == "text_classification"
-    from tftune.recipes import get_recipe
+    from tftune.config import config_from_dict
 
-    text_defaults = get_recipe("text_classification").default_config().data
+    text_defaults = config_from_dict({"recipe": "text_classification"}).data
     assert cfg.data == dataclasses.replace(
         text_defaults, source="csv", path="texts.csv", classes=("neg", "pos"), image_size=(64, 48)
     )
@@ -93,10 +93,10 @@ def test_yaml_becomes_typed_frozen_dataclasses(tmp_path):
 
 
 def test_recipe_defaults_fill_what_the_file_leaves_out(tmp_path):
-    from tftune.recipes import get_recipe
+    from tftune.config import config_from_dict
 
     cfg = load_recipe(write(tmp_path, "recipe: image_classification\ndata: {path: imgs}\n"))
-    defaults = get_recipe("image_classification").default_config()
+    defaults = config_from_dict({"recipe": "image_classification"})
     assert cfg.stages == defaults.stages
     assert cfg.backbone == defaults.backbone
     assert cfg.data.path == "imgs" and cfg.data.source == defaults.data.source
@@ -133,11 +133,11 @@ def test_overrides_index_lists_nest_and_parse_yaml_values(tmp_path):
 def test_override_of_a_stage_the_file_takes_from_the_recipe_defaults(tmp_path):
     """`--set stages.0.epochs=3` must work on a recipe file that does not list its stages
     (they come from the recipe's defaults): the override changes that one field."""
-    from tftune.recipes import get_recipe
+    from tftune.config import config_from_dict
 
     path = write(tmp_path, "recipe: image_classification\ndata: {path: imgs}\n")
     cfg = load_recipe(path, ["stages.0.epochs=3"])
-    defaults = get_recipe("image_classification").default_config()
+    defaults = config_from_dict({"recipe": "image_classification"})
     assert len(cfg.stages) == len(defaults.stages)
     assert cfg.stages[0].epochs == 3
     assert cfg.stages[0].learning_rate == defaults.stages[0].learning_rate

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tftune import train as train_mod
+from tftune.training import runner as train_mod
 
 
 @pytest.mark.parametrize("accelerator, setting, expected", [

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from conftest import build_tiny_cnn, make_image_folder
-from tftune.distribute import ClusterSpec, read_tf_config, resolve
+from tftune.runtime.distribute import ClusterSpec, read_tf_config, resolve
 from tftune.errors import ConfigError
 
 TFTUNE = str(Path(sys.executable).with_name("tftune"))
@@ -81,7 +81,7 @@ def test_tf_config_chief_and_errors():
 
 
 def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
-    from tftune.distribute import make_distribution
+    from tftune.runtime.distribute import make_distribution
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG.*not set"):
@@ -89,7 +89,7 @@ def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
 
 
 def test_tpu_without_a_name_is_a_clear_error(monkeypatch):
-    from tftune.distribute import make_distribution
+    from tftune.runtime.distribute import make_distribution
 
     monkeypatch.delenv("TPU_NAME", raising=False)
     with pytest.raises(ConfigError, match="found no TPU.*--tpu NAME.*TPU_NAME.*--distribute default"):
@@ -140,7 +140,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tftune.config import load_recipe
-    from tftune.train import train
+    from tftune.training.runner import train
     out = {}
     for setting in ("default", "mirrored"):
         lines = []
@@ -237,7 +237,7 @@ def test_multi_worker_two_local_processes_only_the_chief_writes(tmp_path, image_
 
     # The same recipe on one device in this process.
     from tftune.config import load_recipe
-    from tftune.train import train
+    from tftune.training.runner import train
 
     cfg = load_recipe(path, [f"output_dir={tmp_path / 'one'}", "train.distribute=default",
                              "train.verbose=quiet"])

@@ -21,10 +21,10 @@ EVAL_FILES = {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "e
 
 def keras_scores(run: Path, split: str = "test"):
     """(labels, probabilities) of the run's split, computed here with plain Keras on the
-    training pipeline's inputs, independently of tftune.evaluate."""
+    training pipeline's inputs, independently of tftune.evaluation.evaluate."""
     import keras
 
-    import tftune.heads  # noqa: F401
+    import tftune.model.heads  # noqa: F401
     from tftune.config import load_recipe
     from tftune.data import load_data
 
@@ -146,7 +146,7 @@ def test_evaluate_text_run_and_a_labelled_csv(text_run, tmp_path):
 
 
 def test_evaluate_from_python(image_run):
-    from tftune.evaluate import evaluate
+    from tftune.evaluation.evaluate import evaluate
 
     result = evaluate(image_run, split="val", name="val-check", errors=1)
     assert result.out_dir == image_run / "eval" / "val-check"

@@ -85,7 +85,7 @@ def fresh_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_keras_export(image_run, image_predictor):
     import keras
 
-    import tftune.heads  # noqa: F401
+    import tftune.model.heads  # noqa: F401
 
     result = invoke("export", image_run, "--format", "keras")
     assert result.exit_code == 0, result.output

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tftune.backbones import from_keras_model, load_backbone
+from tftune.model.backbones import from_keras_model, load_backbone
 from tftune.config import BackboneConfig, HeadConfig
 from tftune.errors import ConfigError
-from tftune.heads import MaskedMeanPooling, build_classifier, head_layers
+from tftune.model.heads import MaskedMeanPooling, build_classifier, head_layers
 
 
 def test_masked_mean_pooling_ignores_padding():

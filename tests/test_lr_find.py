@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from test_train_cli import assert_one_line_error, image_recipe, invoke, text_recipe, write_recipe
-from tftune.lr_find import smooth, suggest, sweep
-from tftune.optim import GroupLRSGD
+from tftune.training.lr_find import smooth, suggest, sweep
+from tftune.training.optim import GroupLRSGD
 
 
 def test_suggestion_is_the_steepest_fall_before_the_minimum():

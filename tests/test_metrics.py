@@ -1,11 +1,11 @@
-"""tftune.metrics against numbers worked out by hand on small fixed examples."""
+"""tftune.evaluation.metrics against numbers worked out by hand on small fixed examples."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tftune.metrics import classification_report, confusion_matrix, roc_auc, top_k_accuracy
+from tftune.evaluation.metrics import classification_report, confusion_matrix, roc_auc, top_k_accuracy
 
 
 def one_hot_probs(pred, num_classes, confidence=0.8):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tftune.backbones.torch_pickle import load_torch_state_dict
+from tftune.model.backbones.torch_pickle import load_torch_state_dict
 from tftune.errors import AssetError
 
 FIXTURE = Path(__file__).parent / "data" / "mobilenetv2_torch_reference.npz"
@@ -224,7 +224,7 @@ def test_unreadable_files_raise_asset_error(tmp_path: Path) -> None:
 
 
 def test_preprocess_input_matches_torch_normalization() -> None:
-    from tftune.backbones.mobilenetv2_torch import PREPROCESSING, preprocess_input
+    from tftune.model.backbones.mobilenetv2_torch import PREPROCESSING, preprocess_input
 
     images = np.random.default_rng(1).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
     got = np.asarray(preprocess_input(images))
@@ -234,7 +234,7 @@ def test_preprocess_input_matches_torch_normalization() -> None:
 
 
 def test_rejects_a_state_dict_of_another_architecture(tmp_path: Path) -> None:
-    from tftune.backbones.mobilenetv2_torch import mobilenetv2_from_torch
+    from tftune.model.backbones.mobilenetv2_torch import mobilenetv2_from_torch
 
     path = tmp_path / "other.pt"
     _write_arrays(path, {"fc.weight": np.zeros((2, 2), dtype=np.float32)}, "zip")
@@ -256,7 +256,7 @@ def torch_weights() -> Path:
 def test_conversion_reproduces_torch_features(torch_weights: Path) -> None:
     import keras
 
-    from tftune.backbones.mobilenetv2_torch import mobilenetv2_from_torch, preprocess_input
+    from tftune.model.backbones.mobilenetv2_torch import mobilenetv2_from_torch, preprocess_input
 
     reference = np.load(FIXTURE)
     images = reference["images"]
@@ -287,7 +287,7 @@ def test_conversion_reproduces_torch_features(torch_weights: Path) -> None:
 @pytest.mark.assets
 @pytest.mark.parametrize("fmt", ["legacy", "zip"])
 def test_conversion_reports_shape_mismatch(tmp_path: Path, torch_weights: Path, fmt: str) -> None:
-    from tftune.backbones.mobilenetv2_torch import mobilenetv2_from_torch
+    from tftune.model.backbones.mobilenetv2_torch import mobilenetv2_from_torch
 
     state = load_torch_state_dict(torch_weights)
     state["features.3.conv.3.weight"] = state["features.3.conv.3.weight"].reshape(1, 144, 3, 3)

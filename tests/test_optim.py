@@ -13,7 +13,7 @@ import pytest
 
 from tftune.config import StageConfig
 from tftune.errors import ConfigError
-from tftune.optim import (
+from tftune.training.optim import (
     GroupLRAdam,
     GroupLRAdamW,
     GroupLRSGD,
@@ -168,7 +168,7 @@ def test_multipliers_under_mirrored_strategy_on_two_logical_cpus():
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from tftune.optim import GroupLRSGD
+        from tftune.training.optim import GroupLRSGD
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         assert strategy.num_replicas_in_sync == 2
         mult = {"low/kernel": 0.25, "low/bias": 0.25}

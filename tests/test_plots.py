@@ -1,4 +1,4 @@
-"""tftune.plots: training curves (from history.csv, written by train, re-created by
+"""tftune.evaluation.plots: training curves (from history.csv, written by train, re-created by
 `tftune plot`), the confusion matrix and image grid PNGs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import copy_run
-from tftune import plots
+from tftune.evaluation import plots
 from tftune.cli import main
 from tftune.errors import TftuneError
 

@@ -70,7 +70,7 @@ def test_image_predictions_match_the_training_pipeline(image_predictor, tiny_ima
     training pipeline made from the same files."""
     import keras
 
-    import tftune.heads  # noqa: F401
+    import tftune.model.heads  # noqa: F401
     from tftune.config import load_recipe
     from tftune.data import load_data
 
@@ -124,7 +124,7 @@ def test_text_predictions_match_the_model_on_the_saved_preprocessor(text_predict
     import keras
     import keras_hub
 
-    import tftune.heads  # noqa: F401
+    import tftune.model.heads  # noqa: F401
 
     texts = ["good fun film", "the plot was awful and dull", "really lovely acting", "worst movie"]
     pre = keras_hub.models.TextClassifierPreprocessor.from_preset(str(tiny_text_run / "preprocessor"))
@@ -215,7 +215,7 @@ def test_undecodable_image(tiny_image_run, new_images, tmp_path):
 
 def test_undecodable_bytes_from_python(image_predictor):
     from tftune.errors import DataError
-    from tftune.predict import encode_png
+    from tftune.inference.predictor import encode_png
 
     with pytest.raises(DataError, match="Input 2 \\(bytes\\) cannot be decoded"):
         image_predictor.predict([encode_png(np.zeros((8, 8, 3), np.uint8)), b"\x89PNG\r\n\x1a\ngarbage"])

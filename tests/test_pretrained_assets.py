@@ -1,4 +1,4 @@
-"""The bundled pretrained weights load through `tftune.backbones` and carry what pretraining
+"""The bundled pretrained weights load through `tftune.model.backbones` and carry what pretraining
 taught them: MiniLM sentence embeddings put related sentences together, and the converted
 ImageNet MobileNetV2 separates shapes that a random network does not.
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import requires_asset
-from tftune.backbones import load_backbone
+from tftune.model.backbones import load_backbone
 from tftune.config import BackboneConfig
 
 pytestmark = pytest.mark.assets
@@ -105,7 +105,7 @@ def shapes(n: int, kind: str, seed: int) -> np.ndarray:
 
 
 def nearest_centroid_accuracy(backbone, train_x, train_y, test_x, test_y) -> float:
-    from tftune.backbones.preprocessing import ImagePreprocessing
+    from tftune.model.backbones.preprocessing import ImagePreprocessing
 
     def features(x):
         pixels = ImagePreprocessing(backbone.image_preprocessing)(x)

@@ -35,8 +35,8 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import build_tiny_cnn, make_image_folder, make_sentence, write_text_csv
-from tftune import checkpoint as ckpt
-from tftune import faults
+from tftune.rundir import checkpoint as ckpt
+from tftune.runtime import faults
 from tftune.cli import main
 from tftune.config import config_from_dict, load_recipe
 
@@ -117,7 +117,7 @@ def reference(data):
     """The uninterrupted run (eager), with the config used."""
     import tensorflow as tf
 
-    from tftune.train import train
+    from tftune.training.runner import train
 
     root, folder, cnn = data
     before = tf.config.functions_run_eagerly()
@@ -144,8 +144,8 @@ def reference(data):
 )
 def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, data, reference,
                                                           monkeypatch, event, n, where):
-    from tftune.preemption import Preempted
-    from tftune.train import train
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
 
     root, folder, cnn = data
     cfg = config_from_dict(recipe(folder, cnn, tmp_path))
@@ -180,8 +180,8 @@ def test_random_flips_resume_too(tmp_path, data, monkeypatch):
     """With `augment: [flip]` (no feature cache) the flipped images of an epoch are fixed by
     (seed, stage, epoch, batch): stopped mid-epoch and resumed, the run ends as the
     uninterrupted one does."""
-    from tftune.preemption import Preempted
-    from tftune.train import train
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
 
     root, folder, cnn = data
 
@@ -208,8 +208,8 @@ def test_resumed_stage_gets_its_trainability_from_the_stage(tmp_path, data, refe
     """(Lightning#21901: a resumed run re-froze the backbone.) Stopped inside stage 2
     (top:1), the resumed run trains exactly stage 2's variables from the checkpoint on, and
     a checkpoint whose stage trained other variables is refused."""
-    from tftune.preemption import Preempted
-    from tftune.train import train
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
 
     root, folder, cnn = data
     cfg = config_from_dict(recipe(folder, cnn, tmp_path))
@@ -222,7 +222,7 @@ def test_resumed_stage_gets_its_trainability_from_the_stage(tmp_path, data, refe
     assert set(loaded.state.trainable) == {
         "block2_conv/kernel", "head_classifier/kernel", "head_classifier/bias"}
 
-    from tftune import callbacks as callbacks_mod
+    from tftune.training import callbacks as callbacks_mod
 
     seen = []  # what the model being fitted trains, when each (resumed) stage begins
 
@@ -255,8 +255,8 @@ def test_resumed_stage_gets_its_trainability_from_the_stage(tmp_path, data, refe
 def test_text_run_resumes_mid_stage_with_bucketed_batches(tmp_path, tiny_bert_preset, monkeypatch):
     """Text: length-bucketed, trimmed batches and a cached top:1 stage (ragged features);
     stopped mid-epoch in stage 2 and resumed, the result equals the uninterrupted run's."""
-    from tftune.preemption import Preempted
-    from tftune.train import train
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
 
     rng = random.Random(1)
     rows = [(make_sentence(rng, lab, rng.randint(2, 20)), lab) for lab in ("pos", "neg")
@@ -419,7 +419,7 @@ def test_damaged_or_partial_checkpoints_are_never_used(tmp_path):
 
 def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path, data):
     from tftune.errors import TftuneError
-    from tftune.train import plan_run_dir
+    from tftune.training.runner import plan_run_dir
 
     root, folder, cnn = data
     cfg = config_from_dict(recipe(folder, cnn, tmp_path))
@@ -436,7 +436,7 @@ def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path, data):
     import shutil
 
     shutil.rmtree(run / "checkpoint")
-    from tftune.train import RESTART
+    from tftune.training.runner import RESTART
 
     assert plan_run_dir(cfg, run, resume=True, overwrite=False) == RESTART
 
@@ -501,8 +501,8 @@ def cli_reference(data):
 def model_weights(path: Path) -> list:
     import keras
 
-    import tftune.heads  # noqa: F401
-    import tftune.optim  # noqa: F401
+    import tftune.model.heads  # noqa: F401
+    import tftune.training.optim  # noqa: F401
 
     return keras.saving.load_model(str(path), compile=False).get_weights()
 

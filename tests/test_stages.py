@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tftune.backbones import LayerGroup, from_keras_model, load_backbone
+from tftune.model.backbones import LayerGroup, from_keras_model, load_backbone
 from tftune.config import BackboneConfig, EarlyStoppingConfig, HeadConfig, StageConfig
 from tftune.errors import ConfigError
-from tftune.heads import build_classifier, head_layers
-from tftune.optim import WarmupDecay, build_optimizer
-from tftune.stages import run_stage, selected_groups, set_trainable, unused_layers
+from tftune.model.heads import build_classifier, head_layers
+from tftune.training.optim import WarmupDecay, build_optimizer
+from tftune.training.stages import run_stage, selected_groups, set_trainable, unused_layers
 
 pytestmark = pytest.mark.usefixtures("eager")
 

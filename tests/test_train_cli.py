@@ -1,5 +1,5 @@
 """End to end: `tftune train RECIPE.yaml` on tiny data and tiny backbones, the run directory
-it writes, re-runs, and the CLI's one-line errors. Also `tftune recipes` and `tftune.train.train`
+it writes, re-runs, and the CLI's one-line errors. Also `tftune recipes` and `tftune.training.runner.train`
 from Python."""
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def assert_run_directory(run: Path, recipe_path: Path, overrides: list[str], cla
 def evaluate_reloaded(run: Path, val_ds) -> dict:
     import keras
 
-    import tftune.heads  # noqa: F401  (registers tftune's layers)
+    import tftune.model.heads  # noqa: F401  (registers tftune's layers)
 
     model = keras.saving.load_model(str(run / "model.keras"))
     return model, model.evaluate(val_ds, verbose=0, return_dict=True)
@@ -379,7 +379,7 @@ def test_recipes_from_the_environment_and_by_name(tmp_path, monkeypatch, image_f
 
 
 # ------------------------------------------------------------------------------------------
-# From Python: tftune.train.train with a user's model and datasets
+# From Python: tftune.training.runner.train with a user's model and datasets
 
 
 def colour_datasets(n_train=24, n_val=9, size=16, val_shift=0):
@@ -413,9 +413,9 @@ def python_config(tmp_path, stages):
 def test_train_from_python_and_reload_gives_same_predictions(tmp_path, make_tiny_cnn):
     import keras
 
-    import tftune.heads  # noqa: F401
+    import tftune.model.heads  # noqa: F401
     from tftune.data import DataSplits
-    from tftune.train import train
+    from tftune.training.runner import train
 
     train_ds, val_ds = colour_datasets()
     splits = DataSplits.from_datasets(train_ds, val_ds, class_names=["r", "g", "b"], modality="image")
@@ -437,7 +437,7 @@ def _two_stage_run(tmp_path, make_tiny_cnn, names):
     """Stage 1 is better than stage 2 on validation: the validation labels are the training
     labels shifted, so every step of training makes the validation loss worse."""
     from tftune.data import DataSplits
-    from tftune.train import train
+    from tftune.training.runner import train
 
     train_ds, val_ds = colour_datasets(val_shift=1)
     splits = DataSplits.from_datasets(train_ds, val_ds, class_names=["r", "g", "b"], modality="image")
@@ -469,7 +469,7 @@ def test_text_schedule_decays_over_the_batches_actually_run(tmp_path, tiny_bert_
     """Texts of mixed lengths are bucketed, which makes more batches than ceil(n / batch);
     a linear decay over 2 epochs must still be halfway after epoch 1 and 0 at the end."""
     from tftune.config import config_from_dict
-    from tftune.train import train
+    from tftune.training.runner import train
 
     rng = random.Random(5)
     rows = []
@@ -499,7 +499,7 @@ def test_mixed_precision_text_run_restores_the_global_policy(tmp_path, text_csv,
     import keras_hub
 
     from tftune.config import config_from_dict
-    from tftune.train import train
+    from tftune.training.runner import train
 
     cfg = config_from_dict({
         **text_recipe(tmp_path, text_csv, tiny_bert_preset),
@@ -524,7 +524,7 @@ def test_top_1_on_a_mean_pooled_bert_trains_the_last_block(tmp_path, text_csv, t
     import keras_hub
 
     from tftune.config import config_from_dict
-    from tftune.train import train
+    from tftune.training.runner import train
 
     cfg = config_from_dict({
         **text_recipe(tmp_path, text_csv, tiny_bert_preset),

@@ -7,9 +7,9 @@ def load(run_dir):
     """The predictor of a finished run directory: `tftune.load("runs/x").predict(inputs)`.
 
     Imports TensorFlow on first use only (importing tftune stays cheap); see
-    `tftune.predict.Predictor`.
+    `tftune.inference.predictor.Predictor`.
     """
-    from tftune.predict import load as _load
+    from tftune.inference.predictor import load as _load
 
     return _load(run_dir)
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
+from tftune.config.recipes import find_recipe
 from tftune.errors import TftuneError
-
-RECIPE_DIRS_ENV = "TFTUNE_RECIPES"
-
 
 def _quiet_tensorflow() -> None:
     """Keeps TensorFlow's C++ and Python log noise out of the terminal (set before import)."""
@@ -92,33 +90,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     _quiet_tensorflow()
 
 
-def _recipe_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get(RECIPE_DIRS_ENV, "").split(os.pathsep) if p]
-    dirs.append(Path.cwd() / "recipes")
-    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
-    seen, out = set(), []
-    for d in dirs:
-        key = d.resolve()
-        if key not in seen and d.is_dir():
-            seen.add(key)
-            out.append(d)
-    return out
-
-
-def _find_recipe(recipe: str) -> Path:
-    path = Path(recipe)
-    if path.is_file():
-        return path
-    for d in _recipe_dirs():
-        for candidate in (d / recipe, d / f"{recipe}.yaml"):
-            if candidate.is_file():
-                return candidate
-    raise TftuneError(
-        f"Recipe {recipe!r} not found (as a file or a name in {', '.join(map(str, _recipe_dirs())) or 'recipes/'}). "
-        f"Run `tftune recipes` to list them."
-    )
-
-
 @main.command()
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -148,15 +119,15 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
     resumes it and exits with code 75; `--resume` continues it from there.
     """
     from tftune.config import load_recipe
-    from tftune.preemption import EXIT_CODE, Preempted
-    from tftune.recipes import get_recipe
+    from tftune.runtime.preemption import EXIT_CODE, Preempted
+    from tftune.training.runner import train as run_train
 
     extra = tuple(f"train.{k}={v}" for k, v in (("distribute", distribute), ("tpu", tpu)) if v)
-    config = load_recipe(_find_recipe(recipe), overrides + extra)
+    config = load_recipe(find_recipe(recipe), overrides + extra)
     _import_tensorflow_quietly()
     click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
     try:
-        get_recipe(config.recipe).run(config, output_dir=output, overwrite=overwrite,
+        run_train(config, output_dir=output, overwrite=overwrite,
                                       resume=resume, echo=click.echo)
     except Preempted as e:
         import shlex
@@ -192,9 +163,9 @@ def lr_find(recipe: str, stage: int, steps: int, min_lr: float, max_lr: float,
     weights are restored and no run directory is written.
     """
     from tftune.config import load_recipe
-    from tftune.lr_find import lr_find as run_lr_find
+    from tftune.training.lr_find import lr_find as run_lr_find
 
-    config = load_recipe(_find_recipe(recipe), overrides)
+    config = load_recipe(find_recipe(recipe), overrides)
     _import_tensorflow_quietly()
     result = run_lr_find(config, stage, steps=steps, min_lr=min_lr, max_lr=max_lr,
                          output=output, echo=click.echo)
@@ -221,7 +192,7 @@ def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> No
     keras_applications:MobileNetV2 or keras:model.keras.
     """
     _import_tensorflow_quietly()
-    from tftune.backbones import load_backbone
+    from tftune.model.backbones import load_backbone
     from tftune.config import BackboneConfig
 
     kwargs = {"spec": spec}
@@ -247,24 +218,17 @@ def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> No
 
 @main.command()
 def recipes() -> None:
-    """List the recipe files in recipes/ with their descriptions."""
-    import yaml
+    """List the recipe files `tftune train NAME` finds: $TFTUNE_RECIPES, ./recipes/, then
+    the recipes bundled with tftune."""
+    from tftune.config.recipes import list_recipes
 
-    found = False
-    for d in _recipe_dirs():
-        for path in sorted(d.glob("*.yaml")):
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                data = {}
-            desc = data.get("description", "") if isinstance(data, dict) else ""
-            click.echo(f"{path.stem:<28} {str(desc).strip().splitlines()[0] if desc else ''}")
-            found = True
-        if found:
-            click.echo(f"(from {d}; run one with `tftune train <name>`)")
-            break
+    found = list_recipes()
     if not found:
-        raise TftuneError("No recipe files found. Run tftune from the repository root, or set TFTUNE_RECIPES.")
+        raise TftuneError("No recipe files found. Pass a recipe file's path, or set TFTUNE_RECIPES.")
+    for r in found:
+        click.echo(f"{r.name:<32} {r.description}")
+    origins = sorted({r.origin for r in found})
+    click.echo(f"(from {', '.join(origins)}; run one with `tftune train <name>`)")
 
 
 def _progress(total: int, label: str, threshold: int = 0):
@@ -303,7 +267,7 @@ def evaluate(run_dir: str, data, split, name, errors, batch_size, text_column, l
     The model runs in float32.
     """
     _import_tensorflow_quietly()
-    from tftune.evaluate import evaluate as run_evaluate
+    from tftune.evaluation.evaluate import evaluate as run_evaluate
 
     options = {k: v for k, v in dict(split=split, name=name, errors=errors, batch_size=batch_size,
                                      text_column=text_column, label_column=label_column).items()
@@ -352,14 +316,14 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
     lines. Every input is checked before the model runs; nothing is written on an error.
     """
     from tftune.errors import TftuneError
-    from tftune.runs import open_run
+    from tftune.rundir.reader import open_run
 
     run = open_run(run_dir)
     if output is not None and Path(output).exists() and not overwrite:
         raise TftuneError(f"{output} already exists. Pass --overwrite to replace it, or another --output.")
     fmt = fmt or ("jsonl" if output and Path(output).suffix.lower() in (".jsonl", ".json") else "csv")
     _import_tensorflow_quietly()
-    from tftune import predict as predict_mod
+    from tftune.inference import predictor as predict_mod
 
     if run.modality == "image":
         from tftune.data.images import check_images
@@ -437,7 +401,8 @@ def plot(run_dir: str) -> None:
     Loss and accuracy per epoch over the whole run, stage boundaries dashed, each stage's
     kept (best) epoch starred. `tftune train` writes it at the end of a run.
     """
-    from tftune import plots, rundir
+    from tftune.evaluation import plots
+    from tftune import rundir
     from tftune.config import load_recipe
 
     run = Path(run_dir)

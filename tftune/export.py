@@ -152,7 +152,7 @@ def export(
         tolerance, min_agreement: override the format's limits (see the module docstring).
         text_column, label_column: columns of a CSV / JSONL `data` (default: the run's).
     """
-    from tftune.runs import open_run
+    from tftune.rundir.reader import open_run
 
     _check_choice(format, FORMATS, "format")
     _check_choice(quantize, QUANTIZATIONS, "quantize")
@@ -180,7 +180,7 @@ def export(
             f"another --output."
         )
     started = time.perf_counter()
-    from tftune.predict import predictor_for
+    from tftune.inference.predictor import predictor_for
 
     predictor = predictor_for(run)
     columns = (text_column or run.config.data.text_column, label_column or run.config.data.label_column)
@@ -289,7 +289,7 @@ def _export_keras(run, predictor, inputs, tmp: Path):
     if run.modality == "text":
         shutil.copytree(run.path / rundir.PREPROCESSOR_DIR, tmp / rundir.PREPROCESSOR_DIR)
     reloaded = keras.saving.load_model(str(artefact), compile=False)
-    from tftune.predict import Predictor
+    from tftune.inference.predictor import Predictor
 
     preprocessor = None
     if run.modality == "text":
@@ -396,7 +396,7 @@ def call_savedmodel_in_fresh_process(path: Path, modality: str, raw_inputs: list
 def _export_savedmodel(run, predictor, inputs, tmp: Path, notes: list[str]):
     import tensorflow as tf
 
-    from tftune.predict import encode_png
+    from tftune.inference.predictor import encode_png
 
     artefact = tmp / SAVEDMODEL_DIR
     module = serving_module(predictor.model, run.class_names, run.modality, run.image_size,

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from tftune.backbones.groups import LayerGroup, layer_groups
+from tftune.model.backbones.groups import LayerGroup, layer_groups
 from tftune.config import BackboneConfig
 from tftune.errors import BackboneError, did_you_mean
 
@@ -227,7 +227,7 @@ def _load_keras_application(
                 f"into {name}. Use keras_applications:MobileNetV2."
             )
         from tftune.assets import asset_path
-        from tftune.backbones.mobilenetv2_torch import mobilenetv2_from_torch
+        from tftune.model.backbones.mobilenetv2_torch import mobilenetv2_from_torch
 
         pt = next(asset_path("mobilenetv2-imagenet").glob("*.pt"))
         model = mobilenetv2_from_torch(pt, input_shape=input_shape)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tftune.backbones import Backbone
-from tftune.backbones.preprocessing import ImagePreprocessing
+from tftune.model.backbones import Backbone
+from tftune.model.backbones.preprocessing import ImagePreprocessing
 from tftune.config import HeadConfig
 from tftune.errors import ConfigError
 

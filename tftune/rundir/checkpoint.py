@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from tftune import faults
+from tftune.runtime import faults
 from tftune.errors import TftuneError
 
 DIR = "checkpoint"

@@ -150,9 +150,9 @@ def lr_find(config, stage: int = 1, *, overrides: tuple[str, ...] = (), steps: i
     trainable, its optimizer and layer decay, on the frozen-prefix cache when exact. Writes
     `<output>/<name>-lr-find/stage<N>-<stage>.{csv,png}` (default output: the recipe's
     output_dir) and returns the sweep."""
-    from tftune import cache, optim, stages as stages_mod
+    from tftune.training import cache, optim, stages as stages_mod
     from tftune.config import RecipeConfig, load_recipe
-    from tftune.train import describe, loaded_inputs, prepare_run
+    from tftune.training.runner import describe, loaded_inputs, prepare_run
 
     cfg = config if isinstance(config, RecipeConfig) else load_recipe(config, overrides)
     if not 1 <= stage <= len(cfg.stages):

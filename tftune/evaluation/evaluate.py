@@ -6,7 +6,7 @@ only its own folder, and a failure leaves the old one as it was):
 
 - `metrics.json`: accuracy, per-class precision / recall / F1 / support / ROC-AUC, macro and
   weighted averages, top-k accuracy (more than 5 classes), log loss, confusion matrix (see
-  `tftune.metrics` for the conventions), plus what data and how many examples;
+  `tftune.evaluation.metrics` for the conventions), plus what data and how many examples;
 - `confusion_matrix.csv` and `confusion_matrix.png`;
 - `errors.csv`: the most confidently wrong examples, most confident first;
 - `errors.png` (image runs): those images with their true and predicted labels;
@@ -27,8 +27,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tftune import metrics as metrics_mod
-from tftune import plots, rundir
+from tftune.evaluation import metrics as metrics_mod
+from tftune.evaluation import plots
+from tftune import rundir
 from tftune.errors import ConfigError
 
 EVAL_DIR = "eval"
@@ -74,8 +75,8 @@ def evaluate(
         on_start: called once with the number of examples, before the first batch.
     """
     from tftune.data.labelled import load_labelled
-    from tftune.predict import predictor_for
-    from tftune.runs import open_run
+    from tftune.inference.predictor import predictor_for
+    from tftune.rundir.reader import open_run
 
     started = time.perf_counter()
     run = open_run(run_dir)

@@ -44,8 +44,9 @@ class FinishedRun:
         """
         import keras
 
-        from tftune.backbones import preprocessing  # noqa: F401  (registers ImagePreprocessing)
-        from tftune import heads, optim  # noqa: F401  (register tftune's layers and schedules)
+        from tftune.model.backbones import preprocessing  # noqa: F401  (registers ImagePreprocessing)
+        from tftune.model import heads  # noqa: F401  (registers tftune's layers)
+        from tftune.training import optim  # noqa: F401  (registers tftune's schedules and optimizers)
 
         path = self.path / rundir.MODEL_FILE
         try:

@@ -208,14 +208,14 @@ def _pixels(item, index: int) -> np.ndarray:
 
 def load(run_dir: str | Path) -> Predictor:
     """The predictor of the finished run in `run_dir` (see `Predictor`)."""
-    from tftune.runs import open_run
+    from tftune.rundir.reader import open_run
 
     run = open_run(run_dir)
     return predictor_for(run)
 
 
 def predictor_for(run) -> Predictor:
-    """A `Predictor` for an opened `tftune.runs.FinishedRun`."""
+    """A `Predictor` for an opened `tftune.rundir.reader.FinishedRun`."""
     model = run.load_model()
     preprocessor = run.load_preprocessor() if run.modality == "text" else None
     return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor)

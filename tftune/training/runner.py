@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tftune import checkpoint as ckpt
-from tftune import distribute, faults, pipeline, plots, rundir
+from tftune.rundir import checkpoint as ckpt
+from tftune.runtime import distribute, faults
+from tftune.data import pipeline
+from tftune.evaluation import plots
+from tftune import rundir
 from tftune.config import RecipeConfig, dump_config, load_recipe, to_dict
 from tftune.data import DataSplits, load_data
 from tftune.errors import ConfigError, DataError, TftuneError
-from tftune.preemption import Preempted, StopRequest, watch
+from tftune.runtime.preemption import Preempted, StopRequest, watch
 
 
 @dataclasses.dataclass
@@ -65,7 +68,7 @@ class _StageData:
 
 def _stage_data(cfg: RecipeConfig, model, backbone, pipe, splits, prep, stage_index: int, run,
                 echo):
-    from tftune import cache
+    from tftune.training import cache
 
     seed = cfg.train.seed
 
@@ -168,7 +171,7 @@ def train(
             config must be the one it started with, up to `RESUME_FREE` settings).
         echo: where progress lines go.
 
-    Raises `tftune.preemption.Preempted` when SIGTERM stopped the run at a checkpoint.
+    Raises `tftune.runtime.preemption.Preempted` when SIGTERM stopped the run at a checkpoint.
     """
     if not isinstance(config, RecipeConfig):
         config = load_recipe(config, overrides)
@@ -367,7 +370,7 @@ def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, back
     duration: yields (splits, backbone, policy name)."""
     import keras
 
-    from tftune import backbones
+    from tftune.model import backbones
 
     keras.utils.set_random_seed(cfg.train.seed)
     splits = datasets if datasets is not None else load_data(cfg.data, cfg.train.seed)
@@ -408,7 +411,8 @@ class Prepared:
 def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> Prepared:
     """Input pipelines, the classifier and its layer groups; every stage's group selection and
     monitor are checked here, before anything trains (a typo in stage 3 must not cost stage 1)."""
-    from tftune import heads, stages as stages_mod
+    from tftune.model import heads
+    from tftune.training import stages as stages_mod
 
     batch = cfg.train.batch_size
     n_train = splits.sizes.get("train") or int(splits.train.cardinality())
@@ -476,8 +480,8 @@ def _train(cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, started: 
     before any stage data (the feature cache is rebuilt from them), finished stages are
     skipped, and the current stage gets its trainability from its own config, its optimizer,
     epoch metric sums and early stopping back from the checkpoint."""
-    from tftune import loop, optim, stages as stages_mod
-    from tftune.callbacks import EpochLine, HistoryCSV, StopOnNaN, write_rows
+    from tftune.training import loop, optim, stages as stages_mod
+    from tftune.training.callbacks import EpochLine, HistoryCSV, StopOnNaN, write_rows
 
     if dist is None:
         import tensorflow as tf

@@ -72,8 +72,8 @@ _SOURCE_LABELS: dict[str, str] = {"pypi": "PyPI", "debian": "Debian"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
-_MANIFEST_FILE = "assets.yaml"
-_MANIFEST_LABEL = "tftune/assets.yaml"
+_MANIFEST_FILE = "manifest.yaml"
+_MANIFEST_LABEL = "assets/manifest.yaml"
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def parse_manifest(data: Any, where: str = "manifest") -> Manifest:
 
 @functools.lru_cache(maxsize=1)
 def _packaged_manifest() -> Manifest:
-    text = importlib.resources.files("tftune").joinpath(_MANIFEST_FILE).read_text(encoding="utf-8")
+    text = importlib.resources.files("tftune.assets.bundled").joinpath(_MANIFEST_FILE).read_text(encoding="utf-8")
     return parse_manifest(yaml.safe_load(text), where=_MANIFEST_LABEL)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import keras
 
-from tftune.backbones import LayerGroup
+from tftune.model.backbones import LayerGroup
 from tftune.config import StageConfig
 from tftune.errors import ConfigError, did_you_mean
 
@@ -248,14 +248,14 @@ def run_stage(
     `train_ds` is a dataset (each epoch is one pass over it) or a function epoch -> dataset
     (so each epoch's order can be fixed, see `pipeline.epoch_seed`). `lr_multipliers`
     ({variable path: multiplier}) scale the learning rate of those variables (see
-    `tftune.optim.group_multipliers` / `variable_multipliers`).
+    `tftune.training.optim.group_multipliers` / `variable_multipliers`).
 
     Under a `distribution` the caller is in its scope. `resume(stage_run)` loads a
     checkpointed state of this stage into the freshly compiled stage (optimizer, metric sums,
     early stopping) and returns the `loop.Position` to continue from; `hooks(stage_run)` gives
     the `loop.Hooks` (checkpoints, stop requests) the loop calls at step boundaries."""
-    from tftune import loop
-    from tftune.optim import build_optimizer
+    from tftune.training import loop
+    from tftune.training.optim import build_optimizer
 
     check_monitor(stage.early_stopping.monitor, f"stages.{index}.early_stopping.monitor")
     compile_classifier(

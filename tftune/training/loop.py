@@ -28,7 +28,7 @@ from typing import Callable, Optional
 
 import keras
 
-from tftune import faults
+from tftune.runtime import faults
 
 
 @dataclasses.dataclass
@@ -184,7 +184,7 @@ class Hooks:
 
     `checkpoint(position)` writes a checkpoint of the stage at `position`;
     `stop_requested()` says whether to stop at this step boundary: the loop checkpoints there
-    and raises `tftune.preemption.Preempted` (callbacks' `on_train_end` is not called: early
+    and raises `tftune.runtime.preemption.Preempted` (callbacks' `on_train_end` is not called: early
     stopping must not restore its best weights over a stage that is not over);
     `every_steps` > 0 checkpoints every that many training steps as well as at epoch ends."""
 
@@ -255,7 +255,7 @@ def run_epochs(
 
 
 def _stop(hooks: Hooks, here: Position):
-    from tftune.preemption import Preempted
+    from tftune.runtime.preemption import Preempted
 
     if hooks.checkpoint is not None:
         hooks.checkpoint(here)

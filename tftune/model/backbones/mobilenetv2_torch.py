@@ -33,7 +33,7 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from tftune.backbones.torch_pickle import load_torch_state_dict
+from tftune.model.backbones.torch_pickle import load_torch_state_dict
 from tftune.errors import AssetError
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Bundled recipe files (package data: installed as `tftune.recipes`). Not code."""

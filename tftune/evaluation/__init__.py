@@ -1,0 +1,1 @@
+"""Scoring a finished run: metrics, the evaluation report and plots."""

@@ -1,0 +1,1 @@
+"""A finished run as a predictor, and the inputs `tftune predict` reads."""

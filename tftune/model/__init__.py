@@ -1,0 +1,1 @@
+"""The model: backbones (spec string -> pretrained network, preprocessing, layer groups) and heads."""

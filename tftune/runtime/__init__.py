@@ -1,0 +1,1 @@
+"""Where a run computes: tf.distribute strategies, preemption (SIGTERM) and fault points."""

@@ -64,7 +64,7 @@ def steady(seconds):
 
 def setup(kind, extra=()):
     from tftune.config import load_recipe
-    from tftune.training.runner import loaded_inputs, prepare_run
+    from tftune.training.prepare import loaded_inputs, prepare_run
 
     recipe, overrides = SETUPS[kind]
     cfg = load_recipe(REPO / recipe, [*overrides, *extra])
@@ -74,26 +74,31 @@ def setup(kind, extra=()):
     return cfg, splits, backbone, prep, ctx
 
 
+def plan_stage(cfg, backbone, prep, **stage):
+    """The StagePlan of one stage (given as recipe keys) on the prepared backbone, applied:
+    the stage's groups trainable, the rest frozen. Returns (plan, the stage's config)."""
+    from tftune.config import config_from_dict, to_dict
+    from tftune.training.plan import StagePlan
+
+    stage.setdefault("early_stopping", {"monitor": "val_loss", "patience": stage.get("epochs", 1)})
+    one = config_from_dict({**to_dict(cfg), "stages": [stage]})
+    plan = StagePlan.build(one, 0, backbone.groups)
+    plan.apply(backbone, prep.head, prep.unused)
+    return plan, one
+
+
 def stage_overhead(kind, epochs):
     import keras
 
-    from tftune.training import optim, stages
     from tftune.training.callbacks import HistoryCSV, StopOnNaN
-    from tftune.config import EarlyStoppingConfig, StageConfig
+    from tftune.training.stage import run_stage
 
     cfg, splits, backbone, prep, ctx = setup(kind)
     try:
         model = prep.model
         initial = model.get_weights()
-        all_idx = list(range(len(backbone.groups)))
-        stages.set_trainable(backbone.model, backbone.groups, all_idx, prep.head, False, prep.unused)
-        stage = StageConfig(name="all", train="all", epochs=epochs, learning_rate=1e-4,
-                            layer_decay=0.8, warmup=0.1, schedule="cosine",
-                            early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=epochs))
-        names = [g.name for g in backbone.groups]
-        mult = optim.variable_multipliers(
-            backbone.groups, optim.group_multipliers(names, all_idx, 0.8)
-        )
+        plan, _ = plan_stage(cfg, backbone, prep, name="all", train="all", epochs=epochs,
+                             learning_rate=1e-4, layer_decay=0.8, warmup=0.1, schedule="cosine")
         times = {"hand": [], "tftune": []}
         for round_ in range(2):
             for who in ("hand", "tftune") if round_ == 0 else ("tftune", "hand"):
@@ -107,10 +112,11 @@ def stage_overhead(kind, epochs):
                               callbacks=[timer], verbose=0)
                 else:
                     with tempfile.TemporaryDirectory() as tmp:
-                        stages.run_stage(
-                            model, stage, 0, prep.train_ds, prep.val_ds, prep.steps_per_epoch,
+                        run_stage(
+                            model, plan, prep.task, prep.train_ds, prep.val_ds,
+                            prep.steps_per_epoch,
                             [timer, HistoryCSV(Path(tmp) / "h.csv", 0, "all"),
-                             StopOnNaN("all", "lr")], False, 0, mult,
+                             StopOnNaN("all", "lr")], False, 0,
                         )
                 times[who] += timer.seconds[1:]
         hand, tft = min(times["hand"]), min(times["tftune"])
@@ -121,41 +127,35 @@ def stage_overhead(kind, epochs):
 
 
 def feature_cache(kind, train, epochs):
-    from tftune.training import cache, stages
-    from tftune.config import EarlyStoppingConfig, StageConfig
+    from tftune.training.stage import run_stage
+    from tftune.training.stage_data import stage_data
 
     cfg, splits, backbone, prep, ctx = setup(kind)
     try:
         model = prep.model
-        idx = stages.selected_groups(train, backbone.groups)
-        stages.set_trainable(backbone.model, backbone.groups, idx, prep.head, False, prep.unused)
-        stage = StageConfig(name=train, train=train, epochs=epochs, learning_rate=1e-3,
-                            early_stopping=EarlyStoppingConfig(monitor="val_loss", patience=epochs))
+        plan, one = plan_stage(cfg, backbone, prep, name=train, train=train, epochs=epochs,
+                               learning_rate=1e-3)
         initial = model.get_weights()
 
         timer = EpochTimer()
-        stages.run_stage(model, stage, 0, prep.train_ds, prep.val_ds, prep.steps_per_epoch,
-                         [timer], False, 0)
+        run_stage(model, plan, prep.task, prep.train_ds, prep.val_ds, prep.steps_per_epoch,
+                  [timer], False, 0)
         uncached = timer.seconds
 
         model.set_weights(initial)
-        plan, why = cache.plan_cache(model, backbone.model)
-        assert plan is not None, why
         start = time.perf_counter()
-        train_b, val_b, caches = cache.cached_datasets(
-            plan, prep.pipe, splits.train, splits.val, cfg.train.cache_memory_mb * 2**20
-        )
+        data = stage_data(one, model, backbone, prep, 0, echo=lambda _: None)
+        assert data.cached, f"the {train} stage was not cached"
         fill = time.perf_counter() - start
         timer = EpochTimer()
-        stages.run_stage(plan.suffix, stage, 0, train_b, val_b, prep.steps_per_epoch, [timer],
-                         False, 0)
-        for c in caches:
-            c.close()
+        run_stage(data.model, plan, prep.task, data.train, data.val, prep.steps_per_epoch,
+                  [timer], False, 0)
+        data.close()
         cached = timer.seconds
         return {"uncached_epoch_s": steady(uncached), "cached_epoch_s": steady(cached),
                 "ratio": steady(uncached) / steady(cached), "fill_s": fill,
                 "whole_stage_ratio": sum(uncached) / (fill + sum(cached)),
-                "boundary": plan.boundary, "epochs": epochs}
+                "boundary": data.boundary, "epochs": epochs}
     finally:
         ctx.__exit__(None, None, None)
 
@@ -163,17 +163,18 @@ def feature_cache(kind, train, epochs):
 def text_inference_batching(reps=2):
     """Text only: the frozen part's cache fill and a validation pass, each in the split's
     order (batches padded to their longest text) and grouped by length, side by side."""
-    from tftune.training import cache, stages
+    from tftune.training import cache
     from tftune.training.loop import Steps
+    from tftune.training.stage import compile_model
 
     cfg, splits, backbone, prep, ctx = setup("text", ["data.max_train_examples=3000"])
     try:
         model, pipe = prep.model, prep.pipe
-        stages.set_trainable(backbone.model, backbone.groups, [], prep.head, False, prep.unused)
-        stages.compile_classifier(model, "adam", False)
+        plan_stage(cfg, backbone, prep, name="head", train="head")
+        compile_model(model, prep.task, "adam", False)
         plan, why = cache.plan_cache(model, backbone.model)
         assert plan is not None, why
-        steps = Steps(model)
+        steps = Steps(model, prep.task)
         in_order = pipe.batches(pipe.source(splits.val), False)
         times = {"fill_order": [], "fill_length": [], "val_order": [], "val_length": []}
         for _ in range(reps):
@@ -201,13 +202,10 @@ def input_wait(kind, epochs):
     import keras
     import tensorflow as tf
 
-    from tftune.training import stages
-
     cfg, splits, backbone, prep, ctx = setup(kind)
     try:
         model = prep.model
-        all_idx = list(range(len(backbone.groups)))
-        stages.set_trainable(backbone.model, backbone.groups, all_idx, prep.head, False, prep.unused)
+        plan_stage(cfg, backbone, prep, name="all", train="all")
         model.compile(optimizer=keras.optimizers.AdamW(1e-5),
                       loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
         # The same batches, held in memory by tf.data: no decoding, tokenising, shuffling,

@@ -18,7 +18,10 @@ from tftune.training.cache import FeatureCache, cached_datasets, plan_cache
 from tftune.config import EarlyStoppingConfig, HeadConfig, StageConfig
 from tftune.data import DataSplits
 from tftune.model.heads import build_classifier, head_layers
-from tftune.training.stages import prune_groups, run_stage, selected_groups, set_trainable, unused_layers
+from tftune.tasks import get_task
+from tftune.training.plan import StagePlan
+from tftune.training.stage import run_stage
+from tftune.training.trainable import prune_groups, selected_groups, set_trainable, unused_layers
 
 pytestmark = pytest.mark.usefixtures("eager")
 
@@ -124,7 +127,8 @@ def fit_stage(kind, train, cached, preset=None, memory_bytes=2**30, spill_dir=No
         val_ds = pipe.prepare(splits.val, training=False)
     steps = int(pipe.prepare(splits.train, training=True).reduce(0, lambda n, _: n + 1))
     rec = Recorder()
-    run_stage(fit_model, stage, 0, train_ds, val_ds, steps, [rec], False, 0)
+    run_stage(fit_model, StagePlan.single(stage), get_task("classification"), train_ds, val_ds, steps,
+              [rec], False, 0)
     weights = [w.copy() for w in model.get_weights()]
     spill_record[:] = [(c.spilled, c.shuffle_limit(10**6) < c.count) for c in caches]
     for c in caches:

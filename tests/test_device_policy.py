@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tftune.training import runner as train_mod
+from tftune.training import device as train_mod
 
 
 @pytest.mark.parametrize("accelerator, setting, expected", [
@@ -13,8 +13,8 @@ from tftune.training import runner as train_mod
     (False, "on", True), (True, "off", False),
 ])
 def test_jit_compile(monkeypatch, accelerator, setting, expected):
-    monkeypatch.setattr(train_mod, "_has_accelerator", lambda: accelerator)
-    assert train_mod._jit(setting) == expected
+    monkeypatch.setattr(train_mod, "has_accelerator", lambda: accelerator)
+    assert train_mod.jit_setting(setting) == expected
 
 
 @pytest.mark.parametrize("accelerator, bf16_cpu, setting, modality, expected", [
@@ -27,7 +27,7 @@ def test_jit_compile(monkeypatch, accelerator, setting, expected):
     (False, True, "off", "text", "float32"),
 ])
 def test_mixed_precision_policy(monkeypatch, accelerator, bf16_cpu, setting, modality, expected):
-    monkeypatch.setattr(train_mod, "_has_accelerator", lambda: accelerator)
-    monkeypatch.setattr(train_mod, "_cpu_has_native_bf16", lambda: bf16_cpu)
+    monkeypatch.setattr(train_mod, "has_accelerator", lambda: accelerator)
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: bf16_cpu)
     assert train_mod.mixed_precision_policy(setting, modality) == expected
 

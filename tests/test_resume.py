@@ -419,7 +419,7 @@ def test_damaged_or_partial_checkpoints_are_never_used(tmp_path):
 
 def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path, data):
     from tftune.errors import TftuneError
-    from tftune.training.runner import plan_run_dir
+    from tftune.rundir.plan import plan_run_dir
 
     root, folder, cnn = data
     cfg = config_from_dict(recipe(folder, cnn, tmp_path))
@@ -436,7 +436,7 @@ def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path, data):
     import shutil
 
     shutil.rmtree(run / "checkpoint")
-    from tftune.training.runner import RESTART
+    from tftune.rundir.plan import RESTART
 
     assert plan_run_dir(cfg, run, resume=True, overwrite=False) == RESTART
 

@@ -11,7 +11,10 @@ from tftune.config import BackboneConfig, EarlyStoppingConfig, HeadConfig, Stage
 from tftune.errors import ConfigError
 from tftune.model.heads import build_classifier, head_layers
 from tftune.training.optim import WarmupDecay, build_optimizer
-from tftune.training.stages import run_stage, selected_groups, set_trainable, unused_layers
+from tftune.tasks import get_task
+from tftune.training.plan import StagePlan
+from tftune.training.stage import run_stage
+from tftune.training.trainable import selected_groups, set_trainable, unused_layers
 
 pytestmark = pytest.mark.usefixtures("eager")
 
@@ -63,7 +66,8 @@ def stage(**kw) -> StageConfig:
 
 def fit_stage(model, cfg, data, callbacks=(), steps=3, index=0):
     train_ds, val_ds = data
-    return run_stage(model, cfg, index, train_ds, val_ds, steps, list(callbacks), False, 0)
+    return run_stage(model, StagePlan.single(cfg, index), get_task("classification"), train_ds, val_ds,
+                     steps, list(callbacks), False, 0)
 
 
 # ------------------------------------------------------------------------------------------

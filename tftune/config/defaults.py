@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from tftune.errors import ConfigError, did_you_mean
 
-_HEAD_ES = {"monitor": "val_accuracy", "patience": 1}
+
+
+def _stages(head_epochs: int, head_lr: float, top: str, top_lr: float, schedule: str) -> list:
+    """A head-only stage, then `top` (e.g. `all`, `top:2`) with 10 % warmup and `schedule`;
+    both stop early on validation accuracy."""
+    def es():
+        return {"monitor": "val_accuracy", "patience": 1}
+
+    return [
+        {"name": "head", "train": "head", "epochs": head_epochs, "learning_rate": head_lr,
+         "early_stopping": es()},
+        {"name": top.split(":")[0], "train": top, "epochs": 3, "learning_rate": top_lr,
+         "warmup": 0.1, "schedule": schedule, "early_stopping": es()},
+    ]
+
 
 BASE_RECIPES: dict[str, dict] = {
     # A pretrained BERT-style KerasHub backbone, mean-pooled: a head-only stage at a high
@@ -18,12 +32,7 @@ BASE_RECIPES: dict[str, dict] = {
         "data": {"source": "csv", "val_fraction": 0.1, "test_fraction": 0.2},
         "backbone": {"spec": "hf:asset:all-minilm-l6-v2", "weights": None, "sequence_length": 64},
         "head": {"pooling": "auto", "dropout": 0.1},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 2e-3,
-             "early_stopping": dict(_HEAD_ES)},
-            {"name": "all", "train": "all", "epochs": 3, "learning_rate": 5e-5, "warmup": 0.1,
-             "schedule": "linear", "early_stopping": dict(_HEAD_ES)},
-        ],
+        "stages": _stages(1, 2e-3, "all", 5e-5, "linear"),
     },
     # A pretrained CNN, global-average pooled: MobileNetV2 with the bundled offline ImageNet
     # weights; a head-only stage, then the top two stages.
@@ -32,12 +41,7 @@ BASE_RECIPES: dict[str, dict] = {
         "data": {"source": "folder", "image_size": [224, 224]},
         "backbone": {"spec": "keras_applications:MobileNetV2", "weights": "asset:mobilenetv2-imagenet"},
         "head": {"pooling": "auto", "dropout": 0.2},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 1e-3,
-             "early_stopping": dict(_HEAD_ES)},
-            {"name": "top", "train": "top:2", "epochs": 3, "learning_rate": 1e-4, "warmup": 0.1,
-             "schedule": "cosine", "early_stopping": dict(_HEAD_ES)},
-        ],
+        "stages": _stages(2, 1e-3, "top:2", 1e-4, "cosine"),
     },
 }
 

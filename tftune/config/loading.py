@@ -10,7 +10,7 @@ from tftune.config.coerce import _coerce, from_dict, to_dict
 from tftune.config.defaults import base_recipe
 from tftune.config.overrides import apply_overrides
 from tftune.config.schema import RecipeConfig
-from tftune.errors import ConfigError
+from tftune.errors import ConfigError, did_you_mean
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -31,7 +31,19 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> RecipeConfig:
     recipe = apply_overrides(data, list(overrides)).get("recipe", RecipeConfig.recipe)
     recipe = _coerce(recipe, str, "recipe")
     merged = apply_overrides(_merge(base_recipe(recipe), data), list(overrides))
-    return from_dict(RecipeConfig, merged)
+    config = from_dict(RecipeConfig, merged)
+    _check_task(config.task)
+    return config
+
+
+def _check_task(name: str) -> None:
+    from tftune.tasks import TASKS
+
+    if name not in TASKS:
+        raise ConfigError(
+            f"Invalid value for 'task'. Expected one of: {', '.join(repr(t) for t in TASKS)}. "
+            f"Received: {name!r}.{did_you_mean(name, TASKS)}"
+        )
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:

@@ -142,9 +142,12 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RecipeConfig:
-    """A whole recipe: which task recipe runs, on what data, with which backbone and stages."""
+    """A whole recipe: the base recipe it extends (`recipe`, see `tftune.config.defaults`),
+    the problem type (`task`, see `tftune.tasks`), the data, the backbone, the head and the
+    stages."""
 
     recipe: str = "image_classification"
+    task: str = "classification"
     name: str = "run"
     description: str = ""
     output_dir: str = "runs"

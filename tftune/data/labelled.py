@@ -46,12 +46,13 @@ def _name(path: Path) -> str:
 def _label_indices(raw: Sequence[str], class_names: Sequence[str], skip_unknown: bool, what: str):
     """(indices, keep): labels mapped onto the run's classes; unknown labels are an error
     naming them unless `skip_unknown` drops those examples."""
+    from tftune.data.splits import unknown_labels
+
     lookup = {c: i for i, c in enumerate(class_names)}
-    unknown = sorted({r for r in raw if r not in lookup})
-    if unknown and not skip_unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5])
+    shown = unknown_labels(raw, lookup)
+    if shown and not skip_unknown:
         raise DataError(
-            f"{what} has labels the run was not trained on: {shown}{' ...' if len(unknown) > 5 else ''}. "
+            f"{what} has labels the run was not trained on: {shown}. "
             f"The run's classes are {', '.join(class_names)}. Rename them, or pass "
             f"--skip-unknown-labels to leave those examples out."
         )

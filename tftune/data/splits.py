@@ -105,6 +105,12 @@ def subsample(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray
     return np.sort(keep[:limit])
 
 
+def unknown_labels(raw: Sequence[str], known) -> str:
+    """The labels of `raw` not in `known`, quoted, sorted, at most five shown ('' if none)."""
+    unknown = sorted({str(x) for x in raw if x not in known})
+    return ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+
+
 def class_index(
     raw_labels: Sequence[str],
     classes: Optional[Sequence[str]],
@@ -122,14 +128,12 @@ def class_index(
         if len(set(names)) != len(names):
             raise DataError(f"data.classes lists a class twice: {names}")
         known = set(names)
-        unknown = sorted({x for x in raw if x not in known})
         keep = np.array([x in known for x in raw], dtype=bool)
-        if unknown and not skip_unlisted:
-            shown = ", ".join(repr(u) for u in unknown[:5])
+        shown = unknown_labels(raw, known)
+        if shown and not skip_unlisted:
             raise DataError(
-                f"{what} has labels that are not in data.classes: {shown}"
-                f"{' ...' if len(unknown) > 5 else ''}. Add them to data.classes, or set "
-                f"data.skip_unlisted_labels: true to drop those rows."
+                f"{what} has labels that are not in data.classes: {shown}. Add them to "
+                f"data.classes, or set data.skip_unlisted_labels: true to drop those rows."
             )
         present = set(raw[keep])
         empty = [n for n in names if n not in present]

@@ -66,9 +66,11 @@ def _pool_image(features, pooling: str):
 
 
 def build_classifier(
-    backbone: Backbone, num_classes: int, cfg: HeadConfig, image_size=(224, 224)
+    backbone: Backbone, task, cfg: HeadConfig, image_size=(224, 224)
 ) -> keras.Model:
-    """The full model: raw-ish inputs -> backbone -> pooling -> dropout -> Dense(softmax).
+    """The full model: raw-ish inputs -> backbone -> pooling -> dropout -> Dense, whose units
+    and activation the `task` gives (`tftune.tasks.Task`: e.g. a softmax over the classes).
+    An int `task` is a number of classes (single-label classification).
 
     Image models take float pixels in 0..255 (normalisation is inside); text models take
     KerasHub's token dict (the preprocessor runs in the input pipeline).
@@ -94,8 +96,13 @@ def build_classifier(
         x = keras.layers.Dense(cfg.hidden_units, activation="gelu", name=f"{HEAD_PREFIX}hidden")(x)
         if cfg.dropout > 0:
             x = keras.layers.Dropout(cfg.dropout, name=f"{HEAD_PREFIX}dropout_2")(x)
+    if isinstance(task, int):
+        from tftune.tasks import Classification
+
+        task = Classification([str(i) for i in range(task)])
     outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name=f"{HEAD_PREFIX}classifier"
+        task.output_units, activation=task.activation, dtype="float32",
+        name=f"{HEAD_PREFIX}classifier",
     )(x)
     return keras.Model(inputs, outputs, name="tftune_classifier")
 

@@ -251,3 +251,23 @@ def make_distribution(setting: str = "auto", tpu: Optional[str] = None) -> Distr
     strategy, devices = _tpu_strategy(tpu)
     return Distribution(strategy, "tpu", devices)
 
+
+def agree_to_start(dist, error, loaded) -> None:
+    """Every worker starts, from the same checkpoint, or none does (one all-gather)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tftune.errors import TftuneError
+
+    number = -2 if error is not None else (int(loaded.path.name.split("-")[1]) if loaded else -1)
+    values = dist.strategy.run(lambda: tf.constant([float(number)]))
+    seen = np.asarray(dist.strategy.gather(values, axis=0)).ravel()
+    if error is not None:
+        raise error
+    if (seen == -2).any():
+        raise TftuneError("Another worker could not start the run (see its output); stopped.")
+    if len(set(seen.tolist())) > 1:
+        raise TftuneError(
+            f"The workers found different checkpoints to resume from ({sorted(set(seen.tolist()))}"
+            f", -1 = none): the run directory must be on storage every worker reads."
+        )

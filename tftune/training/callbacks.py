@@ -11,6 +11,7 @@ from typing import Optional
 import keras
 
 from tftune.errors import TftuneError
+from tftune.rundir.history import read_rows, write_rows
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -48,31 +49,6 @@ class HistoryCSV(keras.callbacks.Callback):
             **{k: float(v) for k, v in sorted(logs.items())},
         })
         write_rows(self.path, self.rows)
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a history CSV (values as text); [] when there is none."""
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """Writes `rows` as a CSV (columns in order of first appearance), atomically."""
-    import io
-
-    from tftune.rundir import write_text
-
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(Path(path), buffer.getvalue())
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -43,18 +43,20 @@ class Position:
 
 class Steps:
     """Train and test steps of `model` (compiled: its optimizer is used) on `distribution`'s
-    strategy, with their own loss/accuracy metrics (created in the strategy's scope)."""
+    strategy, with the `task`'s per-example loss and its own metrics (the loss's mean and the
+    task's metrics, created in the strategy's scope)."""
 
-    def __init__(self, model, distribution=None):
+    def __init__(self, model, task, distribution=None):
         import tensorflow as tf
 
         self.model = model
+        self.task = task
         self.distribution = distribution
         self.strategy = distribution.strategy if distribution else tf.distribute.get_strategy()
         with self.strategy.scope():
-            self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
-            self.train_metrics = _metrics()
-            self.test_metrics = _metrics()
+            self.loss_fn = task.loss(reduction=None)
+            self.train_metrics = self._metrics()
+            self.test_metrics = self._metrics()
         kind = distribution.kind if distribution else "default"
         jit = bool(getattr(model, "jit_compile", False)) and kind != "tpu"
         eager = bool(getattr(model, "run_eagerly", False))
@@ -115,11 +117,17 @@ class Steps:
         per_example = tf.cast(self.loss_fn(y, y_pred), tf.float32)
         self._update(self.test_metrics, y, y_pred, per_example, self._regularization(), weight)
 
+    def _metrics(self) -> dict:
+        return {"loss": keras.metrics.Mean(name="loss"), **self.task.metrics()}
+
     @staticmethod
     def _update(metrics, y, y_pred, per_example, reg, weight):
-        metrics["loss"].update_state(per_example if reg is None else per_example + reg,
-                                     sample_weight=weight)
-        metrics["accuracy"].update_state(y, y_pred, sample_weight=weight)
+        for name, metric in metrics.items():
+            if name == "loss":
+                metric.update_state(per_example if reg is None else per_example + reg,
+                                    sample_weight=weight)
+            else:
+                metric.update_state(y, y_pred, sample_weight=weight)
 
     # -- all replicas ------------------------------------------------------------------
 
@@ -139,7 +147,7 @@ class Steps:
 
     def train_batch(self, iterator) -> Optional[dict]:
         """One step on the next batch of `iterator`; returns the epoch's running loss and
-        accuracy, or None when the iterator is exhausted."""
+        metrics, or None when the iterator is exhausted."""
         import tensorflow as tf
 
         try:
@@ -156,7 +164,7 @@ class Steps:
             m.reset_state()
 
     def evaluate(self, dataset) -> dict:
-        """Loss and accuracy over `dataset` (batched with the global batch): exact sums over
+        """Loss and metrics over `dataset` (batched with the global batch): exact sums over
         every replica's examples."""
         import tensorflow as tf
 
@@ -169,13 +177,6 @@ class Steps:
             except (StopIteration, tf.errors.OutOfRangeError):
                 break
         return {k: float(m.result()) for k, m in self.test_metrics.items()}
-
-
-def _metrics() -> dict:
-    return {
-        "loss": keras.metrics.Mean(name="loss"),
-        "accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-    }
 
 
 @dataclasses.dataclass

@@ -54,18 +54,19 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[Optional[f
     return float(lrs[steepest]), float(lrs[best]) / 10
 
 
-def sweep(model, train_ds, optimizer, *, steps: int = 100, min_lr: float = 1e-7,
+def sweep(model, train_ds, optimizer, loss_fn=None, *, steps: int = 100, min_lr: float = 1e-7,
           max_lr: float = 1.0, diverge: float = 4.0, echo: Callable[[str], None] = print
           ) -> LRFindResult:
     """Runs the range test on `model`'s trainable weights with `optimizer` (whose learning
-    rate is set each step); every weight of `model` is restored afterwards."""
+    rate is set each step) and `loss_fn` (the task's loss; default: sparse categorical
+    cross-entropy); every weight of `model` is restored afterwards."""
     import keras
     import tensorflow as tf
 
     if not 0 < min_lr < max_lr:
         raise ConfigError(f"Expected 0 < min_lr < max_lr. Received: min_lr={min_lr}, max_lr={max_lr}")
     saved = [np.array(v.numpy()) for v in model.weights]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy()
     variables = model.trainable_variables
     optimizer.build(variables)
 
@@ -150,9 +151,9 @@ def lr_find(config, stage: int = 1, *, overrides: tuple[str, ...] = (), steps: i
     trainable, its optimizer and layer decay, on the frozen-prefix cache when exact. Writes
     `<output>/<name>-lr-find/stage<N>-<stage>.{csv,png}` (default output: the recipe's
     output_dir) and returns the sweep."""
-    from tftune.training import cache, optim, stages as stages_mod
     from tftune.config import RecipeConfig, load_recipe
-    from tftune.training.runner import describe, loaded_inputs, prepare_run
+    from tftune.training.prepare import describe, loaded_inputs, prepare_run
+    from tftune.training.stage_data import stage_data
 
     cfg = config if isinstance(config, RecipeConfig) else load_recipe(config, overrides)
     if not 1 <= stage <= len(cfg.stages):
@@ -164,35 +165,23 @@ def lr_find(config, stage: int = 1, *, overrides: tuple[str, ...] = (), steps: i
     with loaded_inputs(cfg) as (splits, backbone, policy):
         describe(splits, backbone, policy, echo)
         prep = prepare_run(cfg, splits, backbone, echo)
-        idx = prep.selections[stage - 1]
-        stages_mod.set_trainable(backbone.model, backbone.groups, idx, prep.head,
-                                 cfg.backbone.train_bn, prep.unused)
-        names = [g.name for g in backbone.groups]
-        mult = optim.group_multipliers(names, idx, st.layer_decay, st.lr_multipliers,
-                                       f"stages.{stage - 1}")
-        model, train_ds, caches = prep.model, prep.train_ds, []
-        if cfg.train.feature_cache == "auto" and not prep.pipe.random:
-            plan, _ = cache.plan_cache(prep.model, backbone.model)
-            if plan is not None:
-                train_ds, _, caches = cache.cached_datasets(
-                    plan, prep.pipe, splits.train, splits.val.take(1),
-                    cfg.train.cache_memory_mb * 2**20,
-                )
-                model = plan.suffix
-                echo(f"   feature cache: sweeping on the stored {plan.boundary}")
+        plan = prep.plans[stage - 1]
+        plan.apply(backbone, prep.head, prep.unused)
+        # lr-find does not validate: the cache (where exact) is filled for one batch of val.
+        data = stage_data(cfg, prep.model, backbone, prep, stage - 1, echo=echo,
+                          val_split=splits.val.take(1))
+        if data.cached:
+            echo(f"   feature cache: sweeping on the stored {data.boundary}")
         # A constant learning rate variable the sweep sets each step; the stage's optimizer kind,
         # weight decay and group multipliers.
-        opt = optim.build_optimizer(
-            dataclasses.replace(st, schedule="constant", warmup=0.0, learning_rate=min_lr),
-            prep.steps_per_epoch, optim.variable_multipliers(backbone.groups, mult),
-        )
+        opt = plan.optimizer(prep.steps_per_epoch, dataclasses.replace(
+            st, schedule="constant", warmup=0.0, learning_rate=min_lr))
         echo(f"LR range test, stage {stage} ({st.name}): {steps} steps from {min_lr:g} to {max_lr:g}")
         try:
-            result = sweep(model, train_ds, opt, steps=steps, min_lr=min_lr, max_lr=max_lr,
-                           echo=echo)
+            result = sweep(data.model, data.train(0), opt, prep.task.loss(), steps=steps,
+                           min_lr=min_lr, max_lr=max_lr, echo=echo)
         finally:
-            for c in caches:
-                c.close()
+            data.close()
     if len(result.losses) < 5:
         raise TftuneError(
             f"The loss diverged after {len(result.losses)} steps, at lr {result.learning_rates[-1]:.2e}: "

@@ -48,6 +48,12 @@ class Backbone:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
+def _backbone(model, modality: str, cfg: BackboneConfig, spec: str, **kwargs) -> Backbone:
+    """A `Backbone` for `model` with its layer groups (`backbone.groups` / automatic)."""
+    return Backbone(model=model, modality=modality, spec=spec,
+                    groups=layer_groups(model, cfg.groups, cfg.generic_groups), **kwargs)
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """`'keras_hub:/path'` -> ('keras_hub', '/path'), with a helpful error for bad specs."""
     if ":" not in spec:
@@ -143,14 +149,7 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool) 
             f"Backbone {spec!r} has no text classifier preprocessor; KerasHub image backbones "
             f"are not supported by tftune yet. Use keras_applications:<Name> for images."
         ) from None
-    return Backbone(
-        model=model,
-        modality="text",
-        groups=layer_groups(model, cfg.groups, cfg.generic_groups),
-        spec=spec,
-        preprocessor=preprocessor,
-        default_pooling="mean",
-    )
+    return _backbone(model, "text", cfg, spec, preprocessor=preprocessor, default_pooling="mean")
 
 
 # ------------------------------------------------------------------------------------------
@@ -272,15 +271,7 @@ def _load_keras_application(
                 f"{str(e).splitlines()[0]}"
             ) from None
         notes.append(f"weights from {path}")
-    return Backbone(
-        model=model,
-        modality="image",
-        groups=layer_groups(model, cfg.groups, cfg.generic_groups),
-        spec=spec,
-        image_preprocessing=mode,
-        default_pooling="avg",
-        notes=notes,
-    )
+    return _backbone(model, "image", cfg, spec, image_preprocessing=mode, notes=notes)
 
 
 # ------------------------------------------------------------------------------------------
@@ -295,15 +286,8 @@ def from_keras_model(model, cfg: BackboneConfig, spec: str = "keras:<in memory>"
             f"tftune takes a user's keras.Model as an image backbone with [batch, H, W, 3] "
             f"input; this one has input shape {shape}. For text, use a KerasHub preset folder."
         )
-    return Backbone(
-        model=model,
-        modality="image",
-        groups=layer_groups(model, cfg.groups, cfg.generic_groups),
-        spec=spec,
-        image_preprocessing="none",
-        default_pooling="avg",
-        notes=["user model: inputs are passed as 0..255 pixels; normalise inside the model"],
-    )
+    return _backbone(model, "image", cfg, spec, image_preprocessing="none",
+                     notes=["user model: inputs are passed as 0..255 pixels; normalise inside the model"])
 
 
 def _load_keras_file(spec: str, target: str, cfg: BackboneConfig) -> Backbone:

@@ -1,0 +1,29 @@
+"""The trained model and the text preprocessor, saved into a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tftune.rundir.io import atomic_write, write_text
+from tftune.rundir.layout import MODEL_FILE, PREPROCESSOR_DIR
+
+
+def save_model(model, run: Path) -> Path:
+    """Saves the model as `.keras`, atomically."""
+    path = run / MODEL_FILE
+    atomic_write(path, lambda p: model.save(str(p)))
+    return path
+
+
+def save_preprocessor(preprocessor, backbone_model, run: Path) -> Path:
+    """Saves the KerasHub text preprocessor as a preset folder that loads on its own with
+    `TextClassifierPreprocessor.from_preset(run / "preprocessor")`: KerasHub finds the model
+    family through the backbone's `config.json`, written here without weights."""
+    import keras
+
+    path = run / PREPROCESSOR_DIR
+    preprocessor.save_to_preset(str(path))
+    config = keras.saving.serialize_keras_object(backbone_model)
+    write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
+    return path

@@ -1,0 +1,30 @@
+"""`history.csv`: one row per epoch of every stage, rewritten atomically after each epoch."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from tftune.rundir.io import write_text
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a history CSV (values as text); [] when there is none."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Writes `rows` as a CSV (columns in order of first appearance), atomically."""
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(Path(path), buffer.getvalue())

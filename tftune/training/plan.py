@@ -1,0 +1,111 @@
+"""`StagePlan`: everything one stage decides before it trains, in one place.
+
+Which layer groups train (`stages.N.train`), each trained group's learning-rate multiplier
+(`layer_decay`, `lr_multipliers`), freezing the rest with the BatchNorm policy
+(`backbone.train_bn`), the stage's fresh optimizer and the banner the run log prints. Train,
+`lr-find` and the benchmarks all set a stage up through it, and new stage modes plug in here.
+Whether the frozen prefix can be cached is decided by `tftune.training.stage_data`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Sequence
+
+from tftune.config import RecipeConfig, StageConfig
+from tftune.training import optim
+from tftune.training.trainable import count_trainable, selected_groups, set_trainable
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """Stage `index` (0-based) of `total`: its config, the indices of the layer groups it
+    trains (bottom to top; the head always trains) and their multipliers {group name: x}."""
+
+    index: int
+    total: int
+    stage: StageConfig
+    group_names: tuple[str, ...]
+    train_indices: tuple[int, ...]
+    multipliers: Mapping[str, float]
+    train_bn: bool = False
+    groups: tuple = dataclasses.field(default=(), compare=False, repr=False)  # LayerGroups
+
+    @classmethod
+    def build(cls, cfg: RecipeConfig, index: int, groups: Sequence) -> "StagePlan":
+        """The plan of `cfg.stages[index]` for the backbone's `groups`; raises ConfigError for
+        an unknown group, a bad `top:N` or bad multipliers, naming the key."""
+        stage = cfg.stages[index]
+        names = tuple(g.name for g in groups)
+        where = f"stages.{index}"
+        indices = tuple(selected_groups(stage.train, groups, f"{where}.train"))
+        multipliers = optim.group_multipliers(names, indices, stage.layer_decay,
+                                              stage.lr_multipliers, where)
+        return cls(index, len(cfg.stages), stage, names, indices, multipliers,
+                   cfg.backbone.train_bn, tuple(groups))
+
+    @classmethod
+    def single(cls, stage: StageConfig, index: int = 0) -> "StagePlan":
+        """A plan for a bare `StageConfig` that scales no group (for a model whose
+        trainability is already set, e.g. in tests and benchmarks)."""
+        return cls(index, index + 1, stage, (), (), {})
+
+    @classmethod
+    def all(cls, cfg: RecipeConfig, groups: Sequence) -> list["StagePlan"]:
+        """Every stage's plan, so a typo in stage 3 fails before stage 1 trains."""
+        return [cls.build(cfg, i, groups) for i in range(len(cfg.stages))]
+
+    # -- trainability --------------------------------------------------------------------
+
+    def apply(self, backbone, head: Sequence, always_frozen: Sequence = ()) -> None:
+        """Freezes the backbone but the plan's groups (BatchNorm per `train_bn`); the head
+        trains; `always_frozen` layers (no gradient reaches them) stay frozen."""
+        set_trainable(backbone.model, self.groups, self.train_indices, head, self.train_bn,
+                      always_frozen)
+
+    # -- optimizer -----------------------------------------------------------------------
+
+    def variable_multipliers(self) -> dict[str, float]:
+        """{variable path: multiplier} for the trainable variables of the trained groups."""
+        return optim.variable_multipliers(self.groups, self.multipliers)
+
+    def optimizer(self, steps_per_epoch: int, stage: Optional[StageConfig] = None):
+        """A fresh optimizer for the stage: its schedule over `stage.steps_per_epoch` (or
+        `steps_per_epoch`) steps an epoch, with the groups' learning-rate multipliers.
+        `stage` replaces the stage's settings (lr-find sweeps a constant rate)."""
+        stage = stage or self.stage
+        return optim.build_optimizer(stage, stage.steps_per_epoch or steps_per_epoch,
+                                     self.variable_multipliers())
+
+    # -- the run log ---------------------------------------------------------------------
+
+    def trained_groups(self) -> str:
+        names = [self.group_names[i] for i in self.train_indices]
+        if not names:
+            return "head only"
+        if len(names) > 4:
+            return f"{names[0]} .. {names[-1]} (+ head)"
+        return ", ".join(names) + " + head"
+
+    def banner(self, model) -> str:
+        """The stage's header line: what trains, how many weights, for how long, how fast."""
+        s = self.stage
+        return (
+            f"== Stage {self.index + 1}/{self.total}: {s.name} | trains: {self.trained_groups()} "
+            f"| {count_trainable(model):,} trainable params | {s.epochs} epoch(s), "
+            f"lr {s.learning_rate:g} ({s.optimizer}, {s.schedule}"
+            f"{', warmup ' + format(s.warmup, 'g') if s.warmup else ''}) =="
+        )
+
+    def multiplier_line(self) -> Optional[str]:
+        """'   lr multipliers: block_5 x0.9, ..., head x1' when any group is not at x1."""
+        if all(m == 1.0 for m in self.multipliers.values()):
+            return None
+        shown = [f"{n} x{self.multipliers[n]:.3g}" for n in self.group_names if n in self.multipliers]
+        return "   lr multipliers: " + ", ".join(shown) + ", head x1"
+
+    def announce(self, model, echo) -> None:
+        echo(self.banner(model))
+        line = self.multiplier_line()
+        if line:
+            echo(line)

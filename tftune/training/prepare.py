@@ -1,0 +1,127 @@
+"""Before any stage trains: seeds, data, backbone and dtype policy (`loaded_inputs`), then
+the input pipelines, the task, the model with its head and every stage's plan (`prepare_run`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Optional
+
+from tftune.config import RecipeConfig
+from tftune.data import DataSplits, load_data, pipeline
+from tftune.errors import ConfigError, DataError
+from tftune.training.device import mixed_precision_policy
+
+
+@contextlib.contextmanager
+def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, backbone_model=None):
+    """Seeds, loads the data and the backbone, and sets the run's dtype policy for the
+    duration: yields (splits, backbone, policy name)."""
+    import keras
+
+    from tftune.model import backbones
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    splits = datasets if datasets is not None else load_data(cfg.data, cfg.train.seed)
+    previous_policy = keras.mixed_precision.dtype_policy().name
+    policy = mixed_precision_policy(cfg.train.mixed_precision, splits.modality)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        if backbone_model is not None:
+            backbone = backbones.from_keras_model(backbone_model, cfg.backbone)
+        else:
+            backbone = backbones.load_backbone(cfg.backbone, tuple(cfg.data.image_size))
+        if backbone.modality != splits.modality:
+            raise ConfigError(
+                f"Backbone {backbone.spec!r} takes {backbone.modality} inputs but the data is "
+                f"{splits.modality}. Use a {splits.modality} backbone (see `tftune recipes`)."
+            )
+        yield splits, backbone, policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run's model and data, ready for its stages (`prepare_run`)."""
+
+    splits: DataSplits
+    task: Any  # tftune.tasks.Task
+    model: Any
+    head: list
+    unused: list
+    pipe: pipeline.Pipeline
+    train_source: Any  # the cached training examples (pipe.source)
+    train_ds: Any
+    val_ds: Any
+    test_ds: Any
+    steps_per_epoch: int
+    plans: list  # per stage: its tftune.training.plan.StagePlan
+
+
+def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
+    batch = cfg.train.batch_size
+    if splits.modality == "text":
+        return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
+    return pipeline.image_pipeline(
+        n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
+    )
+
+
+def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> Prepared:
+    """Input pipelines, the task, the classifier and its layer groups; every stage's plan and
+    monitor are checked here, before anything trains (a typo in stage 3 must not cost stage 1)."""
+    from tftune.model import heads
+    from tftune.tasks import get_task
+    from tftune.training.plan import StagePlan
+    from tftune.training.trainable import prune_groups, unused_layers
+
+    n_train = splits.sizes.get("train") or int(splits.train.cardinality())
+    if n_train <= 0:
+        raise DataError("The training split is empty or of unknown size; pass a finite dataset.")
+    task = get_task(cfg.task, splits.class_names)
+    pipe = _pipeline(cfg, splits, backbone, n_train)
+    train_source = pipe.source(splits.train)
+    train_ds = pipe.batches(train_source, training=True)
+    # Validation and test only sum losses and hits: their batches need not keep the split's order.
+    val_ds = pipe.eval_batches(pipe.source(splits.val))
+    test_ds = pipe.eval_batches(pipe.source(splits.test)) if splits.test is not None else None
+    if splits.modality == "text":
+        # Length buckets make more (partly filled) batches than n / batch: count them once
+        # (this also fills the tokenised cache), so schedules span the steps really run.
+        steps_per_epoch = int(train_ds.reduce(0, lambda n, _: n + 1))
+    else:
+        steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
+
+    model = heads.build_classifier(backbone, task, cfg.head, tuple(cfg.data.image_size))
+    head = heads.head_layers(model)
+    sample_x = next(iter(train_ds.take(1)))[0]
+    unused = unused_layers(model, backbone.model, sample_x)
+    if unused:
+        echo(f"Frozen throughout (no gradient reaches them): {', '.join(l.name for l in unused)}")
+        backbone.groups = prune_groups(backbone.groups, unused)
+    echo(
+        "Layer groups, bottom to top: "
+        + ", ".join(f"{g.name} ({g.num_params / 1e6:.2f}M)" for g in backbone.groups)
+    )
+    plans = StagePlan.all(cfg, backbone.groups)
+    for plan in plans:
+        task.check_monitor(plan.stage.early_stopping.monitor,
+                           f"stages.{plan.index}.early_stopping.monitor")
+    return Prepared(splits, task, model, head, unused, pipe, train_source, train_ds, val_ds,
+                    test_ds, steps_per_epoch, plans)
+
+
+def describe(splits: DataSplits, backbone, policy: str, echo) -> None:
+    """The run log's first lines: the data and the backbone."""
+    echo(
+        f"Data: {splits.modality}, {len(splits.class_names)} classes "
+        f"({', '.join(splits.class_names[:6])}{' ...' if len(splits.class_names) > 6 else ''}); "
+        + ", ".join(f"{k} {v}" for k, v in splits.sizes.items())
+    )
+    echo(
+        f"Backbone: {backbone.spec}"
+        + (f"; {'; '.join(backbone.notes)}" if backbone.notes else "")
+        + (f"; dtype policy {policy}" if policy != "float32" else "")
+    )

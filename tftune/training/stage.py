@@ -1,0 +1,150 @@
+"""One stage: a freshly compiled optimizer, tftune's loop over its epochs, early stopping on
+the task's monitor, and the best epoch's weights restored."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Optional
+
+import keras
+
+from tftune.training.trainable import count_trainable
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What one stage did."""
+
+    name: str
+    epochs_run: int
+    best_epoch: int
+    best_value: Optional[float]
+    monitor: str
+    trainable_params: int
+    seconds: float
+
+
+def compile_model(model, task, optimizer, jit_compile) -> None:
+    """Compiles `model` with `optimizer` and the task's loss and metrics (what `model.fit` /
+    `model.evaluate` and a saved model's compile config then use)."""
+    model.compile(
+        optimizer=optimizer,
+        loss=task.loss(),
+        metrics=list(task.metrics().values()),
+        jit_compile=jit_compile,
+    )
+
+
+def compile_like(model, trained, task, jit_compile) -> None:
+    """Compiles the full `model` with the optimizer that trained `trained` (a model sharing
+    its weights, e.g. the feature cache's suffix), so it evaluates and saves with that state."""
+    compile_model(model, task, trained.optimizer, jit_compile)
+
+
+@dataclasses.dataclass
+class StageRun:
+    """A stage in progress, as a checkpoint of it sees it: the model being fitted (the
+    classifier, or the feature cache's suffix sharing its weights), its steps (with the
+    epoch's metric sums), its early stopping, the logs of its finished epochs, and the
+    seconds it has trained so far (before a resume too)."""
+
+    model: Any
+    steps: Any
+    stopper: Any
+    epoch_logs: list
+    seconds_before: float = 0.0
+    _started: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
+
+    def early_stopping_state(self) -> dict:
+        s = self.stopper
+        return {
+            "wait": int(s.wait),
+            "best": None if s.best is None else float(s.best),
+            "best_epoch": int(s.best_epoch),
+            "stopped_epoch": int(s.stopped_epoch),
+            "seconds": self.seconds_before + time.perf_counter() - self._started,
+        }
+
+    def load_early_stopping_state(self, state: dict, best_weights) -> None:
+        s = self.stopper
+        s.wait, s.best, s.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        s.stopped_epoch = state["stopped_epoch"]
+        s.best_weights = best_weights
+        self.seconds_before = float(state.get("seconds", 0.0))
+
+
+def run_stage(
+    model,
+    plan,
+    task,
+    train_ds,
+    val_ds,
+    steps_per_epoch: int,
+    callbacks: list,
+    jit_compile,
+    verbose: int,
+    *,
+    distribution=None,
+    resume: Optional[Callable[[StageRun], Any]] = None,
+    hooks: Optional[Callable[[StageRun], Any]] = None,
+) -> StageResult:
+    """Compiles `model` with the stage's fresh optimizer and trains one stage; the best epoch
+    is restored.
+
+    `plan` is the stage's `tftune.training.plan.StagePlan` (its optimizer, with the groups'
+    learning-rate multipliers); `model` is the classifier, or the feature cache's suffix
+    sharing its weights. `train_ds` is a dataset (each epoch is one pass over it) or a
+    function epoch -> dataset (so each epoch's order can be fixed, see
+    `pipeline.epoch_seed`). `task` (a `tftune.tasks.Task`) gives the loss, the metrics and
+    the monitor's direction.
+
+    Under a `distribution` the caller is in its scope. `resume(stage_run)` loads a
+    checkpointed state of this stage into the freshly compiled stage (optimizer, metric sums,
+    early stopping) and returns the `loop.Position` to continue from; `hooks(stage_run)` gives
+    the `loop.Hooks` (checkpoints, stop requests) the loop calls at step boundaries."""
+    from tftune.training import loop
+
+    stage = plan.stage
+    task.check_monitor(stage.early_stopping.monitor, f"stages.{plan.index}.early_stopping.monitor")
+    compile_model(model, task, plan.optimizer(steps_per_epoch), jit_compile)
+    es = stage.early_stopping
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=es.monitor,
+        patience=es.patience,
+        min_delta=es.min_delta,
+        mode=task.mode(es.monitor),
+        restore_best_weights=True,
+        verbose=0,
+    )
+    steps = loop.Steps(model, task, distribution)
+    steps.build()
+    callback_list = keras.callbacks.CallbackList(
+        [stopper, *callbacks],
+        add_history=False,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=stage.epochs,
+        steps=stage.steps_per_epoch or steps_per_epoch,
+        model=model,
+    )
+    run = StageRun(model, steps, stopper, [])
+    callback_list.on_train_begin()
+    start = resume(run) if resume is not None else loop.Position()
+    epoch_data = train_ds if callable(train_ds) else (lambda epoch: train_ds)
+    logs = loop.run_epochs(
+        steps, stage.epochs, epoch_data, val_ds, callback_list, start,
+        steps_per_epoch=stage.steps_per_epoch,
+        hooks=hooks(run) if hooks is not None else loop.Hooks(),
+        epoch_logs=run.epoch_logs,
+    )
+    callback_list.on_train_end(logs[-1] if logs else None)
+    return StageResult(
+        name=stage.name,
+        epochs_run=len(logs),
+        best_epoch=stopper.best_epoch + 1,
+        best_value=float(stopper.best) if stopper.best is not None else None,
+        monitor=es.monitor,
+        trainable_params=count_trainable(model),
+        seconds=round(run.seconds_before + time.perf_counter() - run._started, 1),
+    )

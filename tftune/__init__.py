@@ -1,17 +1,35 @@
-"""tftune: staged transfer learning for Keras 3 / TensorFlow."""
+"""tftune: staged transfer learning for Keras 3 / TensorFlow.
+
+`tftune.train(recipe)` trains a recipe and returns its run; `tftune.load(run_dir)` gives a
+finished run's predictor. Importing tftune does not import TensorFlow (each function imports
+it on first use).
+"""
 
 __version__ = "0.1.0"
 
 
-def load(run_dir):
-    """The predictor of a finished run directory: `tftune.load("runs/x").predict(inputs)`.
+def train(config, **kwargs):
+    """Trains a recipe (a `RecipeConfig`, a recipe file's path, or a bundled recipe's name)
+    and writes its run directory; returns the `RunResult` (run_dir, metrics, model,
+    class_names). Keyword arguments: see `tftune.training.runner.train` (`overrides`,
+    `datasets`, `backbone_model`, `output_dir`, `overwrite`, `resume`, `echo`)."""
+    from pathlib import Path
 
-    Imports TensorFlow on first use only (importing tftune stays cheap); see
-    `tftune.inference.predictor.Predictor`.
-    """
+    from tftune.training.runner import train as _train
+
+    if isinstance(config, (str, Path)) and not Path(config).expanduser().is_file():
+        from tftune.config.recipes import find_recipe
+
+        config = find_recipe(str(config))
+    return _train(config, **kwargs)
+
+
+def load(run_dir):
+    """The predictor of a finished run directory: `tftune.load("runs/x").predict(inputs)`
+    (see `tftune.inference.predictor.Predictor`)."""
     from tftune.inference.predictor import load as _load
 
     return _load(run_dir)
 
 
-__all__ = ["load", "__version__"]
+__all__ = ["load", "train", "__version__"]

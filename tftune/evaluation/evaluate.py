@@ -27,7 +27,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tftune.evaluation import metrics as metrics_mod
 from tftune.evaluation import plots
 from tftune import rundir
 from tftune.errors import ConfigError
@@ -107,7 +106,7 @@ def evaluate(
             progress(len(labels[-1]))
     probabilities = np.concatenate(probs)
     y_true = np.concatenate(labels).astype(np.int64)
-    report = metrics_mod.classification_report(y_true, probabilities, run.class_names)
+    report = run.task.report(y_true, probabilities)
 
     trained_size = run.trained_size(examples.name) if data is None else None
     report = {

@@ -35,6 +35,13 @@ class FinishedRun:
     def image_size(self) -> tuple[int, int]:
         return tuple(int(s) for s in self.config.data.image_size)
 
+    @property
+    def task(self):
+        """The run's `tftune.tasks.Task`, bound to its classes."""
+        from tftune.tasks import get_task
+
+        return get_task(self.config.task, self.class_names)
+
     def load_model(self):
         """The trained model as a float32 Keras model, without its optimizer.
 

@@ -25,27 +25,11 @@ def _quiet_tensorflow() -> None:
 
 
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow, Keras and KerasHub with file descriptor 2 pointed at a temporary
-    file: their native start-up lines (absl, oneDNN, CUDA stubs) ignore TF_CPP_MIN_LOG_LEVEL.
-    What they printed is shown only if the import fails."""
-    import tempfile
+    """Imports TensorFlow, Keras and KerasHub without their native start-up lines (shown only
+    if the import fails): `tftune.runtime.quiet.import_tensorflow_quietly`."""
+    from tftune.runtime.quiet import import_tensorflow_quietly
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-            import keras_hub  # noqa: F401
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    import_tensorflow_quietly()
 
 
 class _Group(click.Group):

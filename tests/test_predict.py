@@ -199,6 +199,48 @@ def test_cli_output_file_is_not_overwritten_without_overwrite(tiny_text_run, tmp
 
 
 # ------------------------------------------------------------------------------------------
+# gathering inputs before the model loads (tftune.inference.inputs)
+
+
+def test_gather_inputs_checks_every_image_without_tensorflow(tiny_image_run, new_images, tmp_path):
+    code = (
+        "import sys\n"
+        "from tftune.inference.inputs import gather_inputs\n"
+        "from tftune.rundir.reader import open_run\n"
+        f"names, items = gather_inputs(open_run({str(tiny_image_run)!r}), [{str(new_images)!r}])\n"
+        "print(len(names), names == [str(f) for f in items], 'tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["9", "True", "False"]
+    from tftune.errors import DataError
+    from tftune.inference.inputs import gather_inputs
+    from tftune.rundir.reader import open_run
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    with pytest.raises(DataError, match="broken.png"):
+        gather_inputs(open_run(tiny_image_run), [new_images, broken])
+
+
+def test_gather_inputs_reads_texts_from_arguments_files_and_stdin(tiny_text_run, tmp_path):
+    from tftune.errors import DataError
+    from tftune.inference.inputs import gather_inputs
+    from tftune.rundir.reader import open_run
+
+    run = open_run(tiny_text_run)
+    lines = tmp_path / "reviews.txt"
+    lines.write_text("good fun film\nawful dull plot\n")
+    table = write_text_csv(tmp_path / "table.csv", [("lovely acting", "x")], columns=("text", "id"))
+    names, items = gather_inputs(run, ["the best movie", str(lines), str(table), "-"],
+                                 stdin=io.StringIO("bad film\n"))
+    assert names == items == ["the best movie", "good fun film", "awful dull plot", "lovely acting",
+                              "bad film"]
+    assert gather_inputs(run, [str(lines)], literal=True)[1] == [str(lines)]
+    with pytest.raises(DataError, match="Text 2 \\(argument 2\\) is empty"):
+        gather_inputs(run, ["good film", " "])
+
+
+# ------------------------------------------------------------------------------------------
 # bad input: one line, exit 2, nothing written
 
 

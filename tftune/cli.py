@@ -25,27 +25,11 @@ def _quiet_tensorflow() -> None:
 
 
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow, Keras and KerasHub with file descriptor 2 pointed at a temporary
-    file: their native start-up lines (absl, oneDNN, CUDA stubs) ignore TF_CPP_MIN_LOG_LEVEL.
-    What they printed is shown only if the import fails."""
-    import tempfile
+    """Imports TensorFlow, Keras and KerasHub without their native start-up lines (shown only
+    if the import fails): `tftune.runtime.quiet.import_tensorflow_quietly`."""
+    from tftune.runtime.quiet import import_tensorflow_quietly
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-            import keras_hub  # noqa: F401
-            import tensorflow  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    import_tensorflow_quietly()
 
 
 class _Group(click.Group):
@@ -315,32 +299,24 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
     input: the input, the predicted label and every class probability, as CSV or JSON
     lines. Every input is checked before the model runs; nothing is written on an error.
     """
-    from tftune.errors import TftuneError
+    from tftune.inference.inputs import format_predictions, gather_inputs
     from tftune.rundir.reader import open_run
 
     run = open_run(run_dir)
     if output is not None and Path(output).exists() and not overwrite:
         raise TftuneError(f"{output} already exists. Pass --overwrite to replace it, or another --output.")
     fmt = fmt or ("jsonl" if output and Path(output).suffix.lower() in (".jsonl", ".json") else "csv")
+    names, items = gather_inputs(run, inputs, column, literal, sys.stdin)
     _import_tensorflow_quietly()
-    from tftune.inference import predictor as predict_mod
+    from tftune.inference.predictor import predictor_for
 
-    if run.modality == "image":
-        from tftune.data.images import check_images
-
-        files = predict_mod.image_files(inputs)
-        check_images([str(f) for f in files])  # before the model loads: a bad file fails fast
-        names, items = [str(f) for f in files], files
-    else:
-        pairs = predict_mod.gather_texts(inputs, column or run.config.data.text_column, literal, sys.stdin)
-        names = items = [t for _, t in pairs]
-    predictor = predict_mod.predictor_for(run)
+    predictor = predictor_for(run)
     with _progress(len(items), "Predicting", threshold=256) as bar:
         probabilities = predictor.predict(
             items, progress=(lambda k: bar.update(k)) if bar is not None else None,
             **({"batch_size": batch_size} if batch_size else {}),
         )
-    text = predict_mod.format_predictions(names, probabilities, predictor.class_names, fmt)
+    text = format_predictions(names, probabilities, predictor.class_names, fmt)
     if output is None:
         click.echo(text, nl=False)
     else:

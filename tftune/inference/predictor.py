@@ -13,54 +13,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tftune.data.images import IMAGE_EXTENSIONS
 from tftune.errors import DataError
-
-
-def image_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named by `paths`: files as given, folders searched recursively (sorted).
-
-    Raises DataError for a path that does not exist, a file that is not an image type, or a
-    folder without images.
-    """
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
-            )
-            if not found:
-                raise DataError(f"Folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
-            out += found
-        elif p.is_file():
-            if p.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise DataError(
-                    f"{p} is not an image file. Expected one of: {', '.join(IMAGE_EXTENSIONS)}."
-                )
-            out.append(p)
-        else:
-            raise DataError(f"Input {p} not found. Pass image files or folders of images.")
-    return out
-
-
-def check_texts(texts: Sequence[str], what: Callable[[int], str] = lambda i: f"Text {i + 1}") -> list[str]:
-    """The texts as str; an empty (or whitespace-only) text is an error naming it."""
-    out = []
-    for i, t in enumerate(texts):
-        if isinstance(t, bytes):
-            t = t.decode("utf-8")
-        if not isinstance(t, str):
-            raise DataError(f"{what(i)} is a {type(t).__name__}, not a string.")
-        if not t.strip():
-            raise DataError(f"{what(i)} is empty. Pass non-empty texts.")
-        out.append(t)
-    return out
+from tftune.inference.inputs import check_texts, image_files
 
 
 class Predictor:
@@ -230,91 +188,4 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-
-
-
-TEXT_FILE_SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
-
-
-def read_texts(path: str | Path, column: str = "text") -> list[tuple[str, str]]:
-    """(where, text) pairs from a file: `.txt` one text per line, `.csv` / `.jsonl`
-    (optionally `.gz` / `.bz2`) the `column` of each row. An empty text is an error naming
-    its line or row."""
-    from tftune.data.text import _open_text, read_rows
-
-    p = Path(path).expanduser()
-    suffixes = [s for s in p.suffixes if s not in (".gz", ".bz2")]
-    kind = suffixes[-1].lower() if suffixes else ""
-    out = []
-    if kind == ".txt":
-        try:
-            with _open_text(p) as f:
-                lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"Cannot read {p}: {e}") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                raise DataError(f"Line {n} of {p} is empty. Remove empty lines (one text per line).")
-            out.append((f"{p.name}:{n}", line.strip()))
-        return out
-    if kind not in (".csv", ".jsonl", ".json"):
-        raise DataError(f"{p}: expected a .txt, .csv or .jsonl file of texts.")
-    rows = read_rows(p, "csv" if kind == ".csv" else "jsonl")
-    if rows and column not in rows[0]:
-        raise DataError(
-            f"{p} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. Name the "
-            f"text column with --column."
-        )
-    for n, row in enumerate(rows, 1):
-        text = str(row.get(column) or "").strip()
-        if not text:
-            raise DataError(f"Row {n} of {p} has an empty {column!r} text. Fill it in or remove the row.")
-        out.append((f"{p.name} row {n}", text))
-    if not out:
-        raise DataError(f"{p} has no data rows.")
-    return out
-
-
-def gather_texts(inputs: Sequence[str], column: str = "text", literal: bool = False,
-                 stdin=None) -> list[tuple[str, str]]:
-    """(where, text) pairs from `tftune predict` arguments: `-` reads lines from `stdin`, an
-    existing .txt / .csv / .jsonl file (optionally .gz / .bz2) is read with `read_texts`, any
-    other argument (every argument when `literal`) is a text itself. Empty texts are errors."""
-    pairs: list[tuple[str, str]] = []
-    for a, raw in enumerate(inputs, 1):
-        path = Path(raw)
-        if not literal and raw == "-" and stdin is not None:
-            pairs += [(f"stdin line {n}", t) for n, t in enumerate(stdin.read().splitlines(), 1)]
-        elif not literal and path.is_file() and path.suffix.lower() in TEXT_FILE_SUFFIXES + (".gz", ".bz2"):
-            pairs += read_texts(path, column)
-        else:
-            pairs.append((f"argument {a}", raw))
-    check_texts([t for _, t in pairs], lambda i: f"Text {i + 1} ({pairs[i][0]})")
-    return pairs
-
-
-def format_predictions(inputs: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str],
-                       fmt: str = "csv") -> str:
-    """Predictions as CSV (`input,label,prob_<class>...`) or JSON lines
-    (`{"input", "label", "probabilities": {class: p}}`)."""
-    import csv
-    import json
-
-    labels = [class_names[i] for i in np.argmax(probabilities, axis=1)]
-    if fmt == "jsonl":
-        return "".join(
-            json.dumps({"input": str(x), "label": label,
-                        "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, row)}},
-                       ensure_ascii=False) + "\n"
-            for x, label, row in zip(inputs, labels, probabilities)
-        )
-    if fmt != "csv":
-        raise ValueError(f"Unknown format {fmt!r}. Expected one of: csv, jsonl. Received: fmt={fmt!r}")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["input", "label", *[f"prob_{c}" for c in class_names]])
-    for x, label, row in zip(inputs, labels, probabilities):
-        writer.writerow([str(x), label, *[f"{float(p):.6f}" for p in row]])
-    return buf.getvalue()
-__all__ = ["Predictor", "load", "predictor_for", "image_files", "check_texts", "read_texts",
-           "gather_texts", "format_predictions"]
+__all__ = ["Predictor", "load", "predictor_for", "encode_png"]

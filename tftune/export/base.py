@@ -1,0 +1,178 @@
+"""What every export format shares: the result, the tolerances, the comparison with the
+Keras model, and the `Exporter` protocol each format implements.
+
+Tolerances (max |difference| of a probability, minimum top-1 agreement):
+
+| artefact | max abs diff | top-1 agreement | why |
+|---|---|---|---|
+| keras | 1e-5 | 1.0 | the same model, saved and loaded again |
+| savedmodel | 1e-4 | 0.98 | same float32 weights; graph vs eager, decode / tokenise inside the graph |
+| litert none | 1e-4 | 0.98 | float32 LiteRT kernels round differently from TensorFlow's |
+| litert float16 | 0.05 | 0.98 | weights rounded to float16 (about 3 significant digits) |
+| litert dynamic | 0.5 | 0.95 | weights int8; activations quantized per batch at run time |
+| litert int8 | 0.5 | 0.95 | weights and activations int8, ranges calibrated on 200 training examples |
+
+Measured on the two recipe runs (128 test examples each), max |p diff| and top-1 agreement:
+MobileNetV2 / Fashion-MNIST float16 0.018 / 100 %, dynamic 0.165 / 100 %, int8 0.30 / 99.2 %;
+MiniLM / Rotten Tomatoes float16 0.0005 / 100 %, dynamic 0.044 / 100 %, and int8 0.99 / 70 %:
+static int8 activations wreck this transformer (keeping DIV, LayerNorm, softmax, attention
+matmuls or all dense layers in float did not help), so its int8 export fails the check and
+dynamic is the compact choice for text. Quantization moves the probabilities of uncertain examples most, so for dynamic and int8
+the top-1 agreement floor is the check that matters; the difference bound still catches a
+broken conversion (a wrong class order or scrambled inputs give confident disagreements,
+differences near 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from tftune.errors import TftuneError
+
+QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
+TOLERANCES = {  # (max abs diff of a probability, minimum top-1 agreement); see above
+    ("keras", "none"): (1e-5, 1.0),
+    ("savedmodel", "none"): (1e-4, 0.98),
+    ("litert", "none"): (1e-4, 0.98),
+    ("litert", "float16"): (0.05, 0.98),
+    ("litert", "dynamic"): (0.5, 0.95),
+    ("litert", "int8"): (0.5, 0.95),
+}
+REPRESENTATIVE_EXAMPLES = 200
+VERIFY_FILE = "verification.json"
+
+# A quantization that failed the check, and the milder ones to try instead.
+_MILDER = {"int8": "dynamic or float16", "dynamic": "float16", "float16": "none"}
+
+
+class ExportVerificationError(TftuneError):
+    """The exported artefact does not reproduce the Keras model within the tolerance."""
+
+
+def export_name(fmt: str, quantize: str = "none") -> str:
+    """The folder name under RUN/export/: the format, and the quantization unless none."""
+    return fmt if quantize == "none" else f"{fmt}-{quantize}"
+
+
+@dataclasses.dataclass
+class Exported:
+    """What an `Exporter` wrote, and what it saw when it ran the artefact.
+
+    `outputs` are the artefact's class probabilities on the verification inputs and
+    `reference` the Keras model's on the same inputs, prepared as the artefact takes them.
+    """
+
+    artefact: Path
+    converter: str
+    runtime: str
+    outputs: np.ndarray
+    reference: np.ndarray
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+# () -> (calibration inputs, where they come from); called only by formats that calibrate.
+Calibration = Callable[[], tuple[list, str]]
+
+
+class Exporter(Protocol):
+    """One export format: writes its artefact into `tmp` and runs it on `inputs`.
+
+    `inputs` are prepared images (float32 `[H, W, 3]` arrays) or texts; `calibration` gives
+    representative inputs for int8 quantization.
+    """
+
+    name: str
+
+    def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
+              calibration: Calibration) -> Exported: ...
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export` returns (also written to `verification.json` beside the artefact)."""
+
+    out_dir: Path
+    artefact: Path
+    format: str
+    quantize: str
+    size_bytes: int
+    samples: int
+    data: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+    min_top1_agreement: float
+    converter: str
+    runtime: str
+    seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["out_dir"] = str(self.out_dir)
+        out["artefact"] = str(self.artefact.relative_to(self.out_dir)) if self.artefact != self.out_dir else "."
+        out["passed"] = True
+        return out
+
+    def summary(self) -> str:
+        agree = round(self.top1_agreement * self.samples)
+        return (
+            f"Verified on {self.samples} examples ({self.data}) against the Keras model: "
+            f"max |p diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), mean "
+            f"{self.mean_abs_diff:.2e}; top-1 agreement {agree}/{self.samples} = "
+            f"{self.top1_agreement:.4f} (floor {self.min_top1_agreement:g})"
+        )
+
+
+def compare(outputs, reference) -> tuple[float, float, float]:
+    """(max |difference|, mean |difference|, share of equal top-1 classes) of two
+    `[n, classes]` probability arrays."""
+    diff = np.abs(np.asarray(outputs, np.float64) - np.asarray(reference, np.float64))
+    agreement = float(np.mean(np.argmax(outputs, axis=1) == np.argmax(reference, axis=1)))
+    return float(diff.max()), float(diff.mean()), agreement
+
+
+def check_within_tolerance(result: ExportResult) -> None:
+    """Raises ExportVerificationError when `result` is past its tolerance or agreement floor."""
+    if result.max_abs_diff <= result.tolerance and result.top1_agreement >= result.min_top1_agreement:
+        return
+    notes = result.notes
+    raise ExportVerificationError(
+        f"The {export_name(result.format, result.quantize)} export does not match the Keras "
+        f"model: max |p diff| {result.max_abs_diff:.3g} (allowed {result.tolerance:g}), top-1 "
+        f"agreement {result.top1_agreement:.3f} (required {result.min_top1_agreement:g}) on "
+        f"{result.samples} examples. Nothing was written. "
+        + (f"Try --quantize {_MILDER[result.quantize]}, or pass --tolerance / --min-agreement if "
+           f"this loss is acceptable." if result.quantize != "none"
+           else "This is a bug; please report it with the run's versions.json.")
+        + (f" (Notes: {'; '.join(notes)}.)" if notes else "")
+    )
+
+
+def reference(predictor, inputs, batch_size: int = 32) -> np.ndarray:
+    """The Keras model's probabilities for prepared inputs (images) or texts."""
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        out.append(predictor.probabilities(np.stack(chunk) if predictor.modality == "image" else chunk))
+    return np.concatenate(out)
+
+
+def size_bytes(path: Path) -> int:
+    """The size of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,46 @@
+"""The examples an export is checked (and int8-calibrated) with: the run's own splits, or
+labelled data the user passes."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from tftune.errors import TftuneError
+from tftune.export.base import REPRESENTATIVE_EXAMPLES
+
+
+def labelled_examples(run, data: Optional[str], split: str, columns: tuple[str, str]):
+    """`data` (a folder of class folders or a CSV / JSONL file) read with the run's classes,
+    else the run's `split` (validation when the run has no test split)."""
+    from tftune.data.labelled import load_labelled
+
+    if data is not None:
+        return load_labelled(
+            data, run.modality, run.class_names, run.image_size,
+            text_column=columns[0], label_column=columns[1], skip_unknown_labels=True,
+        )
+    try:
+        return run.split(split)
+    except TftuneError:
+        if split == "test":  # a run without a test split: verify on validation examples
+            return run.split("val")
+        raise
+
+
+def take_inputs(examples, n: int, shuffle: bool = False) -> list:
+    """The first `n` inputs of `examples` (shuffled with a fixed seed if asked), as numpy
+    arrays (images) or str (texts)."""
+    ds = examples.dataset.map(lambda x, y: x)
+    if shuffle:
+        ds = ds.shuffle(min(examples.size, 2000), seed=0)
+    out = []
+    for x in ds.take(n).as_numpy_iterator():
+        out.append(x.decode("utf-8") if isinstance(x, bytes) else x)
+    return out
+
+
+def calibration_inputs(run, data: Optional[str], columns: tuple[str, str],
+                       n: int = REPRESENTATIVE_EXAMPLES) -> tuple[list, str]:
+    """(`n` shuffled training inputs, where they come from) for int8 calibration."""
+    calibration = labelled_examples(run, data, "train", columns)
+    return take_inputs(calibration, n, shuffle=True), calibration.description

@@ -1,0 +1,37 @@
+"""`--format keras`: the model as a float32 `.keras` file (no optimizer state), with the
+text preprocessor beside it; checked by loading it again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tftune import rundir
+from tftune.export.base import Calibration, Exported, reference
+
+
+class KerasExporter:
+    name = "keras"
+
+    def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
+              calibration: Calibration) -> Exported:
+        import keras
+
+        from tftune.inference.predictor import Predictor
+
+        artefact = tmp / rundir.MODEL_FILE
+        predictor.model.save(str(artefact))
+        preprocessor = None
+        if run.modality == "text":
+            import keras_hub
+
+            shutil.copytree(run.path / rundir.PREPROCESSOR_DIR, tmp / rundir.PREPROCESSOR_DIR)
+            preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+                str(tmp / rundir.PREPROCESSOR_DIR))
+        reloaded = keras.saving.load_model(str(artefact), compile=False)
+        again = Predictor(reloaded, run.class_names, run.modality, run.image_size, preprocessor)
+        return Exported(
+            artefact=artefact, converter="keras.Model.save (float32, no optimizer)",
+            runtime="keras.saving.load_model", outputs=reference(again, inputs),
+            reference=reference(predictor, inputs),
+        )

@@ -73,50 +73,71 @@ def evaluate(
         progress: called with the number of examples after each batch.
         on_start: called once with the number of examples, before the first batch.
     """
-    from tftune.data.labelled import load_labelled
-    from tftune.inference.predictor import predictor_for
     from tftune.rundir.reader import open_run
 
     started = time.perf_counter()
     run = open_run(run_dir)
-    if data is not None:
-        examples = load_labelled(
-            data, run.modality, run.class_names, run.image_size,
-            text_column=text_column or run.config.data.text_column,
-            label_column=label_column or run.config.data.label_column,
-            skip_unknown_labels=skip_unknown_labels,
-        )
-    else:
-        examples = run.split(split)
+    examples = _examples(run, data, split, text_column, label_column, skip_unknown_labels)
     name = name or examples.name
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise ConfigError(
             f"Report name {name!r} must be letters, digits, '_', '-' or '.' (it names the folder "
             f"{run.path / EVAL_DIR}/<name>). Received: name={name!r}"
         )
-    predictor = predictor_for(run)
-    batch_size = batch_size or run.config.train.batch_size
-    if on_start is not None:
-        on_start(examples.size)
-    probs, labels = [], []
-    for x, y in examples.dataset.batch(batch_size):
-        probs.append(predictor.probabilities(x))
-        labels.append(np.asarray(y))
-        if progress is not None:
-            progress(len(labels[-1]))
-    probabilities = np.concatenate(probs)
-    y_true = np.concatenate(labels).astype(np.int64)
-    report = run.task.report(y_true, probabilities)
-
-    trained_size = run.trained_size(examples.name) if data is None else None
+    probabilities, y_true = _score(run, examples, batch_size or run.config.train.batch_size,
+                                   progress, on_start)
     report = {
         "run": str(run.path),
         "data": examples.description,
         "compute_dtype": "float32",
-        **report,
+        **run.task.report(y_true, probabilities),
         "seconds": round(time.perf_counter() - started, 1),
+        "notes": _notes(run, examples, data),
     }
+    wrong = np.flatnonzero(np.argmax(probabilities, axis=1) != y_true)
+    error_rows = _error_rows(run, examples, probabilities, y_true, wrong, errors)
+    text = format_report(run.path.name, examples, report, error_rows, len(wrong))
+    out = run.path / EVAL_DIR / name
+    with rundir.building_dir(out) as tmp:
+        _write_report(run, examples, report, error_rows, len(wrong), tmp)
+        rundir.write_text(tmp / "report.txt", text + f"\nFiles: {out}\n")
+    return EvaluationResult(out_dir=out, metrics=report, report=text)
+
+
+def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
+    """The labelled examples to score: `data` mapped onto the run's classes, or a split."""
+    from tftune.data.labelled import load_labelled
+
+    if data is None:
+        return run.split(split)
+    return load_labelled(
+        data, run.modality, run.class_names, run.image_size,
+        text_column=text_column or run.config.data.text_column,
+        label_column=label_column or run.config.data.label_column,
+        skip_unknown_labels=skip_unknown_labels,
+    )
+
+
+def _score(run, examples, batch_size: int, progress, on_start):
+    """(model outputs, true labels) over `examples`, batch by batch, in float32."""
+    from tftune.inference.predictor import predictor_for
+
+    predictor = predictor_for(run)
+    if on_start is not None:
+        on_start(examples.size)
+    outputs, labels = [], []
+    for x, y in examples.dataset.batch(batch_size):
+        outputs.append(predictor.probabilities(x))
+        labels.append(np.asarray(y))
+        if progress is not None:
+            progress(len(labels[-1]))
+    return np.concatenate(outputs), np.concatenate(labels).astype(np.int64)
+
+
+def _notes(run, examples, data) -> list[str]:
+    """What a reader of the numbers should know (a changed split, float32 vs training's dtype)."""
     notes = []
+    trained_size = run.trained_size(examples.name) if data is None else None
     if trained_size is not None and trained_size != examples.size:
         notes.append(
             f"the re-created {examples.name} split has {examples.size} examples but training "
@@ -127,16 +148,18 @@ def evaluate(
             f"computed in float32; the run trained and scored its own metrics.json in "
             f"{run.trained_policy}, so the last digits can differ"
         )
-    report["notes"] = notes
+    return notes
 
-    wrong = np.flatnonzero(np.argmax(probabilities, axis=1) != y_true)
+
+def _error_rows(run, examples, probabilities, y_true, wrong, limit: int) -> list[dict]:
+    """The `limit` most confidently wrong examples, most confident first."""
     confidence = probabilities[wrong, np.argmax(probabilities[wrong], axis=1)]
-    worst = wrong[np.argsort(-confidence, kind="mergesort")][:errors]
+    worst = wrong[np.argsort(-confidence, kind="mergesort")][:limit]
     texts = _texts_at(examples.dataset, worst) if run.modality == "text" else {}
-    error_rows = []
+    rows = []
     for rank, i in enumerate(worst, 1):
         pred = int(np.argmax(probabilities[i]))
-        error_rows.append({
+        rows.append({
             "rank": rank,
             "index": int(i),
             "id": examples.ids[i] if examples.ids else "",
@@ -146,29 +169,28 @@ def evaluate(
             "confidence": round(float(probabilities[i, pred]), 6),
             "p_true": round(float(probabilities[i, y_true[i]]), 6),
         })
-    text = format_report(run.path.name, examples, report, error_rows, len(wrong))
+    return rows
 
-    out = run.path / EVAL_DIR / name
-    with rundir.building_dir(out) as tmp:
-        rundir.write_json(tmp / "metrics.json", report)
-        _write_confusion_csv(tmp / "confusion_matrix.csv", report["confusion_matrix"], run.class_names)
-        plots.confusion_matrix(
-            np.asarray(report["confusion_matrix"]), run.class_names, tmp / "confusion_matrix.png",
-            title=f"{run.path.name} on {examples.description} (accuracy {report['accuracy']:.4f})",
+
+def _write_report(run, examples, report: dict, error_rows: list[dict], n_wrong: int, tmp: Path):
+    """metrics.json, the confusion matrix (CSV, PNG), errors.csv and, for images, errors.png."""
+    rundir.write_json(tmp / "metrics.json", report)
+    _write_confusion_csv(tmp / "confusion_matrix.csv", report["confusion_matrix"], run.class_names)
+    plots.confusion_matrix(
+        np.asarray(report["confusion_matrix"]), run.class_names, tmp / "confusion_matrix.png",
+        title=f"{run.path.name} on {examples.description} (accuracy {report['accuracy']:.4f})",
+    )
+    _write_errors_csv(tmp / "errors.csv", error_rows)
+    if run.modality == "image" and error_rows:
+        rows = error_rows[:ERROR_IMAGES]
+        images = _images_at(examples.dataset, [r["index"] for r in rows])
+        plots.image_grid(
+            [images[r["index"]] for r in rows],
+            [f"{r['id'].split('/')[-1] or '#' + str(r['index'])}\ntrue {r['true']}, "
+             f"predicted {r['predicted']} ({r['confidence']:.2f})" for r in rows],
+            tmp / "errors.png",
+            title=f"Most confidently wrong ({len(rows)} of {n_wrong} errors)",
         )
-        _write_errors_csv(tmp / "errors.csv", error_rows)
-        if run.modality == "image" and len(worst):
-            shown = worst[:ERROR_IMAGES]
-            images = _images_at(examples.dataset, shown)
-            plots.image_grid(
-                [images[int(i)] for i in shown],
-                [f"{r['id'].split('/')[-1] or '#' + str(r['index'])}\ntrue {r['true']}, "
-                 f"predicted {r['predicted']} ({r['confidence']:.2f})" for r in error_rows[:len(shown)]],
-                tmp / "errors.png",
-                title=f"Most confidently wrong ({len(shown)} of {len(wrong)} errors)",
-            )
-        rundir.write_text(tmp / "report.txt", text + f"\nFiles: {out}\n")
-    return EvaluationResult(out_dir=out, metrics=report, report=text)
 
 
 def _texts_at(dataset, indices) -> dict[int, str]:

@@ -179,25 +179,9 @@ def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> No
     from tftune.model.backbones import load_backbone
     from tftune.config import BackboneConfig
 
-    kwargs = {"spec": spec}
-    if weights is not None:
-        kwargs["weights"] = weights
+    kwargs = {"spec": spec} if weights is None else {"spec": spec, "weights": weights}
     backbone = load_backbone(BackboneConfig(**kwargs), (image_size, image_size))
-    total = sum(g.num_params for g in backbone.groups)
-    click.echo(f"{spec}: {backbone.modality} backbone, {len(backbone.groups)} layer groups, {total:,} parameters")
-    for note in backbone.notes:
-        click.echo(f"  note: {note}")
-    if backbone.modality == "text":
-        click.echo(
-            "  note: at training time, layers no gradient reaches from the head (the pooler,"
-            " when head.pooling is mean) stay frozen and leave the groups"
-        )
-    width = max(len(g.name) for g in backbone.groups)
-    for i, g in enumerate(backbone.groups):
-        click.echo(f"  {i:>2}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.layers):>4} layers")
-        if layers:
-            for layer in g.layers:
-                click.echo(f"        {layer.name} ({type(layer).__name__})")
+    click.echo("\n".join(backbone.summary(layers)))
 
 
 @main.command()
@@ -378,15 +362,8 @@ def plot(run_dir: str) -> None:
     kept (best) epoch starred. `tftune train` writes it at the end of a run.
     """
     from tftune.evaluation import plots
-    from tftune import rundir
-    from tftune.config import load_recipe
 
-    run = Path(run_dir)
-    monitors = None
-    if (run / rundir.CONFIG_FILE).is_file():
-        monitors = [s.early_stopping.monitor for s in load_recipe(run / rundir.CONFIG_FILE).stages]
-    out = plots.training_curves(run / rundir.HISTORY_FILE, run / plots.TRAINING_CURVES_FILE, monitors)
-    click.echo(f"Wrote {out}")
+    click.echo(f"Wrote {plots.run_training_curves(Path(run_dir))}")
 
 
 @main.group()

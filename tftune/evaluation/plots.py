@@ -148,3 +148,14 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out_png: s
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, Path(out_png))
+
+
+def run_training_curves(run: Path) -> Path:
+    """Re-creates `run/training_curves.png` from the run's history.csv, marking each stage's
+    kept epoch by its monitor (from config.yaml, when readable)."""
+    from tftune.config import load_recipe
+
+    monitors = None
+    if (run / rundir.CONFIG_FILE).is_file():
+        monitors = [s.early_stopping.monitor for s in load_recipe(run / rundir.CONFIG_FILE).stages]
+    return training_curves(run / rundir.HISTORY_FILE, run / TRAINING_CURVES_FILE, monitors)

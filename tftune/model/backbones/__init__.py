@@ -47,6 +47,23 @@ class Backbone:
     default_pooling: str = "avg"
     notes: list[str] = dataclasses.field(default_factory=list)
 
+    def summary(self, layers: bool = False) -> list[str]:
+        """What `tftune inspect` prints: the layer groups, bottom to top, with parameter
+        counts (and each group's layers with `layers`)."""
+        total = sum(g.num_params for g in self.groups)
+        lines = [f"{self.spec}: {self.modality} backbone, {len(self.groups)} layer groups, "
+                 f"{total:,} parameters"]
+        lines += [f"  note: {note}" for note in self.notes]
+        if self.modality == "text":
+            lines.append("  note: at training time, layers no gradient reaches from the head (the "
+                         "pooler, when head.pooling is mean) stay frozen and leave the groups")
+        width = max(len(g.name) for g in self.groups)
+        for i, g in enumerate(self.groups):
+            lines.append(f"  {i:>2}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.layers):>4} layers")
+            if layers:
+                lines += [f"        {layer.name} ({type(layer).__name__})" for layer in g.layers]
+        return lines
+
 
 def _backbone(model, modality: str, cfg: BackboneConfig, spec: str, **kwargs) -> Backbone:
     """A `Backbone` for `model` with its layer groups (`backbone.groups` / automatic)."""

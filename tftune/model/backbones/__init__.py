@@ -183,6 +183,11 @@ _APPLICATION_MODES = {
 }
 
 
+# The smallest input side each keras.applications model accepts (its `min_size`); 32 for the
+# others, whose five stride-2 steps need at least that much.
+_APPLICATION_MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+
+
 def _application_mode(name: str) -> str:
     if name in _APPLICATION_MODES:
         return _APPLICATION_MODES[name]
@@ -229,6 +234,12 @@ def _load_keras_application(
             f"Unknown keras.applications model {name!r}.{hint} Available: {', '.join(available)}."
         )
     builder = getattr(keras.applications, name)
+    minimum = _APPLICATION_MIN_SIZE.get(name, 32)
+    if min(image_size) < minimum:
+        raise BackboneError(
+            f"Invalid value for 'data.image_size'. Expected both sides >= {minimum} for "
+            f"keras.applications.{name}. Received: {list(image_size)}"
+        )
     input_shape = (*image_size, 3)
     weights = cfg.weights
     mode = _application_mode(name)

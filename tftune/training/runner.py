@@ -66,7 +66,7 @@ def train(
     """
     if not isinstance(config, RecipeConfig):
         config = load_recipe(config, overrides)
-    elif overrides:
+    else:  # built in Python: checked like a recipe file (types, ranges, the task)
         config = config_from_dict(to_dict(config), overrides)
     if overwrite and resume:
         raise ConfigError(

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_run, make_image_folder, make_sentence, write_text_csv
-from test_predict import assert_one_line_error, invoke
+from helpers import assert_one_line_error, copy_run, invoke, make_image_folder, make_sentence, write_text_csv
 
 EVAL_FILES = {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "errors.csv", "report.txt"}
 
@@ -46,11 +45,13 @@ def keras_scores(run: Path, split: str = "test"):
 
 @pytest.fixture
 def image_run(tiny_image_run, tmp_path):
+    """This test's own copy of the session's finished image run (evaluate writes into it)."""
     return copy_run(tiny_image_run, tmp_path / "img")
 
 
 @pytest.fixture
 def text_run(tiny_text_run, tmp_path):
+    """This test's own copy of the session's finished text run (evaluate writes into it)."""
     return copy_run(tiny_text_run, tmp_path / "txt")
 
 
@@ -161,7 +162,8 @@ def test_evaluate_from_python(image_run):
 def test_unknown_labels_are_an_error_unless_skipped(image_run, tmp_path):
     data = make_image_folder(tmp_path / "more", per_class=2,
                              classes={"red": (220, 30, 30), "purple": (150, 30, 150)})
-    assert_one_line_error(invoke("evaluate", image_run, "--data", data), "'purple'", "--skip-unknown-labels")
+    assert_one_line_error(invoke("evaluate", image_run, "--data", data), "'purple'", "--skip-unknown-labels",
+                          alone=True)
     assert not (image_run / "eval").exists()
     result = invoke("evaluate", image_run, "--data", data, "--skip-unknown-labels")
     assert result.exit_code == 0, result.output
@@ -171,13 +173,14 @@ def test_unknown_labels_are_an_error_unless_skipped(image_run, tmp_path):
 def test_undecodable_image_in_data(image_run, tmp_path):
     data = make_image_folder(tmp_path / "broken", per_class=2)
     (data / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    assert_one_line_error(invoke("evaluate", image_run, "--data", data), "corrupt.png", "cannot be decoded")
+    assert_one_line_error(invoke("evaluate", image_run, "--data", data), "corrupt.png", "cannot be decoded",
+                          alone=True)
     assert not (image_run / "eval").exists()
 
 
 def test_empty_text_in_data(text_run, tmp_path):
     data = write_text_csv(tmp_path / "gaps.csv", [("good fun film", "pos"), ("   ", "neg")])
-    assert_one_line_error(invoke("evaluate", text_run, "--data", data), "empty", "row 2")
+    assert_one_line_error(invoke("evaluate", text_run, "--data", data), "empty", "row 2", alone=True)
     assert not (text_run / "eval").exists()
 
 
@@ -192,16 +195,17 @@ def test_incomplete_run_directory(text_run, remove, fragment):
     target = text_run / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     (text_run / "metrics.json").unlink()
-    assert_one_line_error(invoke("evaluate", text_run), "incomplete", fragment, "did not finish")
+    assert_one_line_error(invoke("evaluate", text_run), "incomplete", fragment, "did not finish",
+                          alone=True)
     assert not (text_run / "eval").exists()
 
 
 def test_not_a_run_directory(tmp_path):
-    assert_one_line_error(invoke("evaluate", tmp_path / "nope"), "not found")
-    assert_one_line_error(invoke("evaluate", tmp_path), "incomplete", "config.yaml")
+    assert_one_line_error(invoke("evaluate", tmp_path / "nope"), "not found", alone=True)
+    assert_one_line_error(invoke("evaluate", tmp_path), "incomplete", "config.yaml", alone=True)
 
 
 def test_damaged_model_file(image_run):
     (image_run / "model.keras").write_bytes(b"PK\x03\x04 truncated")
-    assert_one_line_error(invoke("evaluate", image_run), "Cannot load", "model.keras")
+    assert_one_line_error(invoke("evaluate", image_run), "Cannot load", "model.keras", alone=True)
     assert not (image_run / "eval").exists()

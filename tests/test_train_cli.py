@@ -80,10 +80,10 @@ def evaluate_reloaded(run: Path, val_ds) -> dict:
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
+def cli_image_training(tmp_path_factory):
     """One `tftune train` of the image recipe, shared by the tests that only read its run
     directory: (tmp folder, recipe path, the overrides given, the Click result)."""
-    tmp = tmp_path_factory.mktemp("image_run")
+    tmp = tmp_path_factory.mktemp("cli_image_training")
     folder = make_image_folder(tmp / "images")
     cnn_file = save_tiny_cnn(tmp / "cnn.keras")
     recipe = write_recipe(tmp / "image.yaml", image_recipe(tmp, folder, cnn_file))
@@ -92,12 +92,12 @@ def image_run(tmp_path_factory):
     return tmp, recipe, [o for o in overrides if o != "--set"], result
 
 
-def test_image_recipe_end_to_end(image_run):
+def test_image_recipe_end_to_end(cli_image_training):
     import tensorflow as tf
 
     from tftune.data import load_data
 
-    tmp, recipe, overrides, result = image_run
+    tmp, recipe, overrides, result = cli_image_training
     assert result.exit_code == 0, result.output
     out = result.output
     assert "== Stage 1/2: head" in out and "== Stage 2/2: top" in out
@@ -124,8 +124,8 @@ def test_image_recipe_end_to_end(image_run):
     assert tf.reduce_max(x) > 1.0
 
 
-def test_rerun_without_overwrite_leaves_the_run_untouched(image_run):
-    tmp, recipe, overrides, first = image_run
+def test_rerun_without_overwrite_leaves_the_run_untouched(cli_image_training):
+    tmp, recipe, overrides, first = cli_image_training
     assert first.exit_code == 0, first.output
     run = tmp / "runs" / "img"
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -161,23 +161,23 @@ def test_overwrite_replaces_the_run(tmp_path, image_folder, tiny_cnn_file):
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_bert_preset):
+def cli_text_training(tmp_path_factory, tiny_bert_preset):
     """One `tftune train` of the text recipe on the tiny BERT preset, shared by the tests that
     only read its run directory: (tmp folder, recipe path, the Click result)."""
-    tmp = tmp_path_factory.mktemp("text_run")
+    tmp = tmp_path_factory.mktemp("cli_text_training")
     csv_path = write_sentiment_csv(tmp / "texts.csv")
     recipe = write_recipe(tmp / "text.yaml", text_recipe(tmp, csv_path, tiny_bert_preset))
     result = invoke("train", str(recipe), "--set", "train.verbose=epoch")
     return tmp, recipe, result
 
 
-def test_text_recipe_end_to_end(text_run, tiny_bert_preset):
+def test_text_recipe_end_to_end(cli_text_training, tiny_bert_preset):
     import keras_hub
     import tensorflow as tf
 
     from tftune.data import load_data
 
-    tmp, recipe, result = text_run
+    tmp, recipe, result = cli_text_training
     assert result.exit_code == 0, result.output
     assert "pooled_dense" in result.output  # reported as frozen throughout
     run = tmp / "runs" / "txt"
@@ -197,12 +197,12 @@ def test_text_recipe_end_to_end(text_run, tiny_bert_preset):
     assert probs.shape == (2, 2)
 
 
-def test_text_run_preprocessor_folder_loads_on_its_own(text_run, tiny_bert_preset):
+def test_text_run_preprocessor_folder_loads_on_its_own(cli_text_training, tiny_bert_preset):
     """runs/<name>/preprocessor/ is what turns raw text into the saved model's inputs: it must
     load with KerasHub's `from_preset` and tokenise exactly as the training preprocessor."""
     import keras_hub
 
-    tmp, _, result = text_run
+    tmp, _, result = cli_text_training
     assert result.exit_code == 0, result.output
     saved = keras_hub.models.TextClassifierPreprocessor.from_preset(str(tmp / "runs" / "txt" / "preprocessor"))
     original = keras_hub.models.TextClassifierPreprocessor.from_preset(str(tiny_bert_preset), sequence_length=16)

@@ -656,10 +656,16 @@ def run_trial(index: int, plan: list[tuple], recipe_path: Path, base: Path, refe
         else:
             landed.append(describe_landing(trace_lines(trace), (kind, target)))
         problems += integrity_problems(run, recipe_path)
-    proc = start(args + ["--resume"], work, work / "resume.trace", log_name="resume")
-    code = proc.wait(timeout=600)
-    log = output(proc)
-    starts.append(resumed_from(log, run))
+    if (run / "metrics.json").is_file():
+        # A kill timed at random can land after the run wrote metrics.json (its last file:
+        # the run was finished): there is nothing to resume, and the finished run is compared.
+        code, log = 0, ""
+        starts.append("nothing: the run had finished before the kill")
+    else:
+        proc = start(args + ["--resume"], work, work / "resume.trace", log_name="resume")
+        code = proc.wait(timeout=600)
+        log = output(proc)
+        starts.append(resumed_from(log, run))
     row = {"trial": index, "kills": landed, "starts": starts, "exit": code,
            "problems": problems, "run": run}
     if code == 0:

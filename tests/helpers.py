@@ -234,9 +234,10 @@ def invoke(*args, input=None):
     return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
-def assert_one_line_error(result, *fragments: str, alone: bool = False) -> None:
+def assert_one_line_error(result, *fragments: str, alone: bool = False) -> str:
     """A user error as the CLI reports it: exit code 2, exactly one `Error: ` line, holding
-    every fragment, and no traceback. With `alone`, that line is all the command printed."""
+    every fragment, and no traceback. With `alone`, that line is all the command printed.
+    Returns the `Error: ` line."""
     assert result.exit_code == 2, result.output
     lines = [l for l in result.output.splitlines() if l.strip()]
     errors = [l for l in lines if l.startswith("Error: ")]
@@ -246,6 +247,7 @@ def assert_one_line_error(result, *fragments: str, alone: bool = False) -> None:
         assert lines == errors, result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 # ------------------------------------------------------------------------------------------

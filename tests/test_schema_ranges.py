@@ -14,9 +14,8 @@ from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from tftune.cli import main
+from helpers import assert_one_line_error, invoke
 from tftune.config import RecipeConfig, config_from_dict
 from tftune.config.ranges import Range
 from tftune.errors import BackboneError
@@ -191,19 +190,12 @@ def recipe(tmp_path: Path) -> Path:
 
 
 def train(recipe: Path, *overrides: str):
-    args = ["train", str(recipe)]
-    for o in overrides:
-        args += ["--set", o]
-    return CliRunner().invoke(main, args)
+    return invoke("train", recipe, *[a for o in overrides for a in ("--set", o)])
 
 
 def one_error(result) -> str:
     """The single `Error:` line of a run that exited with code 2, without a traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return assert_one_line_error(result)
 
 
 # ------------------------------------------------------------------------------------------

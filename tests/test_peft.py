@@ -291,3 +291,76 @@ def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
     plan = StagePlan.all(config_from_dict({"stages": [
         {"train": "top:1", "peft": "lora"}]}), bb.groups)[0]
     assert [l.name for l in plan.targets] == ["block2_conv"]  # default: the groups' convs
+
+
+# ------------------------------------------------------------------------------------------
+# resume: a LoRA stage's adapters are re-created before the checkpoint is restored
+
+
+def resume_recipe(folder, cnn, out, name="r") -> dict:
+    """head -> lora (top:2, warmup + cosine) -> full top:1 (merges the adapters first)."""
+    return {
+        "recipe": "image_classification", "name": name, "output_dir": str(out),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": f"keras:{cnn}"},
+        "head": {"dropout": 0.3},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+            {"name": "lora", "train": "top:2", "epochs": 2, "learning_rate": 0.02, "peft": "lora",
+             "lora": {"rank": 2}, "warmup": 2, "schedule": "cosine",
+             "early_stopping": {"monitor": "val_loss", "patience": 5}},
+            {"name": "full", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory):
+    """The uninterrupted head -> lora -> full run (eager) and its inputs."""
+    import keras
+    import tensorflow as tf
+
+    from conftest import build_tiny_cnn, make_image_folder
+
+    root = tmp_path_factory.mktemp("peft_resume")
+    folder = make_image_folder(root / "images")
+    keras.utils.set_random_seed(0)
+    cnn = root / "cnn.keras"
+    build_tiny_cnn(32).save(str(cnn))
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        result = train(config_from_dict(resume_recipe(folder, cnn, root / "ref")), echo=lambda _: None)
+    finally:
+        tf.config.run_functions_eagerly(before)
+    return folder, cnn, result
+
+
+@pytest.mark.parametrize("event, n, where", [
+    ("step", 2, "stage 1/3 'head', epoch 1, step 2"),
+    ("step", 6, "stage 2/3 'lora', epoch 1, step 2"),
+    ("epoch_end", 2, "stage 2/3 'lora', epoch 2, start"),
+    ("stage_end", 2, "stage 3/3 'full', epoch 1, start"),
+    ("step", 14, "stage 3/3 'full', epoch 1, step 2"),
+], ids=["before-lora", "mid-lora", "lora-epoch-end", "after-lora", "mid-full"])
+def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
+        tmp_path, lora_reference, monkeypatch, event, n, where):
+    from test_resume import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from tftune.runtime.preemption import Preempted
+
+    folder, cnn, reference = lora_reference
+    cfg = config_from_dict(resume_recipe(folder, cnn, tmp_path))
+    sigterm_at(monkeypatch, event, n)
+    with pytest.raises(Preempted, match=f"stopped at {where} with a checkpoint"):
+        train(cfg, echo=lambda _: None)
+    monkeypatch.undo()
+    lines: list[str] = []
+    resumed = train(cfg, resume=True, echo=lines.append)
+    assert any(l.startswith("Resuming from") and l.endswith(where) for l in lines), lines
+    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
+    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
+    print(f"{where}: max weight diff after resume {diff}")
+    assert diff < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)

@@ -364,3 +364,75 @@ def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
     assert diff < 1e-6
     assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
     assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+
+
+def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_reference, monkeypatch):
+    """head (best) -> a LoRA stage that does worse: the head stage's weights come back, the
+    adapters created since change nothing (B = 0); the same after a resume past the end."""
+    from test_resume import max_weight_difference, sigterm_at
+    from tftune.runtime.preemption import Preempted
+
+    folder, cnn, _ = lora_reference
+    recipe = resume_recipe(folder, cnn, tmp_path, name="k")
+    recipe["head"]["dropout"] = 0.0
+    recipe["stages"] = [
+        {"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
+        {"name": "lora", "train": "top:2", "epochs": 1, "learning_rate": 1.0, "peft": "lora"},
+    ]
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == 1 and "head_out" not in seen:
+            seen["head_out"] = np.asarray(seen["model"](images))
+        original(plan, backbone, head, always_frozen)
+
+    from tftune.training import prepare
+
+    real_prepare = prepare.prepare_run
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        seen["model"] = prep.model
+        return prep
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    lines: list[str] = []
+    result = train(config_from_dict(recipe), echo=lines.append)
+    assert any(l.startswith("The last stage did not beat stage 1") for l in lines), lines
+    assert np.max(np.abs(np.asarray(result.model(images)) - seen["head_out"])) == 0.0
+    lora = [l for l in peft.all_layers(result.model) if getattr(l, "lora_enabled", False)]
+    assert lora and all(not np.any(l.lora_kernel_b.numpy()) for l in lora)
+
+    monkeypatch.undo()
+    recipe["output_dir"] = str(tmp_path / "cut")
+    sigterm_at(monkeypatch, "stage_end", 2)
+    with pytest.raises(Preempted, match="after the last stage"):
+        train(config_from_dict(recipe), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(config_from_dict(recipe), resume=True, echo=lambda _: None)
+    assert max_weight_difference(resumed.model.get_weights(), result.model.get_weights()) == 0.0
+
+
+def test_layer_decay_scales_the_adapters_by_group(make_tiny_cnn):
+    from tftune.config import BackboneConfig, HeadConfig
+    from tftune.model.backbones import from_keras_model
+    from tftune.model.heads import build_classifier, head_layers
+
+    bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
+    model = build_classifier(bb, 3, HeadConfig(dropout=0.0), (32, 32))
+    cfg = config_from_dict({"stages": [{"train": "top:2", "peft": "lora_bias", "layer_decay": 0.5,
+                                        "lora": {"rank": 2}}]})
+    plan = StagePlan.all(cfg, bb.groups)[0]
+    plan.apply(bb, head_layers(model))
+    multipliers = plan.optimizer(4).lr_multipliers
+    assert multipliers == {
+        "block1_conv/lora_kernel_a": 0.25, "block1_conv/lora_kernel_b": 0.25,
+        "block1_bn/beta": 0.25,
+        "block2_conv/lora_kernel_a": 0.5, "block2_conv/lora_kernel_b": 0.5,
+        "block2_bn/beta": 0.5,
+    }
+    assert {v.path for v in model.trainable_weights} == set(multipliers) | {
+        "head_classifier/kernel", "head_classifier/bias"}

@@ -299,6 +299,11 @@ class Run:
         after a resume past the last stage, compiles the model with that stage's optimizer."""
         from tftune.training.stage import compile_model
 
+        if getattr(self.model, "optimizer", None) is None:
+            # First, so the stage's apply (which may merge adapters) sees the last weights.
+            last = self.prep.plans[-1]
+            last.apply(self.backbone, self.prep.head, self.prep.unused)
+            compile_model(self.model, self.task, last.optimizer(self.prep.steps_per_epoch), self.jit)
         stages, best = self.cfg.stages, self.best
         if best is not None and best["stage"] != len(stages) - 1:
             self.echo(
@@ -307,10 +312,6 @@ class Run:
                 f"weights."
             )
             peft.set_weights(self.model, self.best_weights, best.get("adapted", []))
-        if getattr(self.model, "optimizer", None) is None:
-            last = self.prep.plans[-1]
-            last.apply(self.backbone, self.prep.head, self.prep.unused)
-            compile_model(self.model, self.task, last.optimizer(self.prep.steps_per_epoch), self.jit)
 
     def save_adapters(self) -> None:
         """`adapters.weights.npz` + `adapters.json` beside model.keras when the run is its base

@@ -129,6 +129,25 @@ class EarlyStoppingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """A stage's `peft` mode trains a few weights of its selected groups instead of all of
+    them (the head always trains fully): `lora` (LoRA adapters of the targeted layers),
+    `lora_bias` (+ every bias), `lora_norm` (+ normalization layers' scale and shift),
+    `bitfit` (biases only), `norm` (normalization layers only); see `tftune.model.peft`.
+    `peft_base: int8` quantizes the frozen base.
+
+    This is the stage's `lora` mapping: `rank` >= 1, `alpha` > 0 (the update is scaled by
+    alpha / rank), and `targets`: regexes matched against each Dense / EinsumDense / Conv /
+    Embedding layer's name (full match) or path (search); None = the backbone's defaults
+    (attention query and value projections in a transformer, else every conv / dense kernel).
+    """
+
+    rank: Count = 8
+    alpha: Positive = 16.0
+    targets: Optional[tuple[str, ...]] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One training stage.
 
@@ -155,6 +174,9 @@ class StageConfig:
     lr_multipliers: Optional[dict[str, Positive]] = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     steps_per_epoch: Optional[Count] = None
+    peft: Literal["none", "lora", "lora_bias", "lora_norm", "bitfit", "norm"] = "none"
+    lora: LoraConfig = LoraConfig()
+    peft_base: Literal["none", "int8"] = "none"
 
 
 @dataclasses.dataclass(frozen=True)

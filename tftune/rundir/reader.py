@@ -43,7 +43,8 @@ class FinishedRun:
         return get_task(self.config.task, self.class_names)
 
     def load_model(self):
-        """The trained model as a float32 Keras model, without its optimizer.
+        """The trained model as a float32 Keras model, without its optimizer, with the
+        adapters of LoRA stages merged into their kernels (a plain Keras model).
 
         A run trained under a mixed precision policy (bfloat16 / float16 compute) is
         rebuilt with float32 layers and the same weights: mixed precision is a training
@@ -66,7 +67,9 @@ class FinishedRun:
             ) from None
         mixed = {l.dtype_policy.name for l in _all_layers(model) if l.dtype_policy.name.startswith("mixed_")}
         self.trained_policy = sorted(mixed)[0] if mixed else "float32"
-        return float32_copy(model)
+        from tftune.model.peft import merge_lora
+
+        return merge_lora(float32_copy(model))  # LoRA stages: adapters merged, no LoRA ops
 
     def load_preprocessor(self):
         """The KerasHub text preprocessor saved with the run (raw strings -> token dict)."""

@@ -3,7 +3,8 @@
 Which layer groups train (`stages.N.train`), each trained group's learning-rate multiplier
 (`layer_decay`, `lr_multipliers`), freezing the rest with the BatchNorm policy
 (`backbone.train_bn`), the stage's fresh optimizer and the banner the run log prints. Train,
-`lr-find` and the benchmarks all set a stage up through it, and new stage modes plug in here.
+`lr-find` and the benchmarks all set a stage up through it. Its `peft` mode (LoRA, BitFit,
+norm tuning: `tftune.model.peft`) narrows what trains inside the selected groups.
 Whether the frozen prefix can be cached is decided by `tftune.training.stage_data`.
 """
 
@@ -12,7 +13,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional, Sequence
 
+import numpy as np
+
 from tftune.config import RecipeConfig, StageConfig
+from tftune.errors import ConfigError
+from tftune.model import peft
 from tftune.training import optim
 from tftune.training.trainable import count_trainable, selected_groups, set_trainable
 
@@ -30,6 +35,8 @@ class StagePlan:
     multipliers: Mapping[str, float]
     train_bn: bool = False
     groups: tuple = dataclasses.field(default=(), compare=False, repr=False)  # LayerGroups
+    seed: int = 0  # seeds the LoRA adapters' initial values
+    targets: tuple = dataclasses.field(default=(), compare=False, repr=False)  # LoRA layers
 
     @classmethod
     def build(cls, cfg: RecipeConfig, index: int, groups: Sequence) -> "StagePlan":
@@ -41,8 +48,9 @@ class StagePlan:
         indices = tuple(selected_groups(stage.train, groups, f"{where}.train"))
         multipliers = optim.group_multipliers(names, indices, stage.layer_decay,
                                               stage.lr_multipliers, where)
+        targets = _peft_targets(stage, [groups[i] for i in indices], where)
         return cls(index, len(cfg.stages), stage, names, indices, multipliers,
-                   cfg.backbone.train_bn, tuple(groups))
+                   cfg.backbone.train_bn, tuple(groups), cfg.train.seed, tuple(targets))
 
     @classmethod
     def single(cls, stage: StageConfig, index: int = 0) -> "StagePlan":
@@ -57,11 +65,28 @@ class StagePlan:
 
     # -- trainability --------------------------------------------------------------------
 
+    @property
+    def peft(self) -> str:
+        return getattr(self.stage, "peft", "none")
+
+    def create_adapters(self) -> int:
+        """Creates the stage's LoRA adapters (if any are missing): `apply` does it, and a
+        resumed run does it for the stages before its checkpoint, before restoring it."""
+        if self.peft not in peft.LORA_MODES:
+            return 0
+        lora = self.stage.lora
+        return peft.enable(self.targets, lora.rank, lora.alpha, self.seed, self.index)
+
     def apply(self, backbone, head: Sequence, always_frozen: Sequence = ()) -> None:
         """Freezes the backbone but the plan's groups (BatchNorm per `train_bn`); the head
-        trains; `always_frozen` layers (no gradient reaches them) stay frozen."""
+        trains; `always_frozen` layers (no gradient reaches them) stay frozen. Inside the
+        groups, the stage's `peft` mode picks which variables train (`tftune.model.peft`)."""
+        self.create_adapters()
         set_trainable(backbone.model, self.groups, self.train_indices, head, self.train_bn,
                       always_frozen)
+        peft.apply_mode([self.groups[i] for i in self.train_indices], self.peft, self.targets)
+        for layer in always_frozen:
+            layer.trainable = False
 
     # -- optimizer -----------------------------------------------------------------------
 
@@ -90,9 +115,18 @@ class StagePlan:
     def banner(self, model) -> str:
         """The stage's header line: what trains, how many weights, for how long, how fast."""
         s = self.stage
+        mode = ""
+        if self.peft != "none":
+            mode = f" ({self.peft}"
+            if self.peft in peft.LORA_MODES:
+                mode += f", rank {s.lora.rank}, {len(self.targets)} layers adapted"
+            mode += ")"
+        trainable = count_trainable(model)
+        total = count_params(model)
         return (
-            f"== Stage {self.index + 1}/{self.total}: {s.name} | trains: {self.trained_groups()} "
-            f"| {count_trainable(model):,} trainable params | {s.epochs} epoch(s), "
+            f"== Stage {self.index + 1}/{self.total}: {s.name} | trains: {self.trained_groups()}"
+            f"{mode} | {trainable:,} trainable params ({100 * trainable / max(total, 1):.2g}%) "
+            f"| {s.epochs} epoch(s), "
             f"lr {s.learning_rate:g} ({s.optimizer}, {s.schedule}"
             f"{', warmup ' + format(s.warmup, 'g') if s.warmup else ''}) =="
         )
@@ -109,3 +143,34 @@ class StagePlan:
         line = self.multiplier_line()
         if line:
             echo(line)
+
+
+def count_params(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.weights))
+
+
+def _peft_targets(stage: StageConfig, trained: Sequence, where: str) -> list:
+    """The layers a LoRA stage adapts (checked now, so a bad target fails before training)."""
+    mode = getattr(stage, "peft", "none")
+    if mode == "none":
+        return []
+    if stage.peft_base != "none":
+        raise ConfigError(
+            f"Invalid value for '{where}.peft_base': {stage.peft_base!r} is not supported yet. "
+            f"Expected 'none'."
+        )
+    if not trained:
+        raise ConfigError(
+            f"Invalid value for '{where}.peft': {mode!r} narrows what trains inside the "
+            f"backbone groups a stage trains, and 'train: {stage.train}' trains none. Expected "
+            f"train: top:N, all or group names with peft: {mode}, or peft: none."
+        )
+    if mode not in peft.LORA_MODES:
+        return []
+    if not stage.lora.rank >= 1:
+        raise ConfigError(f"Invalid value for '{where}.lora.rank'. Expected an integer >= 1. "
+                          f"Received: {stage.lora.rank!r}")
+    if not stage.lora.alpha > 0:
+        raise ConfigError(f"Invalid value for '{where}.lora.alpha'. Expected a number > 0. "
+                          f"Received: {stage.lora.alpha!r}")
+    return peft.target_layers(trained, stage.lora.targets, where)

@@ -17,6 +17,7 @@ from tftune.config import RecipeConfig, config_from_dict, load_recipe, to_dict
 from tftune.data import DataSplits
 from tftune.errors import ConfigError, TftuneError
 from tftune.evaluation import plots
+from tftune.model import peft
 from tftune import rundir
 from tftune.rundir import checkpoint as ckpt
 from tftune.rundir import plan as run_plan
@@ -192,6 +193,10 @@ class Run:
     def train(self, started: float, run_path: Optional[Path] = None) -> RunResult:
         """Every stage not finished yet, then the final evaluation and the run's files."""
         if self.loaded is not None:
+            for plan in self.prep.plans:  # LoRA stages before the checkpoint added variables
+                if plan.index < self.state.stage or (plan.index == self.state.stage
+                                                     and self.state.trainable):
+                    plan.create_adapters()
             self.loaded.restore({"model": self.model.variables})
             rundir.write_rows(self.history_path, self.history)  # drop epochs it does not have
             self.echo(f"Resuming from {self.loaded.path.parent.name}/{self.loaded.path.name}: "
@@ -243,7 +248,8 @@ class Run:
             self.best is None or self.best["monitor"] != result.monitor
             or self.task.better(result.monitor, result.best_value, self.best["value"])
         ):
-            self.best = {"monitor": result.monitor, "value": result.best_value, "stage": i}
+            self.best = {"monitor": result.monitor, "value": result.best_value, "stage": i,
+                         "adapted": peft.adapted_layers(self.model)}
             self.best_weights = self.model.get_weights()
         self.save(i + 1)  # the stage boundary
         faults.point("stage_end", f"stage {i + 1}")
@@ -293,6 +299,11 @@ class Run:
         after a resume past the last stage, compiles the model with that stage's optimizer."""
         from tftune.training.stage import compile_model
 
+        if getattr(self.model, "optimizer", None) is None:
+            # First, so the stage's apply (which may merge adapters) sees the last weights.
+            last = self.prep.plans[-1]
+            last.apply(self.backbone, self.prep.head, self.prep.unused)
+            compile_model(self.model, self.task, last.optimizer(self.prep.steps_per_epoch), self.jit)
         stages, best = self.cfg.stages, self.best
         if best is not None and best["stage"] != len(stages) - 1:
             self.echo(
@@ -300,11 +311,20 @@ class Run:
                 f"({stages[best['stage']].name!r}) on {best['monitor']}; keeping that stage's "
                 f"weights."
             )
-            self.model.set_weights(self.best_weights)
-        if getattr(self.model, "optimizer", None) is None:
-            last = self.prep.plans[-1]
-            last.apply(self.backbone, self.prep.head, self.prep.unused)
-            compile_model(self.model, self.task, last.optimizer(self.prep.steps_per_epoch), self.jit)
+            peft.set_weights(self.model, self.best_weights, best.get("adapted", []))
+
+    def save_adapters(self) -> None:
+        """`adapters.weights.npz` + `adapters.json` beside model.keras when the run is its base
+        plus a few weights: some stage was PEFT and none trained whole backbone groups."""
+        plans = self.prep.plans
+        if not any(p.peft != "none" for p in plans) or any(
+                p.peft == "none" and p.train_indices for p in plans):
+            return
+        b = self.cfg.backbone
+        path = peft.save_adapters(self.model, self.backbone.model, self.run, self.backbone.spec,
+                                  b.weights)
+        self.echo(f"   adapters: {path.name} ({path.stat().st_size / 2**20:.2f} MiB), base "
+                  f"{self.backbone.spec}")
 
     def finish(self, started: float, run_path: Path) -> RunResult:
         """Scores validation and test, writes model.keras, metrics.json and the curves, and
@@ -323,6 +343,7 @@ class Run:
         faults.point("final:evaluated")
         rundir.save_model(self.model, run)
         faults.point("final:model_saved")
+        self.save_adapters()
         rundir.write_json(run / rundir.METRICS_FILE, metrics)
         plots.training_curves(self.history_path, run / plots.TRAINING_CURVES_FILE,
                               [s.early_stopping.monitor for s in cfg.stages])

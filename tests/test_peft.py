@@ -1,0 +1,438 @@
+"""Parameter-efficient stages (`stages.N.peft`): on a tiny KerasHub BERT and a
+keras.applications MobileNetV2, each mode trains exactly the variables it says (every other
+backbone variable stays bit-identical), with the trainable count it says and the feature
+cache under the frozen bottom; LoRA adapters merge into the kernels exactly (a later full
+stage, `tftune.load`), are stored on their own and come back onto the base; a run with a
+LoRA stage resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tftune.config import config_from_dict
+from tftune.errors import ConfigError
+from tftune.model import peft
+from tftune.training.plan import StagePlan
+from tftune.training.runner import train
+
+pytestmark = pytest.mark.usefixtures("eager")
+
+MODES = ("none", "lora", "lora_bias", "lora_norm", "bitfit", "norm")
+BN_STATS = ("moving_mean", "moving_variance")
+
+
+def category(layer, v) -> str:
+    """What a backbone variable is, from its layer and name (independently of any flag)."""
+    if peft.is_adapter(v):
+        return "adapter"
+    if peft.is_norm(layer):
+        return {"gamma": "scale", "beta": "shift"}.get(v.name, "stat" if v.name in BN_STATS else "other")
+    return "bias" if v.name == "bias" else "other"
+
+
+# What each mode may change inside the trained groups (BatchNorm statistics move when a
+# BatchNorm layer trains); `none` with train_bn: false leaves BatchNorm alone.
+MAY_CHANGE = {
+    "lora": {"adapter"},
+    "lora_bias": {"adapter", "bias", "shift", "stat"},
+    "lora_norm": {"adapter", "scale", "shift", "stat"},
+    "bitfit": {"bias", "shift", "stat"},
+    "norm": {"scale", "shift", "stat"},
+}
+# ... and what it trains (counted in the trainable parameters).
+TRAINS = {
+    "lora": {"adapter"},
+    "lora_bias": {"adapter", "bias", "shift"},
+    "lora_norm": {"adapter", "scale", "shift"},
+    "bitfit": {"bias", "shift"},
+    "norm": {"scale", "shift"},
+}
+
+
+def variables_by_layer(layers):
+    for top in layers:
+        for layer in peft.all_layers(top):
+            for v in layer._trainable_variables + layer._non_trainable_variables:
+                yield layer, v
+
+
+class Spy:
+    """Records, at the PEFT stage's `StagePlan.apply`, the backbone's values before and the
+    trainable count after (the real apply runs in between)."""
+
+    def __init__(self, monkeypatch):
+        self.before, self.trainable, self.plan, self.backbone = {}, None, None, None
+        original = StagePlan.apply
+
+        def apply(plan, backbone, head, always_frozen=()):
+            if plan.index == plan.total - 1:
+                self.plan, self.backbone = plan, backbone
+                self.before = {id(v): np.array(v.numpy()) for v in backbone.model.weights}
+            original(plan, backbone, head, always_frozen)
+            if plan.index == plan.total - 1:
+                self.trainable = sum(int(np.prod(v.shape)) for v in backbone.model.trainable_weights)
+                self.head = [l for l in head]
+
+        monkeypatch.setattr(StagePlan, "apply", apply)
+
+
+def image_recipe(folder, out, mode, name="cnn", **extra) -> dict:
+    return {
+        "recipe": "image_classification", "name": name, "output_dir": str(out),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": "keras_applications:MobileNetV2", "weights": "none"},
+        "head": {"dropout": 0.0},
+        "stages": [{"name": "peft", "train": "top:1", "epochs": 1, "learning_rate": 0.05,
+                    "peft": mode, "lora": {"rank": 2}, **extra}],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }
+
+
+def text_recipe(csv_path, preset, out, mode, name="txt", stages=None) -> dict:
+    return {
+        "recipe": "text_classification", "name": name, "output_dir": str(out),
+        "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2, "test_fraction": 0.2},
+        "backbone": {"spec": f"keras_hub:{preset}", "sequence_length": 16},
+        "head": {"dropout": 0.0},
+        "stages": stages or [{"name": "peft", "train": "top:1", "epochs": 1,
+                              "learning_rate": 0.05, "peft": mode, "lora": {"rank": 2}}],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }
+
+
+def check_mode(spy: Spy, mode: str, lines: list[str]) -> None:
+    plan, bb = spy.plan, spy.backbone.model
+    trained = [plan.groups[i] for i in plan.train_indices]
+    in_groups = {id(v) for _, v in variables_by_layer([l for g in trained for l in g.layers])}
+    targets = {id(l) for l in plan.targets}
+    changed, expected_count = {}, 0
+    for layer, v in variables_by_layer([bb]):
+        if id(v) in spy.before:
+            moved = not np.array_equal(spy.before[id(v)], v.numpy())
+        else:  # an adapter this stage created: B starts at zero
+            assert peft.is_adapter(v) and id(layer) in targets, v.path
+            moved = bool(np.any(v.numpy() != 0)) if v.name.endswith("_b") else True
+        cat = category(layer, v)
+        if mode == "none":
+            may = id(v) in in_groups and not (peft.is_norm(layer) and type(layer).__name__ == "BatchNormalization")
+        else:
+            may = id(v) in in_groups and cat in MAY_CHANGE[mode]
+            if cat == "adapter":
+                may = may and id(layer) in targets
+            if id(v) in in_groups and (cat in TRAINS[mode] and (cat != "adapter" or id(layer) in targets)):
+                expected_count += int(np.prod(v.shape))
+        if moved:
+            assert may, f"{mode}: {v.path} ({cat}) changed"
+            changed.setdefault(cat, []).append(v.path)
+    if mode != "none":
+        assert spy.trainable == expected_count, (mode, spy.trainable, expected_count)
+        for cat in TRAINS[mode] & {"adapter", "scale", "shift", "bias"}:
+            if cat != "bias" or any(category(l, v) == "bias" for l, v in variables_by_layer(
+                    [l for g in trained for l in g.layers])):
+                assert cat in changed, (mode, cat, sorted(changed))
+    else:
+        assert "other" in changed
+    banner = next(l for l in lines if l.startswith("== Stage"))
+    assert f"{spy.trainable + sum(int(np.prod(v.shape)) for l in spy.head for v in l.trainable_weights):,} trainable params" in banner
+    if mode != "none":
+        assert f"({mode}" in banner
+    # the stage's bottom is frozen: trained on the cached prefix
+    assert any(l.startswith("   feature cache: frozen part run once") for l in lines), lines
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cnn_modes_train_only_what_they_say(tmp_path, image_folder, monkeypatch, mode):
+    spy = Spy(monkeypatch)
+    lines: list[str] = []
+    result = train(config_from_dict(image_recipe(image_folder, tmp_path, mode)), echo=lines.append)
+    check_mode(spy, mode, lines)
+    assert (result.run_dir / peft.ADAPTERS_FILE).is_file() == (mode != "none")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bert_modes_train_only_what_they_say(tmp_path, text_csv, tiny_bert_preset, monkeypatch, mode):
+    spy = Spy(monkeypatch)
+    lines: list[str] = []
+    train(config_from_dict(text_recipe(text_csv, tiny_bert_preset, tmp_path, mode)), echo=lines.append)
+    check_mode(spy, mode, lines)
+    if mode.startswith("lora"):  # KerasHub's defaults: the attention query and value
+        assert sorted(l.name for l in spy.plan.targets) == ["query", "value"]
+
+
+def test_head_lora_all_merges_the_adapters_then_trains_the_kernels(tmp_path, text_csv,
+                                                                   tiny_bert_preset, monkeypatch):
+    """head -> lora (all groups) -> all: at the start of the last stage the adapters merge
+    into the kernels (the model computes the same), the kernels train, the adapters do not."""
+    import tftune
+
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == 2:
+            x = {k: np.asarray(v) for k, v in SAMPLE.items()}
+            before = np.asarray(seen["model"](x))
+            original(plan, backbone, head, always_frozen)
+            after = np.asarray(seen["model"](x))
+            seen["diff"] = float(np.max(np.abs(before - after)))
+            lora = [l for l in peft.all_layers(backbone.model) if getattr(l, "lora_enabled", False)]
+            seen["b_zero"] = all(not np.any(l.lora_kernel_b.numpy()) for l in lora)
+            seen["trainable"] = {v.path for v in backbone.model.trainable_weights}
+            seen["lora_layers"] = [l.path for l in lora]
+        else:
+            original(plan, backbone, head, always_frozen)
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    import keras
+
+    SAMPLE = {"token_ids": np.array([[2, 5, 6, 20, 3, 0]]), "padding_mask": np.array([[1, 1, 1, 1, 1, 0]]),
+              "segment_ids": np.zeros((1, 6), "int32")}
+
+    stages = [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+              {"name": "lora", "train": "all", "epochs": 1, "learning_rate": 0.05, "peft": "lora"},
+              {"name": "all", "train": "all", "epochs": 1, "learning_rate": 1e-3}]
+    from tftune.training import prepare
+
+    real_prepare = prepare.prepare_run
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        seen["model"] = prep.model
+        return prep
+
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    lines: list[str] = []
+    result = train(config_from_dict(text_recipe(text_csv, tiny_bert_preset, tmp_path, "", stages=stages)),
+                   echo=lines.append)
+    print("merge at the 'all' stage: max abs diff", seen["diff"])
+    assert seen["diff"] < 1e-6 and seen["b_zero"]
+    assert len(seen["lora_layers"]) == 4  # query and value of 2 blocks
+    assert not any("lora_kernel" in p for p in seen["trainable"])
+    assert {p.rsplit("/", 1)[0] for p in seen["trainable"] if p.endswith("/kernel")} >= set(seen["lora_layers"])
+    # a full stage came after the LoRA one: no adapters file (the base kernels changed)
+    assert not (result.run_dir / peft.ADAPTERS_FILE).exists()
+    loaded = tftune.load(result.run_dir).model
+    assert not peft.has_lora(loaded) and not any("lora" in v.path for v in loaded.weights)
+    diff = float(np.max(np.abs(np.asarray(loaded(SAMPLE)) - np.asarray(result.model(SAMPLE)))))
+    print("tftune.load (merged) vs trained model: max abs diff", diff)
+    assert diff < 1e-5
+
+
+def test_adapters_stored_on_their_own_and_loaded_onto_the_base(tmp_path, text_csv, tiny_bert_preset):
+    """A lora_bias run: model.keras loads merged (no LoRA) with the same predictions; the
+    adapters file + the base preset rebuild the same model; adapters.json names the base."""
+    import keras
+    import tftune
+    from tftune.config import BackboneConfig, HeadConfig
+    from tftune.model.backbones import load_backbone
+    from tftune.model.heads import build_classifier
+
+    cfg = config_from_dict(text_recipe(text_csv, tiny_bert_preset, tmp_path, "lora_bias"))
+    result = train(cfg, echo=lambda _: None)
+    run = result.run_dir
+    sample = {"token_ids": np.array([[2, 7, 9, 22, 3, 0, 0]]),
+              "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]]), "segment_ids": np.zeros((1, 7), "int32")}
+    expected = np.asarray(result.model(sample))
+
+    merged = tftune.load(run).model
+    assert not peft.has_lora(merged)
+    diff = float(np.max(np.abs(np.asarray(merged(sample)) - expected)))
+    print("merged model.keras vs unmerged model: max abs diff", diff)
+    assert diff < 1e-5
+
+    info = json.loads((run / peft.ADAPTERS_INFO).read_text())
+    assert info["base"]["spec"] == f"keras_hub:{tiny_bert_preset}"
+    assert info["base"]["files"] and all(len(h) == 64 for h in info["base"]["files"].values())
+    assert len(info["lora_layers"]) == 2  # the top block's query and value
+    size, whole = (run / peft.ADAPTERS_FILE).stat().st_size, (run / "model.keras").stat().st_size
+    assert size < whole
+
+    backbone = load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}", sequence_length=16))
+    rebuilt = build_classifier(backbone, 2, HeadConfig(dropout=0.0))
+    assert not np.allclose(np.asarray(rebuilt(sample)), expected)
+    peft.load_adapters(rebuilt, backbone.model, run)
+    diff = float(np.max(np.abs(np.asarray(rebuilt(sample)) - expected)))
+    print("base + adapters vs trained model: max abs diff", diff)
+    assert diff < 1e-6
+    plain = peft.merge_lora(rebuilt)
+    assert not peft.has_lora(plain) and isinstance(plain, keras.Model)
+    assert float(np.max(np.abs(np.asarray(plain(sample)) - expected))) < 1e-5
+
+
+@pytest.mark.parametrize("stage, match", [
+    ({"train": "head", "peft": "lora"}, r"stages.0.peft.*trains none"),
+    ({"train": "all", "peft": "lora", "lora": {"rank": 0}}, r"stages.0.lora.rank.*>= 1"),
+    ({"train": "all", "peft": "lora", "lora": {"alpha": 0}}, r"stages.0.lora.alpha.*> 0"),
+    ({"train": "all", "peft": "lora", "lora": {"targets": ["("]}}, r"not a regular expression"),
+    ({"train": "all", "peft": "lora", "lora": {"targets": ["nothing_here"]}}, r"match no Dense.*block1_conv"),
+    ({"train": "all", "peft": "lora", "peft_base": "int8"}, r"stages.0.peft_base.*not supported yet"),
+])
+def test_peft_config_errors(make_tiny_cnn, stage, match):
+    from tftune.config import BackboneConfig
+    from tftune.model.backbones import from_keras_model
+
+    bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
+    cfg = config_from_dict({"stages": [stage]})
+    with pytest.raises(ConfigError, match=match):
+        StagePlan.all(cfg, bb.groups)
+
+
+def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
+    from tftune.config import BackboneConfig
+    from tftune.model.backbones import from_keras_model
+
+    bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
+    plan = StagePlan.all(config_from_dict({"stages": [
+        {"train": "all", "peft": "lora", "lora": {"targets": ["block.*_conv"]}}]}), bb.groups)[0]
+    assert [l.name for l in plan.targets] == ["block1_conv", "block2_conv"]
+    plan = StagePlan.all(config_from_dict({"stages": [
+        {"train": "top:1", "peft": "lora"}]}), bb.groups)[0]
+    assert [l.name for l in plan.targets] == ["block2_conv"]  # default: the groups' convs
+
+
+# ------------------------------------------------------------------------------------------
+# resume: a LoRA stage's adapters are re-created before the checkpoint is restored
+
+
+def resume_recipe(folder, cnn, out, name="r") -> dict:
+    """head -> lora (top:2, warmup + cosine) -> full top:1 (merges the adapters first)."""
+    return {
+        "recipe": "image_classification", "name": name, "output_dir": str(out),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": f"keras:{cnn}"},
+        "head": {"dropout": 0.3},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+            {"name": "lora", "train": "top:2", "epochs": 2, "learning_rate": 0.02, "peft": "lora",
+             "lora": {"rank": 2}, "warmup": 2, "schedule": "cosine",
+             "early_stopping": {"monitor": "val_loss", "patience": 5}},
+            {"name": "full", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory):
+    """The uninterrupted head -> lora -> full run (eager) and its inputs."""
+    import keras
+    import tensorflow as tf
+
+    from conftest import build_tiny_cnn, make_image_folder
+
+    root = tmp_path_factory.mktemp("peft_resume")
+    folder = make_image_folder(root / "images")
+    keras.utils.set_random_seed(0)
+    cnn = root / "cnn.keras"
+    build_tiny_cnn(32).save(str(cnn))
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        result = train(config_from_dict(resume_recipe(folder, cnn, root / "ref")), echo=lambda _: None)
+    finally:
+        tf.config.run_functions_eagerly(before)
+    return folder, cnn, result
+
+
+@pytest.mark.parametrize("event, n, where", [
+    ("step", 2, "stage 1/3 'head', epoch 1, step 2"),
+    ("step", 6, "stage 2/3 'lora', epoch 1, step 2"),
+    ("epoch_end", 2, "stage 2/3 'lora', epoch 2, start"),
+    ("stage_end", 2, "stage 3/3 'full', epoch 1, start"),
+    ("step", 14, "stage 3/3 'full', epoch 1, step 2"),
+], ids=["before-lora", "mid-lora", "lora-epoch-end", "after-lora", "mid-full"])
+def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
+        tmp_path, lora_reference, monkeypatch, event, n, where):
+    from test_resume import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from tftune.runtime.preemption import Preempted
+
+    folder, cnn, reference = lora_reference
+    cfg = config_from_dict(resume_recipe(folder, cnn, tmp_path))
+    sigterm_at(monkeypatch, event, n)
+    with pytest.raises(Preempted, match=f"stopped at {where} with a checkpoint"):
+        train(cfg, echo=lambda _: None)
+    monkeypatch.undo()
+    lines: list[str] = []
+    resumed = train(cfg, resume=True, echo=lines.append)
+    assert any(l.startswith("Resuming from") and l.endswith(where) for l in lines), lines
+    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
+    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
+    print(f"{where}: max weight diff after resume {diff}")
+    assert diff < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+
+
+def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_reference, monkeypatch):
+    """head (best) -> a LoRA stage that does worse: the head stage's weights come back, the
+    adapters created since change nothing (B = 0); the same after a resume past the end."""
+    from test_resume import max_weight_difference, sigterm_at
+    from tftune.runtime.preemption import Preempted
+
+    folder, cnn, _ = lora_reference
+    recipe = resume_recipe(folder, cnn, tmp_path, name="k")
+    recipe["head"]["dropout"] = 0.0
+    recipe["stages"] = [
+        {"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
+        {"name": "lora", "train": "top:2", "epochs": 1, "learning_rate": 1.0, "peft": "lora"},
+    ]
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == 1 and "head_out" not in seen:
+            seen["head_out"] = np.asarray(seen["model"](images))
+        original(plan, backbone, head, always_frozen)
+
+    from tftune.training import prepare
+
+    real_prepare = prepare.prepare_run
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        seen["model"] = prep.model
+        return prep
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    lines: list[str] = []
+    result = train(config_from_dict(recipe), echo=lines.append)
+    assert any(l.startswith("The last stage did not beat stage 1") for l in lines), lines
+    assert np.max(np.abs(np.asarray(result.model(images)) - seen["head_out"])) == 0.0
+    lora = [l for l in peft.all_layers(result.model) if getattr(l, "lora_enabled", False)]
+    assert lora and all(not np.any(l.lora_kernel_b.numpy()) for l in lora)
+
+    monkeypatch.undo()
+    recipe["output_dir"] = str(tmp_path / "cut")
+    sigterm_at(monkeypatch, "stage_end", 2)
+    with pytest.raises(Preempted, match="after the last stage"):
+        train(config_from_dict(recipe), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(config_from_dict(recipe), resume=True, echo=lambda _: None)
+    assert max_weight_difference(resumed.model.get_weights(), result.model.get_weights()) == 0.0
+
+
+def test_layer_decay_scales_the_adapters_by_group(make_tiny_cnn):
+    from tftune.config import BackboneConfig, HeadConfig
+    from tftune.model.backbones import from_keras_model
+    from tftune.model.heads import build_classifier, head_layers
+
+    bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
+    model = build_classifier(bb, 3, HeadConfig(dropout=0.0), (32, 32))
+    cfg = config_from_dict({"stages": [{"train": "top:2", "peft": "lora_bias", "layer_decay": 0.5,
+                                        "lora": {"rank": 2}}]})
+    plan = StagePlan.all(cfg, bb.groups)[0]
+    plan.apply(bb, head_layers(model))
+    multipliers = plan.optimizer(4).lr_multipliers
+    assert multipliers == {
+        "block1_conv/lora_kernel_a": 0.25, "block1_conv/lora_kernel_b": 0.25,
+        "block1_bn/beta": 0.25,
+        "block2_conv/lora_kernel_a": 0.5, "block2_conv/lora_kernel_b": 0.5,
+        "block2_bn/beta": 0.5,
+    }
+    assert {v.path for v in model.trainable_weights} == set(multipliers) | {
+        "head_classifier/kernel", "head_classifier/bias"}

@@ -1,0 +1,367 @@
+"""Parameter-efficient fine-tuning at the layer level: which variables a stage's `peft` mode
+trains, Keras's own LoRA adapters (`layer.enable_lora`), merging them into the kernels, and
+the adapters stored on their own.
+
+Modes (`stages.N.peft`), within the layer groups the stage selects (the head always trains
+fully; everything outside the groups stays frozen):
+
+- `none`: every weight of the groups trains. Adapters of earlier LoRA stages inside the
+  groups are first merged into their kernels (`kernel += alpha/rank * A @ B`, then `B = 0`),
+  so the kernel trains alone and the model computes exactly what it computed before.
+- `lora`: only the adapters of the targeted layers train (created the first time a stage
+  targets a layer; kept, frozen, by later stages).
+- `lora_bias`: the adapters and every bias (as in BitFit: Dense / EinsumDense / Conv
+  biases and normalization layers' shifts, `beta`).
+- `lora_norm`: the adapters and the normalization layers' scale and shift (`gamma`, `beta`).
+- `bitfit`: every bias, no adapters.
+- `norm`: the normalization layers only.
+
+A layer left with nothing to train is frozen as a whole (a BatchNormalization layer then
+runs in inference mode, and the feature cache sees it frozen); normalization layers whose
+parameters the mode trains (`bitfit`, `lora_bias`: the shift; `norm`, `lora_norm`: both)
+train even with `backbone.train_bn: false`, in training mode (batch statistics), since a
+BatchNorm CNN has no other biases.
+
+Adapters are created with a seeded initializer (from the run's seed, the stage and the
+layer's path), so re-creating them in a resumed run, before the checkpoint is restored,
+gives the same variables as in the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from tftune.errors import ConfigError, TftuneError
+
+MODES = ("none", "lora", "lora_bias", "lora_norm", "bitfit", "norm")
+LORA_MODES = ("lora", "lora_bias", "lora_norm")
+BIAS_MODES = ("lora_bias", "bitfit")
+NORM_MODES = ("lora_norm", "norm")
+# KerasHub's `Backbone.default_lora_layer_names()`: the attention query and value projections.
+TRANSFORMER_TARGETS = ("query", "value", "query_dense", "value_dense")
+ADAPTERS_FILE = "adapters.weights.npz"
+ADAPTERS_INFO = "adapters.json"
+
+
+def all_layers(layer) -> Iterable:
+    """A layer and its sublayers, depth first."""
+    yield layer
+    for sub in getattr(layer, "_layers", []) or []:
+        yield from all_layers(sub)
+
+
+def _group_layers(groups: Sequence) -> list:
+    out, seen = [], set()
+    for g in groups:
+        for top in g.layers:
+            for layer in all_layers(top):
+                if id(layer) not in seen:
+                    seen.add(id(layer))
+                    out.append(layer)
+    return out
+
+
+def can_adapt(layer) -> bool:
+    """Whether Keras can put LoRA adapters on `layer` (Dense, EinsumDense, Conv, Embedding)."""
+    import keras
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense, BaseConv,
+                              keras.layers.Embedding))
+
+
+def is_norm(layer) -> bool:
+    """Normalization layers (Layer / Batch / Group / RMS normalization, KerasHub's too)."""
+    return "Norm" in type(layer).__name__
+
+
+def _parts(layer):
+    """(base weight, A, B) of a LoRA-enabled layer."""
+    if hasattr(layer, "lora_embeddings_a"):
+        return layer._embeddings, layer.lora_embeddings_a, layer.lora_embeddings_b
+    return layer._kernel, layer.lora_kernel_a, layer.lora_kernel_b
+
+
+def adapter_variables(layer) -> list:
+    return list(_parts(layer)[1:]) if getattr(layer, "lora_enabled", False) else []
+
+
+def is_adapter(variable) -> bool:
+    return variable.name.startswith(("lora_kernel_", "lora_embeddings_"))
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+def default_targets(layers: Sequence) -> tuple[str, ...]:
+    """Transformers (a layer named like KerasHub's attention query / value projections):
+    those; anything else: every Dense / EinsumDense / Conv layer (not embeddings)."""
+    import keras
+
+    adaptable = [l for l in layers if can_adapt(l)]
+    if any(l.name in TRANSFORMER_TARGETS for l in adaptable):
+        return TRANSFORMER_TARGETS
+    return tuple(re.escape(l.name) for l in adaptable if not isinstance(l, keras.layers.Embedding))
+
+
+def target_layers(groups: Sequence, targets: Optional[Sequence[str]], where: str) -> list:
+    """The adaptable layers of `groups` the `targets` regexes pick (full match on the name
+    or search in the path); `None` = `default_targets`. ConfigError for a bad regex or when
+    nothing matches."""
+    layers = _group_layers(groups)
+    patterns = tuple(targets) if targets is not None else default_targets(layers)
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(re.compile(p))
+        except re.error as e:
+            raise ConfigError(
+                f"Invalid value for '{where}.lora.targets': {p!r} is not a regular expression "
+                f"({e}). Expected regexes matching layer names or paths."
+            ) from None
+    picked = [l for l in layers if can_adapt(l) and any(
+        c.fullmatch(l.name) or c.search(l.path) for c in compiled)]
+    if not picked:
+        names = sorted({l.name for l in layers if can_adapt(l)})
+        shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
+        raise ConfigError(
+            f"Invalid value for '{where}.lora.targets': {list(patterns)} match no Dense / "
+            f"EinsumDense / Conv / Embedding layer in the groups the stage trains. Expected "
+            f"regexes matching some of: {shown or '(none: the groups have no such layer)'}."
+        )
+    return picked
+
+
+# -- adapters ------------------------------------------------------------------------------
+
+
+def _seed(seed: int, stage_index: int, path: str) -> int:
+    return zlib.crc32(f"{seed}/{stage_index}/{path}".encode()) & 0x7FFFFFFF
+
+
+def enable(layers: Sequence, rank: int, alpha: float, seed: int, stage_index: int) -> int:
+    """Puts adapters on the layers that have none yet (A seeded from the layer's path, B
+    zero: the model's outputs do not change); returns how many were created. A layer that
+    already has adapters keeps them (a resumed run, or a later stage targeting it again)."""
+    import keras
+
+    made = 0
+    for layer in layers:
+        if getattr(layer, "lora_enabled", False):
+            continue
+        init = keras.initializers.HeUniform(seed=_seed(seed, stage_index, layer.path))
+        layer.enable_lora(int(rank), lora_alpha=float(alpha), a_initializer=init)
+        made += 1
+    return made
+
+
+def merge_in_place(layer) -> None:
+    """`base += alpha/rank * A @ B`, then `B = 0`: the layer computes the same, the delta now
+    lives in the kernel (idempotent: a merged layer's B is zero)."""
+    from keras import ops
+
+    base, a, b = _parts(layer)
+    delta = (layer.lora_alpha / layer.lora_rank) * ops.matmul(a, b)
+    base.assign(ops.cast(ops.add(ops.cast(base, "float32"), delta), base.dtype))
+    b.assign(ops.zeros(b.shape, b.dtype))
+
+
+# -- trainability ---------------------------------------------------------------------------
+
+
+def _kept(layer, v, mode: str, adapting: bool) -> bool:
+    """Whether variable `v` of `layer` trains in PEFT `mode`."""
+    if is_adapter(v):
+        return adapting
+    if is_norm(layer):
+        return mode in NORM_MODES or (mode in BIAS_MODES and v.name == "beta")
+    return v.name == "bias" and mode in BIAS_MODES
+
+
+def apply_mode(groups: Sequence, mode: str, targets: Sequence = ()) -> None:
+    """Sets the variables of the (already unfrozen) `groups` for `mode`; `targets` are the
+    LoRA layers that train. Call after `trainable.set_trainable`, which leaves every variable
+    of a trainable layer trainable.
+
+    In the PEFT modes a leaf layer left with nothing to train is frozen as a whole (so a
+    BatchNormalization layer runs in inference mode, and the feature cache sees it frozen);
+    normalization layers whose parameters the mode trains train even under
+    `backbone.train_bn: false`. "Bias" follows BitFit: Dense / EinsumDense / Conv biases
+    and normalization layers' shifts (`beta`)."""
+    layers = _group_layers(groups)
+    training = {id(l) for l in targets} if mode in LORA_MODES else set()
+    for layer in layers:
+        if getattr(layer, "lora_enabled", False) and id(layer) not in training:
+            if mode == "none":
+                merge_in_place(layer)
+                _parts(layer)[0].trainable = True  # enable_lora froze it
+            for v in adapter_variables(layer):
+                v.trainable = False
+    if mode == "none":
+        return
+    for layer in layers:
+        leaf = not getattr(layer, "_layers", None)  # a container's sublayers come on their own
+        if leaf and is_norm(layer) and mode in NORM_MODES + BIAS_MODES:
+            layer.trainable = True  # also BatchNormalization under train_bn: false
+        if not layer.trainable:
+            continue
+        kept = 0
+        for v in layer._trainable_variables:
+            v.trainable = _kept(layer, v, mode, id(layer) in training)
+            kept += v.trainable
+        if leaf and not kept:
+            layer.trainable = False
+
+
+# -- the plain model and the stored adapters ----------------------------------------------
+
+
+def _strip_lora(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_lora(v) for k, v in obj.items() if k not in ("lora_rank", "lora_alpha")}
+    if isinstance(obj, list):
+        return [_strip_lora(v) for v in obj]
+    return obj
+
+
+def has_lora(model) -> bool:
+    return any(getattr(l, "lora_enabled", False) for l in all_layers(model))
+
+
+def merge_lora(model):
+    """A plain copy of `model` without LoRA: each adapted layer's kernel holds
+    `kernel + alpha/rank * A @ B` (as Keras saves it), and no adapter variables or ops are
+    left (for export and inference). `model` itself when it has no adapters."""
+    import keras
+
+    if not has_lora(model):
+        return model
+    config = _strip_lora(keras.saving.serialize_keras_object(model))
+    plain = keras.saving.deserialize_keras_object(config)
+    src, dst = list(all_layers(model)), list(all_layers(plain))
+    if [type(l) for l in src] != [type(l) for l in dst]:
+        raise TftuneError("Cannot merge the LoRA adapters: the rebuilt model's layers differ.")
+    for a, b in zip(src, dst):
+        store: dict = {}
+        a.save_own_variables(store)  # Dense / EinsumDense / Conv / Embedding merge LoRA here
+        if store:
+            b.load_own_variables(store)
+    return plain
+
+
+def _base_reference(spec: str, weights: Optional[str]) -> dict:
+    """The backbone spec, its weights setting and the sha256 of the base weights file when
+    there is one (a local preset's weights, a weights file, an `asset:`, a `.keras` file)."""
+    from tftune.rundir.checkpoint import _sha256
+
+    ref: dict = {"spec": spec, "weights": weights}
+    kind, _, target = spec.partition(":")
+    candidates = []
+    if kind in ("keras_hub", "hf") and Path(target).expanduser().is_dir():
+        folder = Path(target).expanduser()
+        candidates = sorted(folder.glob("*.weights.h5")) + sorted(folder.glob("*.safetensors"))
+    elif kind == "keras" and Path(target).expanduser().is_file():
+        candidates = [Path(target).expanduser()]
+    elif kind == "keras_applications" and weights and weights not in ("imagenet", "none"):
+        if weights.startswith("asset:"):
+            ref["asset"] = weights[len("asset:"):]
+        elif Path(weights).expanduser().is_file():
+            candidates = [Path(weights).expanduser()]
+    if candidates:
+        ref["files"] = {p.name: _sha256(p) for p in candidates}
+    return ref
+
+
+def stored_variables(model, backbone_model) -> list:
+    """What differs from the base when only head / PEFT stages trained: every variable
+    outside the backbone (the head), and in the backbone the adapters, biases, normalization
+    layers' variables (with BatchNorm statistics)."""
+    inside = {id(v) for v in backbone_model.variables}
+    out = [v for v in model.variables if id(v) not in inside]
+    for layer in all_layers(backbone_model):
+        if is_norm(layer):
+            out.extend(layer._trainable_variables + layer._non_trainable_variables)
+        else:
+            out.extend(v for v in layer._trainable_variables
+                       if is_adapter(v) or v.name == "bias")
+    return out
+
+
+def save_adapters(model, backbone_model, run: Path, spec: str, weights: Optional[str]) -> Path:
+    """Writes `adapters.weights.npz` ({variable path: array} of `stored_variables`) and
+    `adapters.json` (the base reference, the adapted layers' rank and alpha) into `run`."""
+    import numpy as np
+
+    from tftune.rundir.io import atomic_write, write_text
+
+    variables = stored_variables(model, backbone_model)
+    arrays = {v.path: np.asarray(v.numpy()) for v in variables}
+    layers = {l.path: {"rank": int(l.lora_rank), "alpha": float(l.lora_alpha)}
+              for l in all_layers(backbone_model) if getattr(l, "lora_enabled", False)}
+    path = run / ADAPTERS_FILE
+
+    def write(p):
+        with open(p, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+    info = {"base": _base_reference(spec, weights), "lora_layers": layers,
+            "variables": len(arrays), "parameters": int(sum(a.size for a in arrays.values()))}
+    write_text(run / ADAPTERS_INFO, json.dumps(info, indent=1) + "\n")
+    return path
+
+
+def load_adapters(model, backbone_model, run: Path, seed: int = 0) -> None:
+    """Puts a run's stored adapters onto `model` built from the base backbone (with the
+    run's head): enables LoRA on the layers `adapters.json` names, then assigns every stored
+    variable by path. Raises TftuneError when the model does not have them."""
+    import numpy as np
+
+    info = json.loads((run / ADAPTERS_INFO).read_text())
+    by_path = {l.path: l for l in all_layers(backbone_model)}
+    for path, meta in info["lora_layers"].items():
+        if path not in by_path:
+            raise TftuneError(f"The base model has no layer {path!r} named in {run / ADAPTERS_INFO}.")
+        enable([by_path[path]], meta["rank"], meta["alpha"], seed, 0)
+    variables = {v.path: v for v in model.variables}
+    with np.load(run / ADAPTERS_FILE, allow_pickle=False) as data:
+        missing = [k for k in data.files if k not in variables]
+        if missing:
+            raise TftuneError(
+                f"{run / ADAPTERS_FILE} holds variables this model does not have: "
+                f"{', '.join(missing[:5])}. Build the model from the run's base and head."
+            )
+        for k in data.files:
+            variables[k].assign(data[k])
+
+
+# -- best weights across stages that added adapters ------------------------------------------
+
+
+def adapted_layers(model) -> list[str]:
+    """Paths of the layers with adapters now (to restore weights taken at this point)."""
+    return [l.path for l in all_layers(model) if getattr(l, "lora_enabled", False)]
+
+
+def set_weights(model, weights: Sequence, adapted: Sequence[str]) -> None:
+    """`model.set_weights(weights)` for weights taken when only the `adapted` layers had
+    adapters: adapters created since get B = 0 (they change nothing) and keep their A."""
+    from keras import ops
+
+    adapted = set(adapted)
+    later = [l for l in all_layers(model) if getattr(l, "lora_enabled", False)
+             and l.path not in adapted]
+    skip = {id(v) for l in later for v in adapter_variables(l)}
+    targets = [v for v in model.weights if id(v) not in skip]
+    if len(targets) != len(weights):
+        raise TftuneError(f"Cannot restore the best stage's weights: {len(weights)} arrays for "
+                          f"{len(targets)} variables.")
+    for v, w in zip(targets, weights):
+        v.assign(w)
+    for layer in later:
+        b = _parts(layer)[2]
+        b.assign(ops.zeros(b.shape, b.dtype))

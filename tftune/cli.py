@@ -312,11 +312,11 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
 
     predictor = predictor_for(run)
     with _progress(len(items), "Predicting", threshold=256) as bar:
-        probabilities = predictor.predict(
+        outputs = predictor.outputs(
             items, progress=(lambda k: bar.update(k)) if bar is not None else None,
             **({"batch_size": batch_size} if batch_size else {}),
         )
-    text = format_predictions(names, probabilities, predictor.class_names, fmt)
+    text = format_predictions(names, outputs, predictor.task, fmt)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -381,11 +381,16 @@ def plot(run_dir: str) -> None:
     from tftune import rundir
     from tftune.config import load_recipe
 
+    from tftune.tasks import TASKS
+
     run = Path(run_dir)
-    monitors = None
+    monitors, minimised = None, ("loss",)
     if (run / rundir.CONFIG_FILE).is_file():
-        monitors = [s.early_stopping.monitor for s in load_recipe(run / rundir.CONFIG_FILE).stages]
-    out = plots.training_curves(run / rundir.HISTORY_FILE, run / plots.TRAINING_CURVES_FILE, monitors)
+        config = load_recipe(run / rundir.CONFIG_FILE)
+        monitors = [s.early_stopping.monitor for s in config.stages]
+        minimised = TASKS[config.task].minimised
+    out = plots.training_curves(run / rundir.HISTORY_FILE, run / plots.TRAINING_CURVES_FILE, monitors,
+                                minimised)
     click.echo(f"Wrote {out}")
 
 

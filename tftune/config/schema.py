@@ -44,6 +44,10 @@ class DataConfig:
     max_test_examples: Optional[int] = None
     image_size: tuple[int, int] = (224, 224)
     augment: tuple[str, ...] = ()
+    # Multi-label (`task: multilabel`): several 0/1 columns, one per label (else the labels
+    # are a list in `label_column`: `a|b` split on `label_separator`, or a JSON list).
+    label_columns: Optional[tuple[str, ...]] = None
+    label_separator: str = "|"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +81,9 @@ class HeadConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStoppingConfig:
-    """Early stopping within one stage; the best epoch's weights are always restored."""
+    """Early stopping within one stage; the best epoch's weights are always restored.
+    `monitor: auto` is the task's default monitor (`val_accuracy` for classification,
+    `val_rmse` for regression, ...; see `tftune.tasks`)."""
 
     monitor: str = "val_loss"
     patience: int = 2
@@ -138,6 +144,14 @@ class TrainConfig:
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: Optional[str] = None
     checkpoint_steps: int = 0
+    # What the task optimises (see `tftune.tasks`): `auto` is the task's own (cross-entropy;
+    # MSE for regression); `focal` (classification, multilabel); `mse` / `huber` (regression).
+    loss: Literal["auto", "crossentropy", "focal", "mse", "huber"] = "auto"
+    huber_delta: float = 1.0
+    label_smoothing: float = 0.0
+    # Per-example loss weights by class (classification): `balanced` (n / (classes * count))
+    # or {class name: weight}; classes left out weigh 1.
+    class_weight: Optional[Union[Literal["balanced"], dict[str, float]]] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,214 @@
+"""Tasks beyond single-label classification: regression and multi-label, through train,
+evaluate and predict; their metrics, thresholds and standardisation checked by hand."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, write_text_csv
+from tftune.cli import main
+from tftune.errors import ConfigError, DataError
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def scored_sentence(rng: random.Random) -> tuple[str, float]:
+    """A sentence and its score: (#positive - #negative words), in 'stars' 0..10-ish."""
+    n = rng.randint(3, 7)
+    words, score = [], 5.0
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.3:
+            words.append(rng.choice(POSITIVE_WORDS))
+            score += 1.0
+        elif r < 0.6:
+            words.append(rng.choice(NEGATIVE_WORDS))
+            score -= 1.0
+        else:
+            words.append(rng.choice(NEUTRAL_WORDS))
+    return " ".join(words), score
+
+
+def regression_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    return write_text_csv(path, [scored_sentence(rng) for _ in range(n)], ("text", "score"))
+
+
+def tiny_text_recipe(tmp: Path, csv_path: Path, preset: Path, name: str, task: str, **data) -> dict:
+    return {
+        "recipe": "text_classification",
+        "task": task,
+        "name": name,
+        "output_dir": str(tmp / "runs"),
+        "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2,
+                 "test_fraction": 0.2, **data},
+        "backbone": {"spec": f"keras_hub:{preset}", "sequence_length": 16},
+        "head": {"dropout": 0.0},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 3, "learning_rate": 3e-2,
+             "early_stopping": {"monitor": "auto", "patience": 5}},
+            {"name": "all", "train": "all", "epochs": 1, "learning_rate": 1e-3},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# Regression: units
+
+
+def test_regression_metrics_by_hand():
+    from tftune.evaluation.regression import average_ranks, regression_report
+
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    p = np.array([1.5, 2.0, 2.0, 5.0])
+    r = regression_report(y, p)
+    assert r["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 1 + 1) / 4))
+    assert r["mae"] == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+    assert r["r2"] == pytest.approx(1 - 2.25 / 5.0)
+    # Pearson by hand: deviations y (-1.5,-.5,.5,1.5), p (-1.125,-.625,-.625,2.375)
+    num = 1.5 * 1.125 + 0.5 * 0.625 - 0.5 * 0.625 + 1.5 * 2.375
+    den = np.sqrt(5.0 * (1.125**2 + 2 * 0.625**2 + 2.375**2))
+    assert r["pearson"] == pytest.approx(num / den)
+    assert average_ranks(np.array([10, 20, 20, 5])).tolist() == [2.0, 3.5, 3.5, 1.0]
+    # Spearman: ranks of p are (1, 2.5, 2.5, 4) against (1, 2, 3, 4)
+    assert r["spearman"] == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+    assert regression_report([3.0, 3.0], [1.0, 2.0])["r2"] is None
+
+
+def test_standardisation_round_trip():
+    from tftune.tasks import Regression
+
+    y = np.array([10.0, 20.0, 30.0, 60.0], np.float32)
+    task = Regression()
+    task.fit(y)
+    assert task.mean == pytest.approx(30.0) and task.std == pytest.approx(np.std(y))
+    standardised = ((y - task.mean) / task.std)[:, None]
+    np.testing.assert_allclose(task.predictions(standardised), y, rtol=1e-6)
+    again = Regression(state=json.loads(json.dumps(task.state())))
+    np.testing.assert_allclose(again.predictions(standardised), y, rtol=1e-6)
+    # The loss compares the label in its units with the standardised output.
+    loss = task.loss(reduction=None)
+    np.testing.assert_allclose(np.asarray(loss(y, standardised)), 0.0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(loss(y, standardised + 1.0)), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), ("", "''"), ("nan", "'nan'")])
+def test_bad_regression_targets_name_the_row(tmp_path, value, shown):
+    from tftune.config import DataConfig
+    from tftune.data import load_data
+    from tftune.tasks import Regression
+
+    rows = [("good movie", "3"), ("bad movie", value), ("fine film", "1.5")]
+    path = write_text_csv(tmp_path / "r.csv", rows, ("text", "score"))
+    cfg = DataConfig(source="csv", path=str(path), label_column="score")
+    with pytest.raises(DataError, match=f"data row 2: the regression target 'score' is {shown}"):
+        load_data(cfg, 0, Regression())
+
+
+# ------------------------------------------------------------------------------------------
+# Regression: end to end
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory, tiny_bert_preset):
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        tmp = tmp_path_factory.mktemp("regression")
+        csv_path = regression_csv(tmp / "scores.csv")
+        recipe = write_recipe(tmp / "reg.yaml", tiny_text_recipe(
+            tmp, csv_path, tiny_bert_preset, "reg", "regression", label_column="score"))
+        result = invoke("train", str(recipe))
+        assert result.exit_code == 0, result.output
+    finally:
+        tf.config.run_functions_eagerly(False)
+    return tmp, tmp / "runs" / "reg", csv_path
+
+
+def test_regression_trains_and_keeps_the_target_scale(regression_run):
+    tmp, run, csv_path = regression_run
+    task = json.loads((run / "task.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["stages"][0]["early_stopping"]["monitor"] == "val_rmse"  # auto
+    assert task["task"] == "regression" and task["target"] == "score"
+    from tftune.config import load_recipe
+    from tftune.data import load_data
+    from tftune.tasks import Regression
+
+    cfg = load_recipe(run / "config.yaml")
+    splits = load_data(cfg.data, cfg.train.seed, Regression(cfg=cfg))
+    train = splits.labels["train"]
+    assert task["mean"] == pytest.approx(float(train.mean()), rel=1e-6)
+    assert task["std"] == pytest.approx(float(train.std()), rel=1e-6)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["val"]) == {"loss", "rmse", "mae"}
+    history = (run / "history.csv").read_text().splitlines()[0]
+    assert "val_rmse" in history and "val_mae" in history
+    # A model that learnt something beats predicting the mean (RMSE = the std).
+    assert metrics["test"]["rmse"] < np.std(splits.labels["test"])
+
+
+def test_regression_predict_returns_original_units(regression_run):
+    import tftune
+
+    tmp, run, _ = regression_run
+    predictor = tftune.load(run)
+    texts = ["good great love best", "bad awful worst hate"]
+    values = predictor.predict(texts)
+    assert values.shape == (2,) and values.dtype == np.float32
+    task = json.loads((run / "task.json").read_text())
+    raw = predictor.outputs(texts)
+    np.testing.assert_allclose(values, raw[:, 0] * task["std"] + task["mean"], rtol=1e-5)
+    assert values[0] > values[1]
+    result = invoke("predict", str(run), *texts, "--literal")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "input,score"
+    assert [float(l.rsplit(",", 1)[1]) for l in lines[1:]] == pytest.approx(values, abs=1e-5)
+
+
+def test_regression_evaluate_reports_and_plots(regression_run):
+    tmp, run, _ = regression_run
+    result = invoke("evaluate", str(run))
+    assert result.exit_code == 0, result.output
+    assert "RMSE" in result.output and "Spearman" in result.output
+    report = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert {"rmse", "mae", "r2", "pearson", "spearman"} <= set(report)
+    png = run / "eval" / "test" / "predicted_vs_true.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Its RMSE is the one training measured on the same split (same model, float32).
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert report["rmse"] == pytest.approx(metrics["test"]["rmse"], rel=1e-4)
+    # Evaluating on a labelled file with a non-numeric target: one clear error.
+    bad = write_text_csv(tmp / "bad.csv", [("good movie", "x")], ("text", "score"))
+    one_line_error(invoke("evaluate", str(run), "--data", str(bad)), "data row 1", "'x'")
+
+
+def test_exporting_a_regression_run_is_one_clear_error(regression_run):
+    tmp, run, _ = regression_run
+    one_line_error(invoke("export", str(run), "--format", "keras"), "'regression'", "not supported")

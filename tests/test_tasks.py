@@ -212,3 +212,135 @@ def test_regression_evaluate_reports_and_plots(regression_run):
 def test_exporting_a_regression_run_is_one_clear_error(regression_run):
     tmp, run, _ = regression_run
     one_line_error(invoke("export", str(run), "--format", "keras"), "'regression'", "not supported")
+
+
+# ------------------------------------------------------------------------------------------
+# Multi-label: units
+
+
+def test_multilabel_metrics_by_hand():
+    from tftune.evaluation.multilabel import average_precision, multilabel_report
+
+    # AP: scores .9(+) .8(-) .7(+) .1(-): precision at the hits 1 and 2/3 -> (1 + 2/3) / 2
+    assert average_precision([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx((1 + 2 / 3) / 2)
+    # Ties are one step: .5(+) .5(-) -> recall 1 at precision 1/2
+    assert average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    assert average_precision([0.3, 0.2], [0, 0]) is None
+    y = np.array([[1, 0], [1, 1], [0, 0]])
+    p = np.array([[0.9, 0.2], [0.4, 0.8], [0.6, 0.1]])
+    r = multilabel_report(y, p, [0.5, 0.5], ["a", "b"])
+    # decisions: [1,0] [0,1] [1,0] -> a: tp 1 fp 1 fn 1; b: tp 1
+    assert r["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert r["macro_f1"] == pytest.approx((0.5 + 1.0) / 2)
+    assert r["subset_accuracy"] == pytest.approx(1 / 3)
+    assert r["hamming_loss"] == pytest.approx(2 / 6)
+    # a: scores .9(+) .6(-) .4(+) -> (1 + 2/3) / 2; b: 1
+    assert r["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    assert r["per_label"]["a"]["support"] == 2
+
+
+def test_thresholds_maximise_validation_f1():
+    from tftune.evaluation.multilabel import best_threshold, best_thresholds
+
+    # Positives score .35 and .3, a negative .2 and .9: cutting below .3 gives F1 2*2/(2*2+1)
+    assert best_threshold([0.35, 0.3, 0.2, 0.9], [1, 1, 0, 1]) == pytest.approx(0.25)
+    # A label without positives keeps the default.
+    assert best_threshold([0.1, 0.7], [0, 0]) == 0.5
+    # Every example positive: the lowest score is the threshold (all predicted).
+    assert best_threshold([0.2, 0.1], [1, 1]) == pytest.approx(0.1)
+    y = np.array([[1, 0], [0, 1], [1, 1]])
+    p = np.array([[0.3, 0.1], [0.1, 0.7], [0.2, 0.8]])
+    assert best_thresholds(y, p) == pytest.approx([0.15, 0.4])
+
+
+def test_multilabel_labels_from_a_list_column_or_from_01_columns(tmp_path):
+    from tftune.config import DataConfig
+    from tftune.data.labels import multilabel_targets
+
+    rows = [{"l": "a|b"}, {"l": '["c"]'}, {"l": ""}]
+    names, y, keep = multilabel_targets(rows, DataConfig(label_column="l"), "f.csv")
+    assert names == ["a", "b", "c"] and keep.all()
+    assert y.tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0]]
+    rows = [{"x": "1", "y": "0"}, {"x": "0", "y": "1"}]
+    names, y, _ = multilabel_targets(rows, DataConfig(label_columns=("x", "y")), "f.csv")
+    assert names == ["x", "y"] and y.tolist() == [[1, 0], [0, 1]]
+    with pytest.raises(DataError, match=r"data row 2: label column 'y' is '2'"):
+        multilabel_targets([{"x": "1", "y": "0"}, {"x": "1", "y": "2"}],
+                           DataConfig(label_columns=("x", "y")), "f.csv")
+    with pytest.raises(DataError, match=r"data row 1 has label\(s\) \['zz'\]"):
+        multilabel_targets([{"l": "a|zz"}], DataConfig(label_column="l"), "f.csv", known=["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------
+# Multi-label: end to end
+
+
+def tagged_sentence(rng: random.Random) -> tuple[str, str]:
+    """A sentence and its tags: pos (a positive word), neg (a negative word), film."""
+    n = rng.randint(3, 6)
+    words = [rng.choice(POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS) for _ in range(n)]
+    tags = [t for t, hit in (("pos", any(w in POSITIVE_WORDS for w in words)),
+                             ("neg", any(w in NEGATIVE_WORDS for w in words)),
+                             ("film", any(w in ("film", "movie") for w in words))) if hit]
+    return " ".join(words), "|".join(tags)
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory, tiny_bert_preset):
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        tmp = tmp_path_factory.mktemp("multilabel")
+        rng = random.Random(1)
+        csv_path = write_text_csv(tmp / "tags.csv", [tagged_sentence(rng) for _ in range(160)],
+                                  ("text", "tags"))
+        recipe = tiny_text_recipe(tmp, csv_path, tiny_bert_preset, "tags", "multilabel",
+                                  label_column="tags")
+        recipe["stages"][0]["epochs"] = 4
+        import tftune
+
+        result = tftune.train(write_recipe(tmp / "tags.yaml", recipe), echo=lambda line: None)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    return tmp, result.run_dir, csv_path
+
+
+def test_multilabel_trains_and_keeps_thresholds(multilabel_run):
+    tmp, run, _ = multilabel_run
+    task = json.loads((run / "task.json").read_text())
+    assert task["task"] == "multilabel" and task["labels"] == ["film", "neg", "pos"]
+    assert len(task["thresholds"]) == 3 and all(0 < t < 1 for t in task["thresholds"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["stages"][0]["early_stopping"]["monitor"] == "val_map"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"loss", "micro_f1", "macro_f1", "map"} <= set(metrics["test"])
+    assert metrics["test"]["map"] > 0.6  # three labels at chance would be about their base rates
+
+
+def test_multilabel_evaluate_and_predict_use_the_thresholds(multilabel_run):
+    import tftune
+    from tftune.evaluation.multilabel import multilabel_report
+
+    tmp, run, _ = multilabel_run
+    result = invoke("evaluate", str(run))
+    assert result.exit_code == 0, result.output
+    assert "micro F1" in result.output and "Hamming loss" in result.output
+    report = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    thresholds = json.loads((run / "task.json").read_text())["thresholds"]
+    assert [m["threshold"] for m in report["per_label"].values()] == pytest.approx(thresholds)
+    assert (run / "eval" / "test" / "per_label.csv").is_file()
+    predictor = tftune.load(run)
+    texts = ["good movie", "bad awful", "great film but worst plot"]
+    probs = predictor.predict(texts)
+    assert probs.shape == (3, 3)
+    expected = [[n for n, p, t in zip(["film", "neg", "pos"], row, thresholds) if p >= t] for row in probs]
+    assert predictor.predict_labels(texts) == expected
+    out = invoke("predict", str(run), *texts, "--literal", "--format", "jsonl")
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(l) for l in out.output.splitlines()]
+    assert [l["labels"] for l in lines] == expected
+    assert set(lines[0]["probabilities"]) == {"film", "neg", "pos"}
+    # Labelled data with a label the run does not know: one clear error.
+    bad = write_text_csv(tmp / "bad.csv", [("good movie", "pos|scary")], ("text", "tags"))
+    one_line_error(invoke("evaluate", str(run), "--data", str(bad)), "'scary'")

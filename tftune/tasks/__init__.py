@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from tftune.tasks.base import Task
 from tftune.tasks.classification import Classification
+from tftune.tasks.multilabel import Multilabel
 from tftune.tasks.regression import Regression
 from tftune.errors import ConfigError, did_you_mean
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression}
+TASKS: dict[str, type[Task]] = {
+    "classification": Classification,
+    "regression": Regression,
+    "multilabel": Multilabel,
+}
 
 
 def get_task(name: str, class_names=(), cfg=None, state=None) -> Task:
@@ -29,4 +34,4 @@ def get_task(name: str, class_names=(), cfg=None, state=None) -> Task:
     return TASKS[name](list(class_names), cfg, state)
 
 
-__all__ = ["Classification", "Regression", "TASKS", "Task", "get_task"]
+__all__ = ["Classification", "Multilabel", "Regression", "TASKS", "Task", "get_task"]

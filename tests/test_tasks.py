@@ -344,3 +344,136 @@ def test_multilabel_evaluate_and_predict_use_the_thresholds(multilabel_run):
     # Labelled data with a label the run does not know: one clear error.
     bad = write_text_csv(tmp / "bad.csv", [("good movie", "pos|scary")], ("text", "tags"))
     one_line_error(invoke("evaluate", str(run), "--data", str(bad)), "'scary'")
+
+
+# ------------------------------------------------------------------------------------------
+# Class weights, label smoothing, focal loss
+
+
+def test_balanced_and_explicit_class_weights():
+    from tftune.config import RecipeConfig, TrainConfig
+    from tftune.tasks import Classification
+
+    task = Classification(["a", "b", "c"], RecipeConfig(train=TrainConfig(class_weight="balanced")))
+    assert task.needs_train_labels
+    task.fit(np.array([0, 0, 0, 0, 1, 1, 2, 2]))
+    assert task.class_weights == pytest.approx([8 / 12, 8 / 6, 8 / 6])
+    assert np.asarray(task.example_weights(np.array([2, 0]))).tolist() == pytest.approx([8 / 6, 8 / 12])
+    again = Classification(["a", "b", "c"], state=task.state())
+    assert again.class_weights == task.class_weights
+    task = Classification(["a", "b"], RecipeConfig(train=TrainConfig(class_weight={"b": 4.0})))
+    task.fit(np.array([0, 1]))
+    assert task.class_weights == [1.0, 4.0]
+    with pytest.raises(ConfigError, match=r"\['z'\] are not classes"):
+        Classification(["a", "b"], RecipeConfig(train=TrainConfig(class_weight={"z": 2.0}))).fit(np.array([0]))
+    assert Classification(["a", "b"]).example_weights(np.array([0])) is None
+
+
+def test_label_smoothing_and_focal_losses_by_hand():
+    from tftune.config import RecipeConfig, TrainConfig
+    from tftune.tasks import Classification
+
+    p = np.array([[0.7, 0.2, 0.1]], np.float32)
+    smooth = Classification(["a", "b", "c"], RecipeConfig(train=TrainConfig(label_smoothing=0.3)))
+    target = np.array([0.1, 0.1, 0.1]) + np.array([0.7, 0, 0])  # (1 - .3) one-hot + .3 / 3
+    assert float(np.asarray(smooth.loss(reduction=None)(np.array([0]), p))[0]) == pytest.approx(
+        -np.sum(target * np.log(p[0])), rel=1e-5)
+    focal = Classification(["a", "b", "c"], RecipeConfig(train=TrainConfig(loss="focal")))
+    # Keras' focal loss: alpha (0.25) * (1 - p_t)^gamma (2) * -log p_t
+    assert float(np.asarray(focal.loss(reduction=None)(np.array([1]), p))[0]) == pytest.approx(
+        0.25 * 0.8 ** 2 * -np.log(0.2), rel=1e-5)
+    with pytest.raises(ConfigError, match="'train.loss' with task 'classification'.*Received: 'mse'"):
+        Classification(["a", "b"], RecipeConfig(train=TrainConfig(loss="mse"))).check_settings()
+
+
+WEIGHTED_MIRRORED_SCRIPT = '''
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tftune.config import RecipeConfig, TrainConfig
+from tftune.runtime.distribute import make_distribution
+from tftune.tasks import Classification
+from tftune.training.loop import Steps
+
+rng = np.random.RandomState(0)
+x = rng.randn(7, 4).astype("float32")  # 7 examples: the mirrored batch is padded to 8
+y = np.array([0, 1, 2, 0, 1, 2, 0], "int32")
+cfg = RecipeConfig(train=TrainConfig(class_weight={"a": 3.0, "c": 0.5}))
+out = {}
+for setting in ("default", "mirrored"):
+    dist = make_distribution(setting)
+    with dist.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        before = [w.tolist() for w in model.get_weights()]
+        task = Classification(["a", "b", "c"], cfg)
+        task.fit(y)
+        steps = Steps(model, task, dist)
+        steps.build()
+        logs = steps.train_batch(steps.batches(tf.data.Dataset.from_tensor_slices((x, y)).batch(7)))
+    out[setting] = {"replicas": dist.replicas, "loss": logs["loss"], "before": before,
+                    "after": [w.tolist() for w in model.get_weights()]}
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_class_weighted_loss_under_mirrored_strategy_equals_one_device(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-c", WEIGHTED_MIRRORED_SCRIPT], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    one, two = result["default"], result["mirrored"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    # The weighted mean over the global batch, by hand from the starting weights.
+    kernel, bias = (np.asarray(w) for w in one["before"])
+    rng = np.random.RandomState(0)
+    x = rng.randn(7, 4)
+    y = np.array([0, 1, 2, 0, 1, 2, 0])
+    logits = x @ kernel + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    w = np.array([3.0, 1.0, 0.5])[y]
+    expected = np.sum(w * -np.log(p[np.arange(7), y])) / w.sum()
+    assert one["loss"] == pytest.approx(expected, rel=1e-5)
+    assert two["loss"] == pytest.approx(expected, rel=1e-5)
+    for a, b in zip(one["after"], two["after"]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+    assert not np.allclose(np.asarray(one["after"][0]), kernel)  # the step did train
+
+
+@pytest.mark.usefixtures("eager")
+def test_class_weights_and_smoothing_train_through_the_feature_cache(tmp_path, make_tiny_cnn):
+    import tftune
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=10,
+                               classes={"red": (220, 30, 30), "blue": (30, 40, 220)})
+    for f in sorted((folder / "blue").iterdir())[:6]:  # 10 red, 4 blue
+        f.unlink()
+    recipe = {
+        "recipe": "image_classification", "name": "weighted", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32],
+                 "val_fraction": 0.2, "test_fraction": 0.0},
+        "head": {"dropout": 0.0},
+        "stages": [{"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05}],
+        "train": {"batch_size": 4, "verbose": "quiet", "class_weight": "balanced",
+                  "label_smoothing": 0.1},
+    }
+    lines = []
+    result = tftune.train(write_recipe(tmp_path / "w.yaml", recipe), backbone_model=make_tiny_cnn(32),
+                          echo=lines.append)
+    assert any("feature cache: frozen part run once" in l for l in lines), lines
+    task = json.loads((result.run_dir / "task.json").read_text())
+    n_blue, n_red = 3, 8  # the training split: 80 % of each class
+    assert task["class_weights"] == pytest.approx([11 / (2 * n_blue), 11 / (2 * n_red)])
+    assert np.isfinite(result.metrics["val"]["loss"])

@@ -477,3 +477,56 @@ def test_class_weights_and_smoothing_train_through_the_feature_cache(tmp_path, m
     n_blue, n_red = 3, 8  # the training split: 80 % of each class
     assert task["class_weights"] == pytest.approx([11 / (2 * n_blue), 11 / (2 * n_red)])
     assert np.isfinite(result.metrics["val"]["loss"])
+
+
+# ------------------------------------------------------------------------------------------
+# Balanced sampling
+
+
+def test_balanced_counts_are_seeded_and_balanced():
+    from tftune.data.pipeline import balanced_counts
+
+    labels = np.array([0] * 90 + [1] * 10)
+    counts = balanced_counts(labels, 2)
+    a, b = counts(7), counts(7)
+    assert a.tolist() == b.tolist() and a.sum() == 100
+    assert counts(8).tolist() != a.tolist()
+    share = np.mean([counts(s)[90:].sum() / 100 for s in range(50)])
+    assert share == pytest.approx(0.5, abs=0.03)  # the rare class: half of every epoch
+
+
+@pytest.mark.usefixtures("eager")
+def test_balanced_sampling_is_the_same_with_and_without_the_feature_cache(tmp_path, make_tiny_cnn):
+    import tftune
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=8)
+    for f in sorted((folder / "blue").iterdir())[:5]:
+        f.unlink()
+    weights = {}
+    for cache in ("auto", "off"):
+        recipe = {
+            "recipe": "image_classification", "name": f"bal-{cache}",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {"source": "folder", "path": str(folder), "image_size": [32, 32],
+                     "sampling": "balanced", "test_fraction": 0.0, "val_fraction": 0.25},
+            "head": {"dropout": 0.0},
+            "stages": [{"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05,
+                        "optimizer": "sgd"}],
+            "train": {"batch_size": 4, "verbose": "quiet", "feature_cache": cache},
+        }
+        lines = []
+        result = tftune.train(write_recipe(tmp_path / f"{cache}.yaml", recipe),
+                              backbone_model=make_tiny_cnn(32), echo=lines.append)
+        assert any("feature cache: frozen part" in l for l in lines) == (cache == "auto")
+        weights[cache] = result.model.get_weights()
+    for a, b in zip(weights["auto"], weights["off"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_balanced_sampling_is_for_classification(tmp_path, tiny_bert_preset):
+    csv_path = regression_csv(tmp_path / "s.csv", n=20)
+    recipe = tiny_text_recipe(tmp_path, csv_path, tiny_bert_preset, "r", "regression",
+                              label_column="score", sampling="balanced")
+    one_line_error(invoke("train", str(write_recipe(tmp_path / "r.yaml", recipe))),
+                   "data.sampling: balanced", "'regression'")

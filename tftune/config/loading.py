@@ -33,7 +33,11 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> RecipeConfig:
     merged = apply_overrides(_merge(base_recipe(recipe), data), list(overrides))
     config = from_dict(RecipeConfig, merged)
     _check_task(config.task)
-    return resolve_monitors(config)
+    config = resolve_monitors(config)
+    from tftune.tasks import TASKS
+
+    TASKS[config.task](cfg=config).check_settings()  # e.g. a loss the task has not
+    return config
 
 
 def resolve_monitors(config: RecipeConfig) -> RecipeConfig:

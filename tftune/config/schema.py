@@ -48,6 +48,9 @@ class DataConfig:
     # are a list in `label_column`: `a|b` split on `label_separator`, or a JSON list).
     label_columns: Optional[tuple[str, ...]] = None
     label_separator: str = "|"
+    # `balanced` (classification): each epoch draws as many training examples as the split
+    # holds, every class equally likely, seeded by the epoch (the same draw on resume).
+    sampling: Literal["shuffle", "balanced"] = "shuffle"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Task:
     image_folders: bool = False  # whether a folder of class folders can label it
     keeps_state: bool = False  # whether inference needs task.json (e.g. a target's mean)
     tunes_on_validation: bool = False  # whether `after_training` needs the val outputs
+    balanced_sampling: bool = False  # whether `data.sampling: balanced` applies (class labels)
 
     def __init__(self, class_names: Sequence[str] = (), cfg=None, state: Optional[dict] = None):
         """`cfg` is the run's `RecipeConfig` (loss settings; None: the defaults); `state` what
@@ -51,6 +52,11 @@ class Task:
             raise ConfigError(
                 f"Invalid value for 'train.loss' with task {self.name!r}. Expected one of: "
                 f"{', '.join(repr(l) for l in self.losses)}. Received: {loss!r}"
+            )
+        if self.cfg is not None and self.cfg.data.sampling == "balanced" and not self.balanced_sampling:
+            raise ConfigError(
+                f"data.sampling: balanced draws examples by class: it applies to task "
+                f"'classification', not {self.name!r}. Remove it."
             )
         smoothing = self.setting("label_smoothing", 0.0)
         if not 0.0 <= smoothing < 1.0:

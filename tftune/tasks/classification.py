@@ -28,6 +28,7 @@ class Classification(Task):
     default_monitor = "val_accuracy"
     losses = ("auto", "crossentropy", "focal")
     image_folders = True
+    balanced_sampling = True
 
     def __init__(self, class_names: Sequence[str] = (), cfg=None, state: Optional[dict] = None):
         self.class_weights: Optional[list[float]] = None

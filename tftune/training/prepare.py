@@ -87,9 +87,12 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
     if len(splits.class_names) < task.min_classes:
         raise DataError(f"Task {task.name!r} needs at least {task.min_classes} classes. "
                         f"Received: {splits.class_names}")
+    labels = train_labels(splits) if task.needs_train_labels or cfg.data.sampling != "shuffle" else None
     if task.needs_train_labels:
-        task.fit(train_labels(splits))
+        task.fit(labels)
     pipe = _pipeline(cfg, splits, backbone, n_train)
+    if cfg.data.sampling == "balanced":  # Task.check_settings allowed it
+        pipe.resample = pipeline.balanced_counts(labels, len(splits.class_names))
     train_source = pipe.source(splits.train)
     train_ds = pipe.batches(train_source, training=True)
     # Validation and test only sum losses and hits: their batches need not keep the split's order.

@@ -296,11 +296,11 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
 
     predictor = predictor_for(run)
     with _progress(len(items), "Predicting", threshold=256) as bar:
-        probabilities = predictor.predict(
+        outputs = predictor.outputs(
             items, progress=(lambda k: bar.update(k)) if bar is not None else None,
             **({"batch_size": batch_size} if batch_size else {}),
         )
-    text = format_predictions(names, probabilities, predictor.class_names, fmt)
+    text = format_predictions(names, outputs, predictor.task, fmt)
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -12,9 +12,9 @@ from tftune.errors import ConfigError, did_you_mean
 
 def _stages(head_epochs: int, head_lr: float, top: str, top_lr: float, schedule: str) -> list:
     """A head-only stage, then `top` (e.g. `all`, `top:2`) with 10 % warmup and `schedule`;
-    both stop early on validation accuracy."""
+    both stop early on the task's default monitor (validation accuracy for classification)."""
     def es():
-        return {"monitor": "val_accuracy", "patience": 1}
+        return {"monitor": "auto", "patience": 1}
 
     return [
         {"name": "head", "train": "head", "epochs": head_epochs, "learning_rate": head_lr,

@@ -33,7 +33,27 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> RecipeConfig:
     merged = apply_overrides(_merge(base_recipe(recipe), data), list(overrides))
     config = from_dict(RecipeConfig, merged)
     _check_task(config.task)
+    config = resolve_monitors(config)
+    from tftune.tasks import TASKS
+
+    TASKS[config.task](cfg=config).check_settings()  # e.g. a loss the task has not
     return config
+
+
+def resolve_monitors(config: RecipeConfig) -> RecipeConfig:
+    """`early_stopping.monitor: auto` becomes the task's default monitor (so config.yaml, the
+    history and the resume check all name a real metric)."""
+    import dataclasses
+
+    from tftune.tasks import TASKS
+
+    default = TASKS[config.task].default_monitor
+    stages = tuple(
+        dataclasses.replace(s, early_stopping=dataclasses.replace(s.early_stopping, monitor=default))
+        if s.early_stopping.monitor == "auto" else s
+        for s in config.stages
+    )
+    return dataclasses.replace(config, stages=stages)
 
 
 def _check_task(name: str) -> None:

@@ -65,6 +65,13 @@ class DataConfig:
     max_test_examples: Optional[Count] = None
     image_size: tuple[Count, Count] = (224, 224)
     augment: tuple[str, ...] = ()
+    # Multi-label (`task: multilabel`): several 0/1 columns, one per label (else the labels
+    # are a list in `label_column`: `a|b` split on `label_separator`, or a JSON list).
+    label_columns: Optional[tuple[str, ...]] = None
+    label_separator: str = "|"
+    # `balanced` (classification): each epoch draws as many training examples as the split
+    # holds, every class equally likely, seeded by the epoch (the same draw on resume).
+    sampling: Literal["shuffle", "balanced"] = "shuffle"
 
     def check(self, where: str = "data") -> None:
         """The rules between fields, run when a recipe is loaded (after each field's range)."""
@@ -121,6 +128,8 @@ class EarlyStoppingConfig:
     """Early stopping within one stage; the best epoch's weights are always restored.
 
     `patience` >= 0 epochs without improvement; `min_delta` >= 0, the least change that counts.
+    `monitor: auto` is the task's default monitor (`val_accuracy` for classification,
+    `val_rmse` for regression, ...; see `tftune.tasks`).
     """
 
     monitor: str = "val_loss"
@@ -208,6 +217,14 @@ class TrainConfig:
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: Optional[str] = None
     checkpoint_steps: NonNegativeInt = 0
+    # What the task optimises (see `tftune.tasks`): `auto` is the task's own (cross-entropy;
+    # MSE for regression); `focal` (classification, multilabel); `mse` / `huber` (regression).
+    loss: Literal["auto", "crossentropy", "focal", "mse", "huber"] = "auto"
+    huber_delta: Positive = 1.0
+    label_smoothing: Fraction = 0.0
+    # Per-example loss weights by class (classification): `balanced` (n / (classes * count))
+    # or {class name: weight}; classes left out weigh 1.
+    class_weight: Optional[Union[Literal["balanced"], dict[str, Positive]]] = None
 
 
 @dataclasses.dataclass(frozen=True)

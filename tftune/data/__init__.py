@@ -7,8 +7,15 @@ from tftune.data.splits import DataSplits
 from tftune.errors import DataError
 
 
-def load_data(cfg: DataConfig, seed: int) -> DataSplits:
-    """Loads the configured source. The `python` source is passed to `tftune.train` directly."""
+def load_data(cfg: DataConfig, seed: int, task=None) -> DataSplits:
+    """Loads the configured source, its labels read by `task` (a `tftune.tasks.Task`; default
+    single-label classification). The `python` source is passed to `tftune.train` directly."""
+    if task is not None and not task.image_folders and cfg.source in ("folder", "fashion_mnist"):
+        raise DataError(
+            f"Task {task.name!r} reads its labels from a CSV / JSONL file (data.source: csv or "
+            f"jsonl) or from datasets passed from Python; data.source {cfg.source!r} labels "
+            f"images by class folder. Received: data.source={cfg.source!r}"
+        )
     if cfg.source == "folder":
         from tftune.data.images import load_image_folder
 
@@ -20,7 +27,7 @@ def load_data(cfg: DataConfig, seed: int) -> DataSplits:
     if cfg.source in ("csv", "jsonl"):
         from tftune.data.text import load_text_file
 
-        return load_text_file(cfg, seed)
+        return load_text_file(cfg, seed, task)
     raise DataError(
         "data.source is 'python': pass your datasets from Python with "
         "tftune.train(config, datasets=DataSplits.from_datasets(...))."

@@ -174,6 +174,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
         modality="image",
         sizes={s: len(p) for s, p in split_paths.items()},
         ids={s: list(p) for s, p in split_paths.items()},
+        labels=dict(split_labels),
     )
 
 
@@ -244,4 +245,6 @@ def load_fashion_mnist(cfg: DataConfig, seed: int) -> DataSplits:
             "val": [f"fashion-mnist train image {i}" for i in val_idx],
             "test": [f"fashion-mnist test image {i}" for i in test_idx],
         },
+        labels={"train": y_train[train_idx].astype(np.int32), "val": y_train[val_idx].astype(np.int32),
+                "test": y_test[test_idx].astype(np.int32)},
     )

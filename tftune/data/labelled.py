@@ -43,24 +43,6 @@ def _name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._") or "data"
 
 
-def _label_indices(raw: Sequence[str], class_names: Sequence[str], skip_unknown: bool, what: str):
-    """(indices, keep): labels mapped onto the run's classes; unknown labels are an error
-    naming them unless `skip_unknown` drops those examples."""
-    from tftune.data.splits import unknown_labels
-
-    lookup = {c: i for i, c in enumerate(class_names)}
-    shown = unknown_labels(raw, lookup)
-    if shown and not skip_unknown:
-        raise DataError(
-            f"{what} has labels the run was not trained on: {shown}. "
-            f"The run's classes are {', '.join(class_names)}. Rename them, or pass "
-            f"--skip-unknown-labels to leave those examples out."
-        )
-    keep = np.array([r in lookup for r in raw], dtype=bool)
-    labels = np.array([lookup.get(r, -1) for r in raw], dtype=np.int32)
-    return labels, keep
-
-
 def load_labelled(
     spec: str | Path,
     modality: str,
@@ -70,12 +52,24 @@ def load_labelled(
     text_column: str = "text",
     label_column: str = "label",
     skip_unknown_labels: bool = False,
+    task=None,
+    label_columns: Optional[Sequence[str]] = None,
+    label_separator: str = "|",
 ) -> Examples:
     """Images in `spec/<class>/*` (modality `image`) or texts in the CSV / JSONL file `spec`
-    (modality `text`), labelled with the run's `class_names`."""
+    (modality `text`), labelled with the run's `class_names` as its `task` (a
+    `tftune.tasks.Task`, default single-label classification) reads labels: a class, a
+    number, or a list of labels (`label_columns`: one 0/1 column per label)."""
     import tensorflow as tf
 
     from tftune.assets import resolve
+    from tftune.config import DataConfig
+    from tftune.data.labels import known_class_labels
+
+    if task is None:
+        from tftune.tasks import Classification
+
+        task = Classification(class_names)
 
     path = Path(resolve(str(spec))).expanduser()
     if modality == "image":
@@ -87,7 +81,10 @@ def load_labelled(
                 f"folders: {spec}/<class name>/<image files>."
             )
         paths, raw = list_class_folder(path)
-        labels, keep = _label_indices(raw, class_names, skip_unknown_labels, str(path))
+        if not task.image_folders:
+            raise DataError(f"A {task.name} run is evaluated on a CSV / JSONL file, not on a "
+                            f"folder of class folders. Received: --data {spec}")
+        labels, keep = known_class_labels(raw, class_names, skip_unknown_labels, str(path))
         paths = [p for p, k in zip(paths, keep) if k]
         labels = labels[keep]
         if not paths:
@@ -113,7 +110,7 @@ def load_labelled(
     if not rows:
         raise DataError(f"{path} has no data rows.")
     for column, option in ((text_column, "--text-column"), (label_column, "--label-column")):
-        if column not in rows[0]:
+        if column not in rows[0] and not (label_columns and option == "--label-column"):
             raise DataError(
                 f"{path} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. "
                 f"Name the right one with {option}."
@@ -125,8 +122,11 @@ def load_labelled(
             f"{path} has {len(empty)} row(s) with an empty {text_column!r} text (first: data "
             f"row {empty[0] + 1}). Fill them in or remove those rows."
         )
-    raw = [str(r.get(label_column) or "").strip() for r in rows]
-    labels, keep = _label_indices(raw, class_names, skip_unknown_labels, str(path))
+    cfg = DataConfig(text_column=text_column, label_column=label_column,
+                     label_columns=tuple(label_columns) if label_columns else None,
+                     label_separator=label_separator)
+    _, labels, keep = task.read_labels(rows, cfg, str(path), known=class_names,
+                                       skip_unknown=skip_unknown_labels)
     rows_kept = [i for i in range(len(rows)) if keep[i]]
     if not rows_kept:
         raise DataError(f"{path} has no rows labelled with the run's classes ({', '.join(class_names)}).")

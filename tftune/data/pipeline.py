@@ -48,6 +48,9 @@ class Pipeline:
     bucket_boundaries: Optional[tuple[int, ...]] = None
     augment: tuple[str, ...] = ()
     eval_fn: Optional[Callable] = None
+    # epoch seed -> how many times each training example appears in that epoch (balanced
+    # sampling, see `balanced_counts`); None: every example once.
+    resample: Optional[Callable] = None
     # id(split) -> (split, its source): a split is tokenised / decoded once however many
     # consumers (training, validation, the feature cache's fill) ask for it.
     _sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -61,9 +64,25 @@ class Pipeline:
         return held[1]
 
     def batches(self, source, training: bool, epoch_seed: Optional[int] = None):
-        """One pass over `source` in batches; shuffled (and augmented) when `training`, in an
-        order fixed by `epoch_seed` when given."""
+        """One pass over `source` in batches; shuffled (and augmented, and resampled) when
+        `training`, in an order fixed by `epoch_seed` when given."""
+        if training:
+            source = self.resampled(source, epoch_seed)
         return self.batches_fn(source, training, epoch_seed)
+
+    def resampled(self, ds, epoch_seed: Optional[int] = None):
+        """The training examples of one epoch: `ds` (unbatched, in the split's order: the
+        tokenised source or the feature cache's stored outputs) with each example repeated
+        as often as `resample(epoch_seed)` says; `ds` itself without resampling."""
+        if self.resample is None:
+            return ds
+        import tensorflow as tf
+
+        counts = self.resample(self.seed if epoch_seed is None else epoch_seed)
+        table = tf.constant(counts, tf.int64)
+        out = ds.enumerate().flat_map(
+            lambda i, example: tf.data.Dataset.from_tensors(example).repeat(table[i]))
+        return out.apply(tf.data.experimental.assert_cardinality(int(counts.sum())))
 
     def prepare(self, ds, training: bool):
         return self.batches(self.source(ds), training)
@@ -101,6 +120,25 @@ class Pipeline:
     def random(self) -> bool:
         """Whether training batches are randomly augmented (so features change each epoch)."""
         return bool(self.augment)
+
+
+def balanced_counts(labels, num_classes: int) -> Callable[[int], "np.ndarray"]:
+    """epoch seed -> per-example counts for balanced sampling: as many draws as there are
+    examples, with replacement, each class equally likely (an example of class c with
+    probability 1 / (classes present * count_c)); a pure function of the seed."""
+    import numpy as np
+
+    labels = np.asarray(labels, np.int64)
+    per_class = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = int(np.sum(per_class > 0))
+    p = 1.0 / (present * per_class[labels])
+
+    def counts(epoch_seed: int) -> np.ndarray:
+        rng = np.random.default_rng(int(epoch_seed))
+        draws = rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+        return np.bincount(draws, minlength=len(labels))
+
+    return counts
 
 
 def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pipeline:

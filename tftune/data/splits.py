@@ -16,7 +16,8 @@ class DataSplits:
 
     Each split is an unbatched `tf.data.Dataset` of `(raw_input, label)` pairs: an image as a
     float32 `[height, width, 3]` tensor in 0..255, or a text as a scalar string; the label is
-    an int32 class index into `class_names`. `test` may be None. `ids` names each example of
+    an int32 class index into `class_names` (classification), a float32 number (regression,
+    `class_names` empty) or a float32 0/1 vector over `class_names` (multilabel). `test` may be None. `ids` names each example of
     a split, in order, where the source has names (image file paths, Fashion-MNIST indices):
     evaluation reports point at them.
     """
@@ -28,6 +29,10 @@ class DataSplits:
     modality: Literal["image", "text"]
     sizes: dict[str, int] = dataclasses.field(default_factory=dict)
     ids: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # Each split's labels as numpy, where the source has them at hand (file sources): tasks
+    # that learn from the training labels (standardisation, class weights) read them here
+    # instead of a pass over the dataset.
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_datasets(

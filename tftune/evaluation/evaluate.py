@@ -4,12 +4,15 @@ report into `RUN/eval/<name>/`.
 Files written (the folder is built aside and moved into place whole, so a re-run replaces
 only its own folder, and a failure leaves the old one as it was):
 
-- `metrics.json`: accuracy, per-class precision / recall / F1 / support / ROC-AUC, macro and
+- `metrics.json`: the task's report (`Task.report`) plus what data and how many examples;
+  classification: accuracy, per-class precision / recall / F1 / support / ROC-AUC, macro and
   weighted averages, top-k accuracy (more than 5 classes), log loss, confusion matrix (see
-  `tftune.evaluation.metrics` for the conventions), plus what data and how many examples;
-- `confusion_matrix.csv` and `confusion_matrix.png`;
-- `errors.csv`: the most confidently wrong examples, most confident first;
-- `errors.png` (image runs): those images with their true and predicted labels;
+  `tftune.evaluation.metrics` for the conventions); regression: RMSE, MAE, R², Pearson,
+  Spearman; multilabel: micro / macro F1, mAP, subset accuracy, Hamming loss, per label;
+- the task's files (`Task.evaluation_files`): classification `confusion_matrix.csv` / `.png`,
+  `errors.csv` (the most confidently wrong examples) and `errors.png` (image runs);
+  regression `predicted_vs_true.png` (scatter and residual histogram) and `errors.csv`;
+  multilabel `per_label.csv` and `errors.csv`;
 - `report.txt`: the report printed on the terminal.
 
 The train command's own `metrics.json` in the run directory is not touched.
@@ -17,22 +20,18 @@ The train command's own `metrics.json` in the run directory is not touched.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import re
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from tftune.evaluation import plots
 from tftune import rundir
 from tftune.errors import ConfigError
 
 EVAL_DIR = "eval"
-ERROR_IMAGES = 16
 
 
 @dataclasses.dataclass
@@ -84,28 +83,27 @@ def evaluate(
             f"Report name {name!r} must be letters, digits, '_', '-' or '.' (it names the folder "
             f"{run.path / EVAL_DIR}/<name>). Received: name={name!r}"
         )
-    probabilities, y_true = _score(run, examples, batch_size or run.config.train.batch_size,
+    task, outputs, y_true = _score(run, examples, batch_size or run.config.train.batch_size,
                                    progress, on_start)
     report = {
         "run": str(run.path),
         "data": examples.description,
         "compute_dtype": "float32",
-        **run.task.report(y_true, probabilities),
+        **task.report(y_true, outputs),
         "seconds": round(time.perf_counter() - started, 1),
         "notes": _notes(run, examples, data),
     }
-    wrong = np.flatnonzero(np.argmax(probabilities, axis=1) != y_true)
-    error_rows = _error_rows(run, examples, probabilities, y_true, wrong, errors)
-    text = format_report(run.path.name, examples, report, error_rows, len(wrong))
+    scored = Scored(run.path.name, examples, run.modality, y_true, outputs, report, errors)
     out = run.path / EVAL_DIR / name
     with rundir.building_dir(out) as tmp:
-        _write_report(run, examples, report, error_rows, len(wrong), tmp)
+        text = task.evaluation_files(tmp, scored)
+        rundir.write_json(tmp / "metrics.json", report)
         rundir.write_text(tmp / "report.txt", text + f"\nFiles: {out}\n")
     return EvaluationResult(out_dir=out, metrics=report, report=text)
 
 
 def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
-    """The labelled examples to score: `data` mapped onto the run's classes, or a split."""
+    """The labelled examples to score: `data` read with the run's task, or one of its splits."""
     from tftune.data.labelled import load_labelled
 
     if data is None:
@@ -114,24 +112,26 @@ def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
         data, run.modality, run.class_names, run.image_size,
         text_column=text_column or run.config.data.text_column,
         label_column=label_column or run.config.data.label_column,
-        skip_unknown_labels=skip_unknown_labels,
+        skip_unknown_labels=skip_unknown_labels, task=run.task,
+        label_columns=run.config.data.label_columns,
+        label_separator=run.config.data.label_separator,
     )
 
 
 def _score(run, examples, batch_size: int, progress, on_start):
-    """(model outputs, true labels) over `examples`, batch by batch, in float32."""
+    """(the predictor's task, model outputs, true labels) over `examples`, in float32."""
     from tftune.inference.predictor import predictor_for
 
     predictor = predictor_for(run)
     if on_start is not None:
         on_start(examples.size)
-    outputs, labels = [], []
+    outs, labels = [], []
     for x, y in examples.dataset.batch(batch_size):
-        outputs.append(predictor.probabilities(x))
+        outs.append(predictor.probabilities(x))
         labels.append(np.asarray(y))
         if progress is not None:
             progress(len(labels[-1]))
-    return np.concatenate(outputs), np.concatenate(labels).astype(np.int64)
+    return predictor.task, np.concatenate(outs), np.concatenate(labels)
 
 
 def _notes(run, examples, data) -> list[str]:
@@ -151,46 +151,26 @@ def _notes(run, examples, data) -> list[str]:
     return notes
 
 
-def _error_rows(run, examples, probabilities, y_true, wrong, limit: int) -> list[dict]:
-    """The `limit` most confidently wrong examples, most confident first."""
-    confidence = probabilities[wrong, np.argmax(probabilities[wrong], axis=1)]
-    worst = wrong[np.argsort(-confidence, kind="mergesort")][:limit]
-    texts = _texts_at(examples.dataset, worst) if run.modality == "text" else {}
-    rows = []
-    for rank, i in enumerate(worst, 1):
-        pred = int(np.argmax(probabilities[i]))
-        rows.append({
-            "rank": rank,
-            "index": int(i),
-            "id": examples.ids[i] if examples.ids else "",
-            **({"text": texts[int(i)]} if run.modality == "text" else {}),
-            "true": run.class_names[y_true[i]],
-            "predicted": run.class_names[pred],
-            "confidence": round(float(probabilities[i, pred]), 6),
-            "p_true": round(float(probabilities[i, y_true[i]]), 6),
-        })
-    return rows
+@dataclasses.dataclass
+class Scored:
+    """What the task's `evaluation_files` draw from: the examples, the true labels and the
+    model outputs (in the examples' order), the report and how many errors to list."""
 
+    run_name: str
+    examples: Any  # tftune.data.labelled.Examples
+    modality: str
+    y_true: np.ndarray
+    outputs: np.ndarray
+    report: dict
+    errors: int
 
-def _write_report(run, examples, report: dict, error_rows: list[dict], n_wrong: int, tmp: Path):
-    """metrics.json, the confusion matrix (CSV, PNG), errors.csv and, for images, errors.png."""
-    rundir.write_json(tmp / "metrics.json", report)
-    _write_confusion_csv(tmp / "confusion_matrix.csv", report["confusion_matrix"], run.class_names)
-    plots.confusion_matrix(
-        np.asarray(report["confusion_matrix"]), run.class_names, tmp / "confusion_matrix.png",
-        title=f"{run.path.name} on {examples.description} (accuracy {report['accuracy']:.4f})",
-    )
-    _write_errors_csv(tmp / "errors.csv", error_rows)
-    if run.modality == "image" and error_rows:
-        rows = error_rows[:ERROR_IMAGES]
-        images = _images_at(examples.dataset, [r["index"] for r in rows])
-        plots.image_grid(
-            [images[r["index"]] for r in rows],
-            [f"{r['id'].split('/')[-1] or '#' + str(r['index'])}\ntrue {r['true']}, "
-             f"predicted {r['predicted']} ({r['confidence']:.2f})" for r in rows],
-            tmp / "errors.png",
-            title=f"Most confidently wrong ({len(rows)} of {n_wrong} errors)",
-        )
+    def texts(self, indices) -> dict[int, str]:
+        """The texts at `indices` of a text run's examples ({} for images)."""
+        return _texts_at(self.examples.dataset, indices) if self.modality == "text" else {}
+
+    def images(self, indices) -> dict[int, np.ndarray]:
+        return _images_at(self.examples.dataset, indices)
+
 
 
 def _texts_at(dataset, indices) -> dict[int, str]:
@@ -217,61 +197,3 @@ def _images_at(dataset, indices) -> dict[int, np.ndarray]:
     return out
 
 
-def _write_confusion_csv(path: Path, cm, class_names) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["true \\ predicted", *class_names])
-    for name, row in zip(class_names, cm):
-        writer.writerow([name, *row])
-    rundir.write_text(path, buf.getvalue())
-
-
-def _write_errors_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    fields = list(rows[0]) if rows else ["rank", "index", "id", "true", "predicted", "confidence", "p_true"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    rundir.write_text(path, buf.getvalue())
-
-
-def _fmt(value) -> str:
-    return "   n/a" if value is None else f"{value:.4f}"
-
-
-def format_report(run_name: str, examples, report: dict, error_rows: list[dict], n_wrong: int,
-                  shown_errors: int = 5) -> str:
-    """The compact text report `tftune evaluate` prints."""
-    lines = [
-        f"Run {run_name} on {examples.description}: {report['examples']} examples",
-        f"accuracy {report['accuracy']:.4f}   macro F1 {report['macro_avg']['f1']:.4f}   "
-        f"weighted F1 {report['weighted_avg']['f1']:.4f}   ROC-AUC {_fmt(report['roc_auc'])} "
-        f"({report['roc_auc_kind']})   log loss {report['log_loss']:.4f}",
-    ]
-    if "top_k_accuracy" in report:
-        lines.append("   ".join(f"top-{k} accuracy {v:.4f}" for k, v in report["top_k_accuracy"].items()))
-    names = list(report["per_class"])
-    width = max(12, max(len(n) for n in names) + 1)
-    lines.append(f"{'class':<{width}} precision  recall      f1  support  ROC-AUC")
-    for n, m in report["per_class"].items():
-        lines.append(f"{n:<{width}}    {m['precision']:.4f}  {m['recall']:.4f}  {m['f1']:.4f}  "
-                     f"{m['support']:>7}   {_fmt(m['roc_auc'])}")
-    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
-        m = report[key]
-        lines.append(f"{label:<{width}}    {m['precision']:.4f}  {m['recall']:.4f}  {m['f1']:.4f}")
-    cm = report["confusion_matrix"]
-    cell = max(5, max(len(str(v)) for row in cm for v in row) + 1)
-    lines.append("confusion matrix (rows: true, columns: predicted, in the class order above):")
-    for n, row in zip(names, cm):
-        lines.append(f"  {n:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
-    if error_rows:
-        lines.append(f"most confidently wrong ({min(shown_errors, len(error_rows))} of {n_wrong} errors; "
-                     f"{len(error_rows)} in errors.csv):")
-        for r in error_rows[:shown_errors]:
-            what = r.get("text") or r["id"] or f"#{r['index']}"
-            if len(what) > 90:
-                what = what[:87] + "..."
-            lines.append(f"  {r['confidence']:.3f} {r['predicted']} (true {r['true']}): {what}")
-    for note in report.get("notes", []):
-        lines.append(f"note: {note}")
-    return "\n".join(lines)

@@ -55,12 +55,14 @@ def _float(value) -> float:
 
 
 def training_curves(history_csv: str | Path, out_png: str | Path,
-                    monitors: Optional[Sequence[str]] = None) -> Path:
+                    monitors: Optional[Sequence[str]] = None,
+                    minimised: Sequence[str] = ("loss",)) -> Path:
     """Loss and the other metrics per epoch, across all stages, with stage boundaries marked.
 
     The x axis counts epochs over the whole run; a dashed line starts each stage, labelled
     with its name. `monitors` (one per stage, e.g. `val_accuracy`) marks each stage's best
-    epoch on that metric, the weights the stage kept.
+    epoch on that metric, the weights the stage kept: the lowest value for the metrics in
+    `minimised` (the task's `Task.minimised`, e.g. loss, rmse), else the highest.
     """
     rows = read_history(history_csv)
     x = np.arange(1, len(rows) + 1)
@@ -91,7 +93,8 @@ def training_curves(history_csv: str | Path, out_png: str | Path,
                 if monitor in (metric, f"val_{metric}") and monitor in series:
                     values = series[monitor][start:end]
                     if not np.all(np.isnan(values)):
-                        best = start + int(np.nanargmin(values) if "loss" in monitor else np.nanargmax(values))
+                        lowest = monitor.removeprefix("val_") in minimised
+                        best = start + int(np.nanargmin(values) if lowest else np.nanargmax(values))
                         ax.plot([x[best]], [series[monitor][best]], "*", color="black", markersize=11,
                                 label=None if starred else f"best {monitor} of each stage (restored)")
                         starred = True
@@ -150,12 +153,44 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out_png: s
     return _save(fig, Path(out_png))
 
 
+def regression(y_true: np.ndarray, y_pred: np.ndarray, out_png: str | Path,
+               title: str = "Predicted vs true") -> Path:
+    """Two panels: predicted against true values (with the y = x line), and a histogram of
+    the residuals (predicted - true)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    fig = _figure(10.0, 4.5)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.scatter(y_true, y_pred, s=8, alpha=0.5)
+    if len(y_true):
+        low = float(min(y_true.min(), y_pred.min()))
+        high = float(max(y_true.max(), y_pred.max()))
+        ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
+        ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax = fig.add_subplot(1, 2, 2)
+    ax.hist(y_pred - y_true, bins=min(50, max(5, len(y_true) // 5)))
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_xlabel("residual (predicted - true)")
+    ax.set_ylabel("examples")
+    ax.grid(alpha=0.3)
+    ax.set_title("Residuals", fontsize=10)
+    return _save(fig, Path(out_png))
+
+
 def run_training_curves(run: Path) -> Path:
     """Re-creates `run/training_curves.png` from the run's history.csv, marking each stage's
     kept epoch by its monitor (from config.yaml, when readable)."""
     from tftune.config import load_recipe
+    from tftune.tasks import TASKS
 
-    monitors = None
+    monitors, minimised = None, ("loss",)
     if (run / rundir.CONFIG_FILE).is_file():
-        monitors = [s.early_stopping.monitor for s in load_recipe(run / rundir.CONFIG_FILE).stages]
-    return training_curves(run / rundir.HISTORY_FILE, run / TRAINING_CURVES_FILE, monitors)
+        config = load_recipe(run / rundir.CONFIG_FILE)
+        monitors = [s.early_stopping.monitor for s in config.stages]
+        minimised = TASKS[config.task].minimised
+    return training_curves(run / rundir.HISTORY_FILE, run / TRAINING_CURVES_FILE, monitors,
+                           minimised)

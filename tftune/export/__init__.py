@@ -82,6 +82,13 @@ def export(
 
     tol, floor = _limits(format, quantize, samples, tolerance, min_agreement)
     run = open_run(run_dir)
+    if run.config.task != "classification":
+        # The artefacts' outputs and their checks are still those of a classifier (issue 11).
+        raise TftuneError(
+            f"Exporting a {run.config.task!r} run is not supported yet: export writes and "
+            f"verifies classifiers (probabilities and a label). Use `tftune predict` or "
+            f"tftune.load(run).predict for this run."
+        )
     dest = Path(output).expanduser() if output else run.path / "export" / export_name(format, quantize)
     if dest.exists() and not overwrite:
         raise TftuneError(

@@ -139,26 +139,45 @@ def gather_texts(inputs: Sequence[str], column: str = "text", literal: bool = Fa
     return pairs
 
 
-def format_predictions(inputs: Sequence[str], probabilities: np.ndarray, class_names: Sequence[str],
-                       fmt: str = "csv") -> str:
-    """Predictions as CSV (`input,label,prob_<class>...`) or JSON lines
-    (`{"input", "label", "probabilities": {class: p}}`)."""
+def format_predictions(inputs: Sequence[str], outputs: np.ndarray, task, fmt: str = "csv") -> str:
+    """Predictions as CSV or JSON lines, one row per input, as the run's `task` (a
+    `tftune.tasks.Task`; a list of class names means single-label classification) words
+    them (`Task.prediction_rows`): classification `input,label,prob_<class>...` /
+    `{"input", "label", "probabilities": {class: p}}`; regression `input,<target>`;
+    multilabel `input,labels,prob_<label>...`."""
     import csv
     import json
 
-    labels = [class_names[i] for i in np.argmax(probabilities, axis=1)]
+    if not hasattr(task, "prediction_rows"):
+        from tftune.tasks import Classification
+
+        task = Classification(task)
+    columns, rows = task.prediction_rows(outputs)
     if fmt == "jsonl":
         return "".join(
-            json.dumps({"input": str(x), "label": label,
-                        "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, row)}},
+            json.dumps({"input": str(x), **{k: _rounded(v) for k, v in row.items()}},
                        ensure_ascii=False) + "\n"
-            for x, label, row in zip(inputs, labels, probabilities)
+            for x, row in zip(inputs, rows)
         )
     if fmt != "csv":
         raise ValueError(f"Unknown format {fmt!r}. Expected one of: csv, jsonl. Received: fmt={fmt!r}")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["input", "label", *[f"prob_{c}" for c in class_names]])
-    for x, label, row in zip(inputs, labels, probabilities):
-        writer.writerow([str(x), label, *[f"{float(p):.6f}" for p in row]])
+    writer.writerow(["input", *columns])
+    for x, row in zip(inputs, rows):
+        cells = []
+        for value in row.values():
+            if isinstance(value, dict):
+                cells += [f"{float(p):.6f}" for p in value.values()]
+            elif isinstance(value, list):
+                cells.append("|".join(map(str, value)))
+            else:
+                cells.append(value)
+        writer.writerow([str(x), *cells])
     return buf.getvalue()
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: round(float(p), 6) for k, p in value.items()}
+    return value

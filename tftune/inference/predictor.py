@@ -22,7 +22,8 @@ from tftune.inference.inputs import check_texts, image_files
 
 
 class Predictor:
-    """A trained classifier with the preprocessing it was trained with.
+    """A trained model with the preprocessing it was trained with, and its task (what its
+    outputs mean: class probabilities, a number, label probabilities with thresholds).
 
     Image predictors take file paths (str / Path), folders of images, encoded image bytes,
     PIL images and numpy arrays (`[H, W]`, `[H, W, C]` uint8 or float pixels in 0..255, or a
@@ -31,10 +32,15 @@ class Predictor:
     """
 
     def __init__(self, model, class_names: Sequence[str], modality: str,
-                 image_size: tuple[int, int] = (224, 224), preprocessor=None):
+                 image_size: tuple[int, int] = (224, 224), preprocessor=None, task=None):
         import tensorflow as tf
 
+        if task is None:
+            from tftune.tasks import Classification
+
+            task = Classification(class_names)
         self.model = model
+        self.task = task
         self.class_names = list(class_names)
         self.modality = modality
         self.image_size = tuple(image_size)
@@ -44,8 +50,9 @@ class Predictor:
     # -- batches already in the model's input form ---------------------------------------
 
     def probabilities(self, batch) -> np.ndarray:
-        """Probabilities for one prepared batch: float images `[n, H, W, 3]` in 0..255, or a
-        1-D batch of strings (tokenised here, trimmed to the longest text as in training)."""
+        """The model's outputs for one prepared batch (class probabilities for
+        classification): float images `[n, H, W, 3]` in 0..255, or a 1-D batch of strings
+        (tokenised here, trimmed to the longest text as in training)."""
         import tensorflow as tf
 
         if self.modality == "text":
@@ -107,11 +114,19 @@ class Predictor:
 
     def predict(self, inputs, batch_size: int = 32,
                 progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
-        """Class probabilities, `[n, len(class_names)]` float32, in input order.
+        """The predictions for `inputs`, in input order, as the task gives them
+        (`Task.predictions`): class probabilities `[n, len(class_names)]` float32
+        (classification; multilabel: per label), or values `[n]` in the target's units
+        (regression).
 
         Every input is checked before the first batch runs (unreadable images and empty texts
         are errors naming the input). `progress(k)` is called after each batch of k inputs.
         """
+        return self.task.predictions(self.outputs(inputs, batch_size, progress))
+
+    def outputs(self, inputs, batch_size: int = 32,
+                progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        """The model's raw outputs `[n, units]` for `inputs` (see `predict`)."""
         import tensorflow as tf
 
         items = self._items(inputs)
@@ -126,16 +141,18 @@ class Predictor:
             if progress is not None:
                 progress(len(chunk))
         if not out:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+            return np.zeros((0, self.task.output_units), dtype=np.float32)
         return np.concatenate(out)
 
     def labels(self, probabilities: np.ndarray) -> list[str]:
-        """The most likely class name of each row of `probabilities`."""
+        """The most likely class name of each row of `probabilities` (classification)."""
         return [self.class_names[i] for i in np.argmax(probabilities, axis=1)]
 
-    def predict_labels(self, inputs, batch_size: int = 32) -> list[str]:
-        """The most likely class name for each input."""
-        return self.labels(self.predict(inputs, batch_size=batch_size))
+    def predict_labels(self, inputs, batch_size: int = 32) -> list:
+        """The decision for each input (`Task.decode`): the most likely class name
+        (classification), the list of labels above their thresholds (multilabel), or the
+        value (regression)."""
+        return self.task.decode(self.outputs(inputs, batch_size=batch_size))
 
 
 def _is_pil(x) -> bool:
@@ -176,7 +193,7 @@ def predictor_for(run) -> Predictor:
     """A `Predictor` for an opened `tftune.rundir.reader.FinishedRun`."""
     model = run.load_model()
     preprocessor = run.load_preprocessor() if run.modality == "text" else None
-    return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor)
+    return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor, run.task)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -16,6 +16,7 @@ from tftune import rundir
 from tftune.config import RecipeConfig, load_recipe
 from tftune.data.labelled import Examples
 from tftune.errors import ConfigError, DataError, TftuneError
+from tftune.tasks import TASKS
 
 MODALITIES = {"text_classification": "text", "image_classification": "image"}
 SPLITS = ("test", "val", "train")
@@ -37,10 +38,18 @@ class FinishedRun:
 
     @property
     def task(self):
-        """The run's `tftune.tasks.Task`, bound to its classes."""
+        """The run's `tftune.tasks.Task`, bound to its classes and to what it kept in
+        task.json (a regression target's mean and std, multi-label thresholds)."""
         from tftune.tasks import get_task
 
-        return get_task(self.config.task, self.class_names)
+        state = None
+        path = self.path / rundir.TASK_FILE
+        if path.is_file():
+            try:
+                state = json.loads(path.read_text())
+            except ValueError as e:
+                raise TftuneError(f"{path} is not valid JSON ({e}). Train the run again.") from None
+        return get_task(self.config.task, self.class_names, self.config, state)
 
     def load_model(self):
         """The trained model as a float32 Keras model, without its optimizer, with the
@@ -100,7 +109,7 @@ class FinishedRun:
                 f"cannot be re-created. Pass labelled data with --data (a folder of class folders, "
                 f"or a CSV / JSONL file)."
             )
-        splits = load_data(self.config.data, self.config.train.seed)
+        splits = load_data(self.config.data, self.config.train.seed, self.task)
         if splits.class_names != self.class_names:
             raise DataError(
                 f"The data of run {self.path} now has classes {splits.class_names}, but the run "
@@ -147,6 +156,8 @@ def open_run(path: str | Path) -> FinishedRun:
         modality = MODALITIES.get(config.recipe)
         if modality == "text" and not (run / rundir.PREPROCESSOR_DIR / "tokenizer.json").is_file():
             missing.append(f"{rundir.PREPROCESSOR_DIR}/")
+        if TASKS[config.task].keeps_state and not (run / rundir.TASK_FILE).is_file():
+            missing.append(rundir.TASK_FILE)
     if missing:
         why = (
             "the run did not finish (there is no metrics.json)"
@@ -161,9 +172,10 @@ def open_run(path: str | Path) -> FinishedRun:
         class_names = json.loads((run / rundir.CLASSES_FILE).read_text())
     except ValueError as e:
         raise TftuneError(f"{run / rundir.CLASSES_FILE} is not valid JSON ({e}). Train the run again.") from None
-    if not isinstance(class_names, list) or len(class_names) < 2 or not all(isinstance(c, str) for c in class_names):
+    least = TASKS[config.task].min_classes
+    if not isinstance(class_names, list) or len(class_names) < least or not all(isinstance(c, str) for c in class_names):
         raise TftuneError(
-            f"{run / rundir.CLASSES_FILE} must hold a list of at least two class names. "
+            f"{run / rundir.CLASSES_FILE} must hold a list of at least {least} class names. "
             f"Received: {str(class_names)[:80]}"
         )
     return FinishedRun(path=run, config=config, class_names=class_names, modality=modality)

@@ -22,9 +22,85 @@ class Task:
     metric_names: tuple[str, ...] = ()
     minimised: tuple[str, ...] = ("loss",)  # metrics that are better when lower
     headline: str = "loss"  # the metric a run's summary line prints
+    default_monitor: str = "val_loss"  # what `early_stopping.monitor: auto` means
+    min_classes: int = 2  # how many names classes.json must hold
+    losses: tuple[str, ...] = ("auto",)  # the `train.loss` values this task accepts
+    image_folders: bool = False  # whether a folder of class folders can label it
+    keeps_state: bool = False  # whether inference needs task.json (e.g. a target's mean)
+    tunes_on_validation: bool = False  # whether `after_training` needs the val outputs
+    balanced_sampling: bool = False  # whether `data.sampling: balanced` applies (class labels)
 
-    def __init__(self, class_names: Sequence[str] = ()):
+    def __init__(self, class_names: Sequence[str] = (), cfg=None, state: Optional[dict] = None):
+        """`cfg` is the run's `RecipeConfig` (loss settings; None: the defaults); `state` what
+        `state()` returned when the run trained (read back from task.json)."""
         self.class_names = list(class_names)
+        self.cfg = cfg
+        self.train_cfg = cfg.train if cfg is not None else None
+        if state:
+            self.load_state(state)
+
+    # -- settings and state (task.json) ------------------------------------------------
+
+    def setting(self, key: str, default):
+        """A `train.<key>` setting of the run (its default without a config)."""
+        return getattr(self.train_cfg, key, default) if self.train_cfg is not None else default
+
+    def check_settings(self) -> None:
+        """Raises ConfigError for settings this task cannot honour (before anything loads)."""
+        loss = self.setting("loss", "auto")
+        if loss not in self.losses:
+            raise ConfigError(
+                f"Invalid value for 'train.loss' with task {self.name!r}. Expected one of: "
+                f"{', '.join(repr(l) for l in self.losses)}. Received: {loss!r}"
+            )
+        if self.cfg is not None and self.cfg.data.sampling == "balanced" and not self.balanced_sampling:
+            raise ConfigError(
+                f"data.sampling: balanced draws examples by class: it applies to task "
+                f"'classification', not {self.name!r}. Remove it."
+            )
+        smoothing = self.setting("label_smoothing", 0.0)
+        if not 0.0 <= smoothing < 1.0:
+            raise ConfigError(
+                f"Invalid value for 'train.label_smoothing'. Expected a number in [0, 1). "
+                f"Received: {smoothing!r}"
+            )
+
+    @property
+    def needs_train_labels(self) -> bool:
+        """Whether `fit` must see the training labels (e.g. to standardise a target)."""
+        return False
+
+    def fit(self, train_labels: np.ndarray) -> None:
+        """Learns what the task needs from the training split's labels before training."""
+
+    def state(self) -> dict:
+        """What the run must keep beyond the weights (written to task.json)."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restores `state()` (from task.json)."""
+
+    def after_training(self, y_val: np.ndarray, val_outputs: np.ndarray) -> list[str]:
+        """Decides what is tuned on the validation split once training is over (e.g.
+        decision thresholds); returns lines for the run log."""
+        return []
+
+    # -- labels ------------------------------------------------------------------------
+
+    def read_labels(self, rows: list[dict], data_cfg, where: str,
+                    known: Optional[Sequence[str]] = None, skip_unknown: bool = False):
+        """(label names, labels, keep) for the rows of a CSV / JSONL file: `known` are a
+        trained run's names (evaluation data), else they come from the data (training).
+        `keep` selects the rows to use. Labels are a numpy array, one row per input row."""
+        raise NotImplementedError
+
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """Integer groups the seeded split keeps in proportion (class indices by default)."""
+        return np.asarray(labels)
+
+    def example_weights(self, y):
+        """Per-example loss weights for a batch of labels (a tensor), or None (all 1)."""
+        return None
 
     # -- the model --------------------------------------------------------------------
 
@@ -71,6 +147,21 @@ class Task:
             )
 
     # -- outputs -----------------------------------------------------------------------
+
+    def predictions(self, outputs: np.ndarray) -> np.ndarray:
+        """What `Predictor.predict` returns for model outputs (probabilities by default)."""
+        return np.asarray(outputs)
+
+    def prediction_rows(self, outputs: np.ndarray) -> tuple[list[str], list[dict]]:
+        """(CSV columns, one dict per row) for `tftune predict`; a dict value may itself be
+        a dict (JSON lines keep it, CSV spreads it as `<key>_<name>` columns)."""
+        raise NotImplementedError
+
+    def evaluation_files(self, out_dir, scored) -> str:
+        """Writes the task's evaluation files (plots, tables) for `scored` (a
+        `tftune.evaluation.evaluate.Scored`: examples, true labels, outputs, report) into
+        `out_dir` and returns the report printed on the terminal."""
+        raise NotImplementedError
 
     def decode(self, outputs: np.ndarray) -> list:
         """The label (or value) of each row of model outputs, for `predict`."""

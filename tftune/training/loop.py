@@ -9,15 +9,18 @@ epoch part-way or stop at a step with its state intact. This loop keeps what fit
 the model's compiled optimizer (`apply_gradients`, loss scaling, `tf.distribute` updates),
 Keras metrics, and `strategy.run` inside one `tf.function` per step.
 
-One step: every replica computes its examples' losses, the loss is their sum divided by the
-number of examples in the whole global batch (an all-reduce), plus the model's regularisation
-losses / replicas; the optimizer sums the replicas' gradients. That is the gradient of the
-global batch's mean loss whatever the replica split, the same as on one device. With several
-replicas a short batch arrives padded to a multiple of them with weight-0 copies
-(`Distribution.distribute`); the weights keep the copies out of the loss and the metrics.
+One step: every replica computes its examples' weighted losses, the loss is their sum divided
+by the sum of the weights in the whole global batch (an all-reduce), plus the model's
+regularisation losses / replicas; the optimizer sums the replicas' gradients. That is the
+gradient of the global batch's weighted mean loss whatever the replica split, the same as on
+one device. With several replicas a short batch arrives padded to a multiple of them with
+weight-0 copies (`Distribution.distribute`); the weights keep the copies out of the loss and
+the metrics. Training multiplies them by the task's per-example weights
+(`Task.example_weights`: `train.class_weight`), computed from the labels in the step, so
+they are the same on cached features; validation is unweighted, as in Keras.
 
-Not supported here: `sample_weight` / class weights, models whose `train_step` is customised
-(it is not called), steps_per_execution > 1.
+Not supported here: a `sample_weight` column in the data, models whose `train_step` is
+customised (it is not called), steps_per_execution > 1.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class Steps:
     def _replica_train(self, x, y, weight=None):
         import tensorflow as tf
 
+        weight = self._example_weights(y, weight)
         ctx = tf.distribute.get_replica_context()
         count = tf.cast(tf.shape(y)[0], tf.float32) if weight is None else tf.reduce_sum(weight)
         total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
@@ -109,6 +113,16 @@ class Steps:
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables))
         self._update(self.train_metrics, y, y_pred, per_example, reg, weight)
+
+    def _example_weights(self, y, weight):
+        """The padding weights times the task's per-example weights (class weights), or
+        whichever of them there is (None: every example weighs 1)."""
+        import tensorflow as tf
+
+        task_weights = self.task.example_weights(y)
+        if task_weights is None:
+            return weight
+        return task_weights if weight is None else tf.cast(weight, tf.float32) * task_weights
 
     def _replica_test(self, x, y, weight=None):
         import tensorflow as tf

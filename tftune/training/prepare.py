@@ -21,9 +21,12 @@ def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, back
     import keras
 
     from tftune.model import backbones
+    from tftune.tasks import get_task
 
     keras.utils.set_random_seed(cfg.train.seed)
-    splits = datasets if datasets is not None else load_data(cfg.data, cfg.train.seed)
+    reader = get_task(cfg.task, (), cfg)  # reads the labels; bound to the classes in prepare_run
+    reader.check_settings()
+    splits = datasets if datasets is not None else load_data(cfg.data, cfg.train.seed, reader)
     previous_policy = keras.mixed_precision.dtype_policy().name
     policy = mixed_precision_policy(cfg.train.mixed_precision, splits.modality)
     keras.mixed_precision.set_global_policy(policy)
@@ -80,8 +83,16 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
     n_train = splits.sizes.get("train") or int(splits.train.cardinality())
     if n_train <= 0:
         raise DataError("The training split is empty or of unknown size; pass a finite dataset.")
-    task = get_task(cfg.task, splits.class_names)
+    task = get_task(cfg.task, splits.class_names, cfg)
+    if len(splits.class_names) < task.min_classes:
+        raise DataError(f"Task {task.name!r} needs at least {task.min_classes} classes. "
+                        f"Received: {splits.class_names}")
+    labels = train_labels(splits) if task.needs_train_labels or cfg.data.sampling != "shuffle" else None
+    if task.needs_train_labels:
+        task.fit(labels)
     pipe = _pipeline(cfg, splits, backbone, n_train)
+    if cfg.data.sampling == "balanced":  # Task.check_settings allowed it
+        pipe.resample = pipeline.balanced_counts(labels, len(splits.class_names))
     train_source = pipe.source(splits.train)
     train_ds = pipe.batches(train_source, training=True)
     # Validation and test only sum losses and hits: their batches need not keep the split's order.
@@ -113,13 +124,21 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
                     test_ds, steps_per_epoch, plans)
 
 
+def train_labels(splits: DataSplits):
+    """The training split's labels as numpy (from the source, else one pass over the split)."""
+    import numpy as np
+
+    if "train" in splits.labels:
+        return splits.labels["train"]
+    return np.concatenate([np.asarray(y) for y in splits.train.map(lambda x, y: y).batch(4096)])
+
+
 def describe(splits: DataSplits, backbone, policy: str, echo) -> None:
     """The run log's first lines: the data and the backbone."""
-    echo(
-        f"Data: {splits.modality}, {len(splits.class_names)} classes "
-        f"({', '.join(splits.class_names[:6])}{' ...' if len(splits.class_names) > 6 else ''}); "
-        + ", ".join(f"{k} {v}" for k, v in splits.sizes.items())
-    )
+    names = splits.class_names
+    labels = (f"{len(names)} classes ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})"
+              if names else "a numeric target")
+    echo(f"Data: {splits.modality}, {labels}; " + ", ".join(f"{k} {v}" for k, v in splits.sizes.items()))
     echo(
         f"Backbone: {backbone.spec}"
         + (f"; {'; '.join(backbone.notes)}" if backbone.notes else "")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tftune.config import RecipeConfig, config_from_dict, load_recipe, to_dict
+from tftune.config.loading import resolve_monitors
 from tftune.data import DataSplits
 from tftune.errors import ConfigError, TftuneError
 from tftune.evaluation import plots
@@ -69,6 +70,7 @@ def train(
         config = load_recipe(config, overrides)
     else:  # built in Python: checked like a recipe file (types, ranges, the task)
         config = config_from_dict(to_dict(config), overrides)
+    config = resolve_monitors(config)  # a RecipeConfig built in Python may say monitor: auto
     if overwrite and resume:
         raise ConfigError(
             "Pass either --resume (continue the run from its checkpoint) or --overwrite (start "
@@ -341,12 +343,15 @@ class Run:
         metrics["sizes"] = self.splits.sizes
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         faults.point("final:evaluated")
+        for line in self.tune_on_validation():
+            self.echo(line)
+        rundir.write_json(run / rundir.TASK_FILE, {"task": self.task.name, **self.task.state()})
         rundir.save_model(self.model, run)
         faults.point("final:model_saved")
         self.save_adapters()
         rundir.write_json(run / rundir.METRICS_FILE, metrics)
         plots.training_curves(self.history_path, run / plots.TRAINING_CURVES_FILE,
-                              [s.early_stopping.monitor for s in cfg.stages])
+                              [s.early_stopping.monitor for s in cfg.stages], self.task.minimised)
         faults.point("final:metrics_written")
         ckpt.remove(run)  # finished: metrics.json and model.keras are the run's result
         summary = self.task.summary(metrics)
@@ -357,6 +362,20 @@ class Run:
                       f"run directory ({run_path} on its machine).")
         return RunResult(run_dir=run_path, metrics=metrics, model=self.model,
                          class_names=self.splits.class_names)
+
+
+    def tune_on_validation(self) -> list[str]:
+        """Lets the task decide what it tunes on the validation split (e.g. multi-label
+        decision thresholds) from the final model's outputs; returns its log lines."""
+        import numpy as np
+
+        if not self.task.tunes_on_validation:
+            return []
+        ys, outputs = [], []
+        for x, y in self.prep.val_ds:
+            outputs.append(np.asarray(self.model(x, training=False), np.float32))
+            ys.append(np.asarray(y))
+        return self.task.after_training(np.concatenate(ys), np.concatenate(outputs))
 
 
 def _stage_result(data: dict):

@@ -79,9 +79,10 @@ def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional
     pad = any(a is not None for a in plan.sequence_axes)
 
     def cached(epoch):  # served like `cached_datasets` serves them, with the epoch's seed
+        epoch_seed = pipeline.epoch_seed(seed, stage_index, epoch)
         return cache.batched(
-            features, pipe.batch_size, shuffle_buffer=buffer,
-            seed=pipeline.epoch_seed(seed, stage_index, epoch),
+            pipe.resampled(features, epoch_seed), pipe.batch_size, shuffle_buffer=buffer,
+            seed=epoch_seed,
             bucket_boundaries=pipe.bucket_boundaries, pad=pad,
         )
 

@@ -113,10 +113,15 @@ RULES = {
     "stages.0.early_stopping.patience": "an integer >= 0",
     "stages.0.early_stopping.min_delta": "a number >= 0",
     "stages.0.steps_per_epoch": "an integer >= 1 or null",
+    "stages.0.lora.rank": "an integer >= 1",
+    "stages.0.lora.alpha": "a number > 0",
     "train.batch_size": "an integer >= 1",
     "train.seed": "an integer in [0, 4294967295]",
     "train.cache_memory_mb": "an integer >= 0",
     "train.checkpoint_steps": "an integer >= 0",
+    "train.huber_delta": "a number > 0",
+    "train.label_smoothing": "a number in [0, 1)",
+    "train.class_weight.g": "a number > 0",
 }
 
 
@@ -290,8 +295,12 @@ def test_enum_key_rejects_an_unknown_value(key, recipe):
 
 @pytest.mark.parametrize("key", ENUMS, ids=[k.path for k in ENUMS])
 def test_enum_key_accepts_each_of_its_values(key):
+    # Some values belong to one task (train.loss: mse / huber are regression's).
+    task_of = {("train.loss", "mse"): "regression", ("train.loss", "huber"): "regression"}
     for choice in key.choices:
-        cfg = config_from_dict({"recipe": "image_classification"}, [f"{key.path}={choice}"])
+        task = task_of.get((key.path, choice), "classification")
+        cfg = config_from_dict({"recipe": "image_classification", "task": task},
+                               [f"{key.path}={choice}"])
         section, field = key.path.rsplit(".", 1)
         node: Any = cfg
         for part in section.split("."):

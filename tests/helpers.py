@@ -18,8 +18,10 @@ Nothing here imports TensorFlow / Keras at module level: conftest.py quiets thei
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +272,39 @@ def requires_asset(name: str) -> None:
     """Skips the calling test with a reason when asset `name` is not fetched."""
     if not assets_available(name):
         pytest.skip(f"asset {name!r} not fetched: run `tftune assets fetch {name}`")
+
+
+# ------------------------------------------------------------------------------------------
+# Comparing runs, and SIGTERM in this process (resume tests)
+
+
+def history_rows(run: Path) -> list[tuple]:
+    """history.csv without the seconds column (wall time differs between runs)."""
+    with open(run / "history.csv", newline="") as f:
+        return [tuple((k, v) for k, v in row.items() if k != "seconds") for row in csv.DictReader(f)]
+
+
+def max_weight_difference(a: list, b: list) -> float:
+    assert len(a) == len(b)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+
+
+def metric_difference(a: dict, b: dict) -> float:
+    return max(abs(a[s][k] - b[s][k]) for s in ("val", "test") for k in ("loss", "accuracy"))
+
+
+def sigterm_at(monkeypatch, event: str, n: int) -> None:
+    """Sends this process SIGTERM when faults point `event` is reached for the n-th time."""
+    from tftune.runtime import faults
+
+    seen = {"n": 0}
+    original = faults.point
+
+    def point(name, detail=""):
+        original(name, detail)
+        if name == event:
+            seen["n"] += 1
+            if seen["n"] == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(faults, "point", point)

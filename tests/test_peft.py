@@ -321,7 +321,7 @@ def lora_reference(tmp_path_factory):
     import keras
     import tensorflow as tf
 
-    from conftest import build_tiny_cnn, make_image_folder
+    from helpers import build_tiny_cnn, make_image_folder
 
     root = tmp_path_factory.mktemp("peft_resume")
     folder = make_image_folder(root / "images")
@@ -346,7 +346,7 @@ def lora_reference(tmp_path_factory):
 ], ids=["before-lora", "mid-lora", "lora-epoch-end", "after-lora", "mid-full"])
 def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
         tmp_path, lora_reference, monkeypatch, event, n, where):
-    from test_resume import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from helpers import history_rows, max_weight_difference, metric_difference, sigterm_at
     from tftune.runtime.preemption import Preempted
 
     folder, cnn, reference = lora_reference
@@ -369,7 +369,7 @@ def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
 def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_reference, monkeypatch):
     """head (best) -> a LoRA stage that does worse: the head stage's weights come back, the
     adapters created since change nothing (B = 0); the same after a resume past the end."""
-    from test_resume import max_weight_difference, sigterm_at
+    from helpers import max_weight_difference, sigterm_at
     from tftune.runtime.preemption import Preempted
 
     folder, cnn, _ = lora_reference

@@ -35,7 +35,11 @@ import yaml
 
 from helpers import (
     assert_one_line_error,
+    history_rows,
     invoke,
+    max_weight_difference,
+    metric_difference,
+    sigterm_at,
     make_image_folder,
     make_sentence,
     save_tiny_cnn,
@@ -78,38 +82,8 @@ def recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", **train) 
     }
 
 
-def history_rows(run: Path) -> list[tuple]:
-    """history.csv without the seconds column (wall time differs between runs)."""
-    with open(run / "history.csv", newline="") as f:
-        return [tuple((k, v) for k, v in row.items() if k != "seconds") for row in csv.DictReader(f)]
-
-
-def max_weight_difference(a: list, b: list) -> float:
-    assert len(a) == len(b)
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
-
-
-def metric_difference(a: dict, b: dict) -> float:
-    return max(abs(a[s][k] - b[s][k]) for s in ("val", "test") for k in ("loss", "accuracy"))
-
-
 # ------------------------------------------------------------------------------------------
 # in this process: SIGTERM at a step, then resume
-
-
-def sigterm_at(monkeypatch, event: str, n: int) -> None:
-    """Sends this process SIGTERM when faults point `event` is reached for the n-th time."""
-    seen = {"n": 0}
-    original = faults.point
-
-    def point(name, detail=""):
-        original(name, detail)
-        if name == event:
-            seen["n"] += 1
-            if seen["n"] == n:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(faults, "point", point)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, write_text_csv
+from helpers import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, write_text_csv
 from tftune.cli import main
 from tftune.errors import ConfigError, DataError
 
@@ -454,7 +454,7 @@ def test_class_weighted_loss_under_mirrored_strategy_equals_one_device(tmp_path)
 @pytest.mark.usefixtures("eager")
 def test_class_weights_and_smoothing_train_through_the_feature_cache(tmp_path, make_tiny_cnn):
     import tftune
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "images", per_class=10,
                                classes={"red": (220, 30, 30), "blue": (30, 40, 220)})
@@ -498,7 +498,7 @@ def test_balanced_counts_are_seeded_and_balanced():
 @pytest.mark.usefixtures("eager")
 def test_balanced_sampling_is_the_same_with_and_without_the_feature_cache(tmp_path, make_tiny_cnn):
     import tftune
-    from conftest import make_image_folder
+    from helpers import make_image_folder
 
     folder = make_image_folder(tmp_path / "images", per_class=8)
     for f in sorted((folder / "blue").iterdir())[:5]:

@@ -298,43 +298,30 @@ def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
 
 
 def resume_recipe(folder, cnn, out, name="r") -> dict:
-    """head -> lora (top:2, warmup + cosine) -> full top:1 (merges the adapters first)."""
-    return {
-        "recipe": "image_classification", "name": name, "output_dir": str(out),
-        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
-        "backbone": {"spec": f"keras:{cnn}"},
-        "head": {"dropout": 0.3},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
-            {"name": "lora", "train": "top:2", "epochs": 2, "learning_rate": 0.02, "peft": "lora",
-             "lora": {"rank": 2}, "warmup": 2, "schedule": "cosine",
-             "early_stopping": {"monitor": "val_loss", "patience": 5}},
-            {"name": "full", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
-        ],
-        "train": {"batch_size": 8, "verbose": "quiet"},
-    }
+    """test_resume's recipe with head -> lora (top:2, warmup + cosine) -> full top:1 (which
+    merges the adapters first)."""
+    from test_resume import recipe
+
+    return {**recipe(folder, cnn, out, name), "stages": [
+        {"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+        {"name": "lora", "train": "top:2", "epochs": 2, "learning_rate": 0.02, "peft": "lora",
+         "lora": {"rank": 2}, "warmup": 2, "schedule": "cosine",
+         "early_stopping": {"monitor": "val_loss", "patience": 5}},
+        {"name": "full", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
+    ]}
 
 
 @pytest.fixture(scope="module")
 def lora_reference(tmp_path_factory):
-    """The uninterrupted head -> lora -> full run (eager) and its inputs."""
-    import keras
-    import tensorflow as tf
-
-    from conftest import build_tiny_cnn, make_image_folder
+    """The uninterrupted head -> lora -> full run (eager) and its inputs: 36 coloured
+    images and the tiny CNN saved as a `keras:` file."""
+    from conftest import _train_quietly, build_tiny_cnn, make_image_folder
 
     root = tmp_path_factory.mktemp("peft_resume")
-    folder = make_image_folder(root / "images")
-    keras.utils.set_random_seed(0)
     cnn = root / "cnn.keras"
-    build_tiny_cnn(32).save(str(cnn))
-    before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    try:
-        result = train(config_from_dict(resume_recipe(folder, cnn, root / "ref")), echo=lambda _: None)
-    finally:
-        tf.config.run_functions_eagerly(before)
-    return folder, cnn, result
+    build_tiny_cnn(32).save(str(cnn))  # a fixed seed is not needed: both runs read the file
+    folder = make_image_folder(root / "images")
+    return folder, cnn, _train_quietly(resume_recipe(folder, cnn, root / "ref"))
 
 
 @pytest.mark.parametrize("event, n, where", [

@@ -423,3 +423,35 @@ def test_layer_decay_scales_the_adapters_by_group(make_tiny_cnn):
     }
     assert {v.path for v in model.trainable_weights} == set(multipliers) | {
         "head_classifier/kernel", "head_classifier/bias"}
+
+
+def test_savedmodel_of_a_lora_run_has_no_lora_and_matches_the_unmerged_model(tmp_path, lora_reference):
+    """`tftune export` (through `FinishedRun.load_model`) exports the merged model: its
+    SavedModel, called in a fresh process, matches the unmerged trained model."""
+    import tensorflow as tf
+
+    from tftune.export import call_savedmodel_in_fresh_process, export
+    from tftune.inference.predictor import encode_png
+    from tftune.rundir.reader import open_run
+
+    folder, cnn, _ = lora_reference
+    recipe = resume_recipe(folder, cnn, tmp_path, name="x")
+    recipe["stages"] = recipe["stages"][:2]  # head -> lora: the adapters stay unmerged
+    result = train(config_from_dict(recipe), echo=lambda _: None)
+    adapted = [l for l in peft.all_layers(result.model) if getattr(l, "lora_enabled", False)]
+    assert len(adapted) == 2 and all(np.any(l.lora_kernel_b.numpy()) for l in adapted)
+    unmerged = open_run(result.run_dir).load_model(merge=False)
+    assert peft.has_lora(unmerged)
+    out = export(result.run_dir, "savedmodel", samples=6, echo=lambda _: None)
+    saved = [k for k, _ in tf.train.list_variables(str(out.artefact / "variables" / "variables"))
+             if k.startswith("weights/")]
+    merged = open_run(result.run_dir).load_model()
+    assert not peft.has_lora(merged)
+    # the SavedModel holds the merged model's variables: none of the adapters
+    assert len(saved) == len(merged.variables) == len(unmerged.variables) - 4  # A, B of 2 convs
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    got, _ = call_savedmodel_in_fresh_process(out.artefact, "image", [encode_png(p) for p in pixels])
+    for name, model in (("trained", result.model), ("model.keras unmerged", unmerged)):
+        diff = float(np.max(np.abs(got - np.asarray(model(pixels.astype("float32"))))))
+        print(f"merged SavedModel (fresh process) vs {name} model: max abs diff {diff:.2e}")
+        assert diff < 1e-5

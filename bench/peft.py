@@ -34,23 +34,6 @@ MODES = ("full", "lora", "lora_bias", "bitfit", "norm")
 LEARNING_RATES = {"full": {"image": 1e-3, "text": 5e-5}, "peft": {"image": 1e-2, "text": 1e-3}}
 
 
-def batch_timer():
-    import keras
-
-    class BatchTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.seconds.append(time.perf_counter() - self._t)
-
-    return BatchTimer()
-
-
 def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: list) -> dict:
     """Trains one mode for `budget` seconds in this process and returns its figures."""
     from speed import plan_stage, setup
@@ -73,13 +56,18 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
         total = int(sum(v.numpy().size for v in model.weights))
         started = time.perf_counter()
         deadline = started + budget
-        timer = batch_timer()
+        stamps = []  # after each step (and epoch end): the loop asks whether to stop
+
+        def stop_requested():
+            stamps.append(time.perf_counter())
+            return stamps[-1] > deadline
+
         with tempfile.TemporaryDirectory() as tmp:
             data = stage_data(one, model, backbone, prep, 0, Path(tmp), echo=lambda _: None)
             try:
                 run_stage(data.model, plan, prep.task, data.train, data.val, prep.steps_per_epoch,
-                          [timer], False, 0, hooks=lambda srun: loop.Hooks(
-                              stop_requested=lambda: time.perf_counter() > deadline))
+                          [], False, 0,
+                          hooks=lambda srun: loop.Hooks(stop_requested=stop_requested))
             except Preempted:
                 pass
             finally:
@@ -92,12 +80,13 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
             if mode != "full":
                 adapter_bytes = peft.save_adapters(model, backbone.model, run, backbone.spec,
                                                    cfg.backbone.weights).stat().st_size
-        times = timer.seconds[3:] or timer.seconds
+        times = [b - a for a, b in zip(stamps, stamps[1:])]
+        times = times[3:] or times or [float("nan")]
         return {
             "kind": kind, "mode": mode, "lr": lr, "trainable": trainable, "total": total,
             "adapter_mb": adapter_bytes / 2**20 if adapter_bytes else None,
             "model_mb": model_bytes / 2**20, "step_s": statistics.median(times),
-            "steps": len(timer.seconds), "cached": data.cached, "trained_s": trained_s,
+            "steps": len(stamps), "cached": data.cached, "trained_s": trained_s,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "test_accuracy": accuracy,
         }

@@ -308,3 +308,22 @@ def sigterm_at(monkeypatch, event: str, n: int) -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(faults, "point", point)
+
+
+def resume_recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", **train) -> dict:
+    """Head (2 epochs, feature cache, dropout 0.3: the dropout RNG must resume too), then
+    top:1 (2 epochs, warmup + cosine: the schedule must resume at its step), AdamW."""
+    return {
+        "recipe": "image_classification", "name": name, "output_dir": str(output_dir),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": f"keras:{cnn}"},
+        "head": {"dropout": 0.3},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05,
+             "early_stopping": {"monitor": "val_loss", "patience": 5}},
+            {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 2e-3,
+             "warmup": 2, "schedule": "cosine",
+             "early_stopping": {"monitor": "val_accuracy", "patience": 5}},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet", **train},
+    }

@@ -297,44 +297,31 @@ def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
 # resume: a LoRA stage's adapters are re-created before the checkpoint is restored
 
 
-def resume_recipe(folder, cnn, out, name="r") -> dict:
-    """head -> lora (top:2, warmup + cosine) -> full top:1 (merges the adapters first)."""
-    return {
-        "recipe": "image_classification", "name": name, "output_dir": str(out),
-        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
-        "backbone": {"spec": f"keras:{cnn}"},
-        "head": {"dropout": 0.3},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
-            {"name": "lora", "train": "top:2", "epochs": 2, "learning_rate": 0.02, "peft": "lora",
-             "lora": {"rank": 2}, "warmup": 2, "schedule": "cosine",
-             "early_stopping": {"monitor": "val_loss", "patience": 5}},
-            {"name": "full", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
-        ],
-        "train": {"batch_size": 8, "verbose": "quiet"},
-    }
+def lora_resume_recipe(folder, cnn, out, name="r") -> dict:
+    """test_resume's recipe with head -> lora (top:2, warmup + cosine) -> full top:1 (which
+    merges the adapters first)."""
+    from helpers import resume_recipe
+
+    return {**resume_recipe(folder, cnn, out, name), "stages": [
+        {"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+        {"name": "lora", "train": "top:2", "epochs": 2, "learning_rate": 0.02, "peft": "lora",
+         "lora": {"rank": 2}, "warmup": 2, "schedule": "cosine",
+         "early_stopping": {"monitor": "val_loss", "patience": 5}},
+        {"name": "full", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
+    ]}
 
 
 @pytest.fixture(scope="module")
 def lora_reference(tmp_path_factory):
-    """The uninterrupted head -> lora -> full run (eager) and its inputs."""
-    import keras
-    import tensorflow as tf
-
-    from helpers import build_tiny_cnn, make_image_folder
+    """The uninterrupted head -> lora -> full run (eager) and its inputs: 36 coloured
+    images and the tiny CNN saved as a `keras:` file."""
+    from helpers import build_tiny_cnn, make_image_folder, train_eagerly
 
     root = tmp_path_factory.mktemp("peft_resume")
-    folder = make_image_folder(root / "images")
-    keras.utils.set_random_seed(0)
     cnn = root / "cnn.keras"
-    build_tiny_cnn(32).save(str(cnn))
-    before = tf.config.functions_run_eagerly()
-    tf.config.run_functions_eagerly(True)
-    try:
-        result = train(config_from_dict(resume_recipe(folder, cnn, root / "ref")), echo=lambda _: None)
-    finally:
-        tf.config.run_functions_eagerly(before)
-    return folder, cnn, result
+    build_tiny_cnn(32).save(str(cnn))  # a fixed seed is not needed: both runs read the file
+    folder = make_image_folder(root / "images")
+    return folder, cnn, train_eagerly(lora_resume_recipe(folder, cnn, root / "ref"))
 
 
 @pytest.mark.parametrize("event, n, where", [
@@ -436,3 +423,35 @@ def test_layer_decay_scales_the_adapters_by_group(make_tiny_cnn):
     }
     assert {v.path for v in model.trainable_weights} == set(multipliers) | {
         "head_classifier/kernel", "head_classifier/bias"}
+
+
+def test_savedmodel_of_a_lora_run_has_no_lora_and_matches_the_unmerged_model(tmp_path, lora_reference):
+    """`tftune export` (through `FinishedRun.load_model`) exports the merged model: its
+    SavedModel, called in a fresh process, matches the unmerged trained model."""
+    import tensorflow as tf
+
+    from tftune.export import call_savedmodel_in_fresh_process, export
+    from tftune.inference.predictor import encode_png
+    from tftune.rundir.reader import open_run
+
+    folder, cnn, _ = lora_reference
+    recipe = resume_recipe(folder, cnn, tmp_path, name="x")
+    recipe["stages"] = recipe["stages"][:2]  # head -> lora: the adapters stay unmerged
+    result = train(config_from_dict(recipe), echo=lambda _: None)
+    adapted = [l for l in peft.all_layers(result.model) if getattr(l, "lora_enabled", False)]
+    assert len(adapted) == 2 and all(np.any(l.lora_kernel_b.numpy()) for l in adapted)
+    unmerged = open_run(result.run_dir).load_model(merge=False)
+    assert peft.has_lora(unmerged)
+    out = export(result.run_dir, "savedmodel", samples=6, echo=lambda _: None)
+    saved = [k for k, _ in tf.train.list_variables(str(out.artefact / "variables" / "variables"))
+             if k.startswith("weights/")]
+    merged = open_run(result.run_dir).load_model()
+    assert not peft.has_lora(merged)
+    # the SavedModel holds the merged model's variables: none of the adapters
+    assert len(saved) == len(merged.variables) == len(unmerged.variables) - 4  # A, B of 2 convs
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    got, _ = call_savedmodel_in_fresh_process(out.artefact, "image", [encode_png(p) for p in pixels])
+    for name, model in (("trained", result.model), ("model.keras unmerged", unmerged)):
+        diff = float(np.max(np.abs(got - np.asarray(model(pixels.astype("float32"))))))
+        print(f"merged SavedModel (fresh process) vs {name} model: max abs diff {diff:.2e}")
+        assert diff < 1e-5

@@ -35,6 +35,7 @@ import yaml
 
 from helpers import (
     assert_one_line_error,
+    resume_recipe as recipe,
     history_rows,
     invoke,
     max_weight_difference,
@@ -61,25 +62,6 @@ def data(tmp_path_factory):
     """36 coloured images (30 train: 4 batches of 8, the last short) and a tiny CNN file."""
     root = tmp_path_factory.mktemp("resume")
     return root, make_image_folder(root / "images"), save_tiny_cnn(root / "cnn.keras")
-
-
-def recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", **train) -> dict:
-    """Head (2 epochs, feature cache, dropout 0.3: the dropout RNG must resume too), then
-    top:1 (2 epochs, warmup + cosine: the schedule must resume at its step), AdamW."""
-    return {
-        "recipe": "image_classification", "name": name, "output_dir": str(output_dir),
-        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
-        "backbone": {"spec": f"keras:{cnn}"},
-        "head": {"dropout": 0.3},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05,
-             "early_stopping": {"monitor": "val_loss", "patience": 5}},
-            {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 2e-3,
-             "warmup": 2, "schedule": "cosine",
-             "early_stopping": {"monitor": "val_accuracy", "patience": 5}},
-        ],
-        "train": {"batch_size": 8, "verbose": "quiet", **train},
-    }
 
 
 # ------------------------------------------------------------------------------------------

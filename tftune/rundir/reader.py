@@ -51,9 +51,11 @@ class FinishedRun:
                 raise TftuneError(f"{path} is not valid JSON ({e}). Train the run again.") from None
         return get_task(self.config.task, self.class_names, self.config, state)
 
-    def load_model(self):
+    def load_model(self, merge: bool = True):
         """The trained model as a float32 Keras model, without its optimizer, with the
-        adapters of LoRA stages merged into their kernels (a plain Keras model).
+        adapters of LoRA stages merged into their kernels (a plain Keras model; `merge=False`
+        keeps the LoRA layers, with the adapters already folded in by Keras's saving and
+        zero, for comparing the merged model with it).
 
         A run trained under a mixed precision policy (bfloat16 / float16 compute) is
         rebuilt with float32 layers and the same weights: mixed precision is a training
@@ -78,7 +80,8 @@ class FinishedRun:
         self.trained_policy = sorted(mixed)[0] if mixed else "float32"
         from tftune.model.peft import merge_lora
 
-        return merge_lora(float32_copy(model))  # LoRA stages: adapters merged, no LoRA ops
+        model = float32_copy(model)
+        return merge_lora(model) if merge else model  # merged: no LoRA ops or variables
 
     def load_preprocessor(self):
         """The KerasHub text preprocessor saved with the run (raw strings -> token dict)."""

@@ -337,7 +337,7 @@ def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
     from tftune.runtime.preemption import Preempted
 
     folder, cnn, reference = lora_reference
-    cfg = config_from_dict(resume_recipe(folder, cnn, tmp_path))
+    cfg = config_from_dict(lora_resume_recipe(folder, cnn, tmp_path))
     sigterm_at(monkeypatch, event, n)
     with pytest.raises(Preempted, match=f"stopped at {where} with a checkpoint"):
         train(cfg, echo=lambda _: None)
@@ -360,7 +360,7 @@ def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_referen
     from tftune.runtime.preemption import Preempted
 
     folder, cnn, _ = lora_reference
-    recipe = resume_recipe(folder, cnn, tmp_path, name="k")
+    recipe = lora_resume_recipe(folder, cnn, tmp_path, name="k")
     recipe["head"]["dropout"] = 0.0
     recipe["stages"] = [
         {"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
@@ -435,7 +435,7 @@ def test_savedmodel_of_a_lora_run_has_no_lora_and_matches_the_unmerged_model(tmp
     from tftune.rundir.reader import open_run
 
     folder, cnn, _ = lora_reference
-    recipe = resume_recipe(folder, cnn, tmp_path, name="x")
+    recipe = lora_resume_recipe(folder, cnn, tmp_path, name="x")
     recipe["stages"] = recipe["stages"][:2]  # head -> lora: the adapters stay unmerged
     result = train(config_from_dict(recipe), echo=lambda _: None)
     adapted = [l for l in peft.all_layers(result.model) if getattr(l, "lora_enabled", False)]

@@ -275,9 +275,8 @@ def test_peft_config_errors(make_tiny_cnn, stage, match):
     from tftune.model.backbones import from_keras_model
 
     bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
-    cfg = config_from_dict({"stages": [stage]})
-    with pytest.raises(ConfigError, match=match):
-        StagePlan.all(cfg, bb.groups)
+    with pytest.raises(ConfigError, match=match):  # rank and alpha: when the recipe loads
+        StagePlan.all(config_from_dict({"stages": [stage]}), bb.groups)
 
 
 def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):

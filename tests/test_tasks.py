@@ -530,3 +530,70 @@ def test_balanced_sampling_is_for_classification(tmp_path, tiny_bert_preset):
                               label_column="score", sampling="balanced")
     one_line_error(invoke("train", str(write_recipe(tmp_path / "r.yaml", recipe))),
                    "data.sampling: balanced", "'regression'")
+
+
+# ------------------------------------------------------------------------------------------
+# Resume: a regression and a multi-label run stopped mid-stage continue exactly
+
+
+@pytest.mark.usefixtures("eager")
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_preset, monkeypatch, task):
+    import os
+    import signal
+
+    from tftune.config import config_from_dict
+    from tftune.runtime import faults
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
+
+    rng = random.Random(2)
+    if task == "regression":
+        path = regression_csv(tmp_path / "d.csv", n=40)
+        column = "score"
+    else:
+        path = write_text_csv(tmp_path / "d.csv", [tagged_sentence(rng) for _ in range(40)],
+                              ("text", "tags"))
+        column = "tags"
+
+    def cfg(out):
+        recipe = tiny_text_recipe(out, path, tiny_bert_preset, "t", task, label_column=column)
+        recipe["stages"] = [
+            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2},
+            {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 1e-2,
+             "schedule": "linear", "early_stopping": {"monitor": "auto"}},
+        ]
+        return config_from_dict(recipe)
+
+    steps = []
+    original = faults.point
+    monkeypatch.setattr(faults, "point", lambda name, detail="": (
+        steps.append(detail) if name == "step" else None, original(name, detail)))
+    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
+    monkeypatch.undo()
+    cut = steps.index("epoch 1 step 1", 1) + 2  # stage 2, epoch 1, step 2
+    seen = {"n": 0}
+
+    def point(name, detail=""):
+        original(name, detail)
+        if name == "step":
+            seen["n"] += 1
+            if seen["n"] == cut:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(faults, "point", point)
+    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 1, step 2 "):
+        train(cfg(tmp_path / "cut"), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    for a, b in zip(resumed.model.get_weights(), reference.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for split in ("val", "test"):
+        for key, value in reference.metrics[split].items():
+            assert resumed.metrics[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+    assert ((resumed.run_dir / "history.csv").read_text().splitlines()[1:]
+            and len((resumed.run_dir / "history.csv").read_text().splitlines())
+            == len((reference.run_dir / "history.csv").read_text().splitlines()))
+    saved = [json.loads((r.run_dir / "task.json").read_text()) for r in (resumed, reference)]
+    assert saved[0] == pytest.approx(saved[1]) if task == "regression" else (
+        saved[0]["thresholds"] == pytest.approx(saved[1]["thresholds"], abs=1e-6))

@@ -51,6 +51,9 @@ class DataConfig:
     # `balanced` (classification): each epoch draws as many training examples as the split
     # holds, every class equally likely, seeded by the epoch (the same draw on resume).
     sampling: Literal["shuffle", "balanced"] = "shuffle"
+    # Text pairs: two text columns `[first, second]`, packed `[CLS] first [SEP] second [SEP]`
+    # by the KerasHub preprocessor (replaces `text_column`).
+    text_columns: Optional[tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,9 @@ class DataConfig:
     # `balanced` (classification): each epoch draws as many training examples as the split
     # holds, every class equally likely, seeded by the epoch (the same draw on resume).
     sampling: Literal["shuffle", "balanced"] = "shuffle"
+    # Text pairs: two text columns `[first, second]`, packed `[CLS] first [SEP] second [SEP]`
+    # by the KerasHub preprocessor (replaces `text_column`).
+    text_columns: Optional[tuple[str, str]] = None
 
     def check(self, where: str = "data") -> None:
         """The rules between fields, run when a recipe is loaded (after each field's range)."""

@@ -55,6 +55,7 @@ def load_labelled(
     task=None,
     label_columns: Optional[Sequence[str]] = None,
     label_separator: str = "|",
+    text_columns: Optional[Sequence[str]] = None,
 ) -> Examples:
     """Images in `spec/<class>/*` (modality `image`) or texts in the CSV / JSONL file `spec`
     (modality `text`), labelled with the run's `class_names` as its `task` (a
@@ -109,18 +110,22 @@ def load_labelled(
     rows = read_rows(path, TEXT_SUFFIXES[suffix])
     if not rows:
         raise DataError(f"{path} has no data rows.")
-    for column, option in ((text_column, "--text-column"), (label_column, "--label-column")):
+    from tftune.data.text import text_tensors, text_values
+
+    columns = tuple(text_columns or (text_column,))
+    checks = [(c, "the run's data.text_columns" if text_columns else "--text-column") for c in columns]
+    for column, option in (*checks, (label_column, "--label-column")):
         if column not in rows[0] and not (label_columns and option == "--label-column"):
             raise DataError(
                 f"{path} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. "
                 f"Name the right one with {option}."
             )
-    texts = [str(r.get(text_column) or "").strip() for r in rows]
-    empty = [i for i, t in enumerate(texts) if not t]
+    texts = text_values(rows, columns)
+    empty = [i for i, t in enumerate(texts) if not all(t)]
     if empty:
         raise DataError(
-            f"{path} has {len(empty)} row(s) with an empty {text_column!r} text (first: data "
-            f"row {empty[0] + 1}). Fill them in or remove those rows."
+            f"{path} has {len(empty)} row(s) with an empty {' / '.join(map(repr, columns))} text "
+            f"(first: data row {empty[0] + 1}). Fill them in or remove those rows."
         )
     cfg = DataConfig(text_column=text_column, label_column=label_column,
                      label_columns=tuple(label_columns) if label_columns else None,
@@ -131,9 +136,7 @@ def load_labelled(
     if not rows_kept:
         raise DataError(f"{path} has no rows labelled with the run's classes ({', '.join(class_names)}).")
     texts_kept = [texts[i] for i in rows_kept]
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(texts_kept, dtype=tf.string), labels[keep])
-    )
+    dataset = tf.data.Dataset.from_tensor_slices((text_tensors(texts_kept), labels[keep]))
     return Examples(
         name=_name(path),
         description=f"{len(rows_kept)} texts in {path}",

@@ -122,6 +122,13 @@ class Pipeline:
         return bool(self.augment)
 
 
+def tokenize_texts(preprocessor, x):
+    """The KerasHub preprocessor's token dict for texts `x`: strings, or a tuple of two for
+    text pairs (packed `[CLS] a [SEP] b [SEP]` with segment ids 0 and 1). Passed as `x=`: a
+    positional tuple would be read as (x, y)."""
+    return preprocessor(x=tuple(x) if isinstance(x, (tuple, list)) else x)
+
+
 def balanced_counts(labels, num_classes: int) -> Callable[[int], "np.ndarray"]:
     """epoch seed -> per-example counts for balanced sampling: as many draws as there are
     examples, with replacement, each class equally likely (an example of class c with
@@ -150,7 +157,7 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
     boundaries = tuple(b for b in LENGTH_BUCKETS if b < seq_len)
 
     def tokenize(x, y):
-        return preprocessor(x), y
+        return tokenize_texts(preprocessor, x), y
 
     def lengths(x):
         return tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=-1)

@@ -50,6 +50,21 @@ def read_rows(path: Path, fmt: str) -> list[dict]:
         raise DataError(f"Cannot read {path}: {e}") from None
 
 
+def text_values(rows: list[dict], columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Each row's texts in `columns` (one column, or the two of a text pair), stripped."""
+    return [tuple(str(r.get(c) or "").strip() for c in columns) for r in rows]
+
+
+def text_tensors(texts: list[tuple[str, ...]]):
+    """Rows of one text -> a string tensor; rows of a pair -> a tuple of two (what the
+    KerasHub preprocessor packs as `[CLS] a [SEP] b [SEP]`)."""
+    import tensorflow as tf
+
+    width = len(texts[0]) if texts else 1
+    columns = tuple(tf.constant([t[j] for t in texts], dtype=tf.string) for j in range(width))
+    return columns[0] if width == 1 else columns
+
+
 def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     """Texts and labels from `data.path` (CSV or JSONL), split with a seeded split kept in
     proportion over the task's strata (classes; target quantiles for regression). `task` (a
@@ -70,15 +85,16 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     rows = read_rows(path, cfg.source)
     if not rows:
         raise DataError(f"{path} has no data rows.")
-    for column in (cfg.text_column, *(() if cfg.label_columns else (cfg.label_column,))):
+    text_columns = tuple(cfg.text_columns or (cfg.text_column,))
+    for column in (*text_columns, *(() if cfg.label_columns else (cfg.label_column,))):
         if column not in rows[0]:
             raise DataError(
                 f"{path} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. "
-                f"Set data.text_column / data.label_column."
+                f"Set data.text_column{'s' if cfg.text_columns else ''} / data.label_column."
             )
-    texts = [str(r.get(cfg.text_column) or "").strip() for r in rows]
+    texts = text_values(rows, text_columns)
     names, labels, keep = task.read_labels(rows, cfg, str(path))
-    keep = keep & np.array([bool(t) for t in texts])
+    keep = keep & np.array([all(t) for t in texts])
     if cfg.deduplicate:
         seen = set()
         for i, t in enumerate(texts):
@@ -86,7 +102,7 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
                 if t in seen:
                     keep[i] = False
                 seen.add(t)
-    texts_arr = np.asarray(texts, dtype=object)[keep]
+    texts_arr = [t for t, k in zip(texts, keep) if k]
     labels = labels[keep]
     if len(labels) == 0:
         raise DataError(f"{path} has no usable rows (all texts empty or labels skipped).")
@@ -98,9 +114,7 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         raise DataError(f"The validation split of {path} is empty. Add rows or raise data.val_fraction.")
 
     def make(idx):
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.constant(list(texts_arr[idx]), dtype=tf.string), labels[idx])
-        )
+        return tf.data.Dataset.from_tensor_slices((text_tensors([texts_arr[i] for i in idx]), labels[idx]))
 
     parts = {"train": train_idx, "val": val_idx, "test": test_idx}
     return DataSplits(

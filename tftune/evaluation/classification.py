@@ -58,6 +58,17 @@ def write_files(out_dir: Path, scored, class_names) -> str:
     return text
 
 
+def closing_lines(report: dict, rows: list[dict], header: str, decision, width: int = 80,
+                  shown: int = 5) -> list[str]:
+    """A report's last lines: `header` and the first `shown` of the error `rows`, each as
+    `decision(row)` and the example (its text, id or index), then the report's notes."""
+    lines = [header] if rows else []
+    for r in rows[:shown]:
+        what = r.get("text") or r["id"] or f"#{r['index']}"
+        lines.append(f"  {decision(r)}: {what[:width]}")
+    return lines + [f"note: {note}" for note in report.get("notes", [])]
+
+
 def write_csv(path: Path, rows: list[dict], default_fields: list[str]) -> None:
     """`rows` as a CSV with a header (the first row's keys, else `default_fields`)."""
     buf = io.StringIO()

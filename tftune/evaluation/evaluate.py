@@ -115,6 +115,7 @@ def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
         skip_unknown_labels=skip_unknown_labels, task=run.task,
         label_columns=run.config.data.label_columns,
         label_separator=run.config.data.label_separator,
+        text_columns=run.config.data.text_columns,
     )
 
 
@@ -180,7 +181,7 @@ def _texts_at(dataset, indices) -> dict[int, str]:
         return out
     for i, (x, _) in enumerate(dataset.as_numpy_iterator()):
         if i in wanted:
-            out[i] = x.decode("utf-8")
+            out[i] = " [SEP] ".join(t.decode("utf-8") for t in x) if isinstance(x, tuple) else x.decode("utf-8")
             if len(out) == len(wanted):
                 break
     return out

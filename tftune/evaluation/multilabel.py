@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tftune.evaluation.classification import write_csv
+from tftune.evaluation.classification import closing_lines, write_csv
 
 
 def _ratio(a: float, b: float) -> float:
@@ -148,12 +148,8 @@ def write_files(out_dir: Path, scored, names: Sequence[str], thresholds: Sequenc
     for n, m in report["per_label"].items():
         lines.append(f"{n:<{width}}    {m['precision']:.4f}  {m['recall']:.4f}  {m['f1']:.4f}  "
                      f"{_fmt(m['average_precision'])}  {m['support']:>7}     {m['threshold']:.4f}")
-    if rows:
-        lines.append(f"most wrong ({min(5, len(rows))} of {int(np.sum(wrong > 0))} examples with "
-                     f"errors; {len(rows)} in errors.csv):")
-        for r in rows[:5]:
-            what = r.get("text") or r["id"] or f"#{r['index']}"
-            lines.append(f"  predicted [{r['predicted']}] (true [{r['true']}]): {what[:70]}")
-    for note in report.get("notes", []):
-        lines.append(f"note: {note}")
+    lines += closing_lines(
+        report, rows, f"most wrong ({min(5, len(rows))} of {int(np.sum(wrong > 0))} examples with "
+                      f"errors; {len(rows)} in errors.csv):",
+        lambda r: f"predicted [{r['predicted']}] (true [{r['true']}])", 70)
     return "\n".join(lines)

@@ -70,7 +70,7 @@ def write_files(out_dir: Path, scored, y_pred) -> str:
              **({"text": texts[int(i)]} if int(i) in texts else {}),
              "true": float(y_true[i]), "predicted": round(float(y_pred[i]), 6),
              "error": round(float(y_pred[i] - y_true[i]), 6)} for k, i in enumerate(worst, 1)]
-    from tftune.evaluation.classification import write_csv
+    from tftune.evaluation.classification import closing_lines, write_csv
 
     write_csv(out_dir / "errors.csv", rows, ["rank", "index", "id", "true", "predicted", "error"])
     lines = [
@@ -78,11 +78,6 @@ def write_files(out_dir: Path, scored, y_pred) -> str:
         f"RMSE {_fmt(report['rmse'])}   MAE {_fmt(report['mae'])}   R² {_fmt(report['r2'])}   "
         f"Pearson r {_fmt(report['pearson'])}   Spearman rho {_fmt(report['spearman'])}",
     ]
-    if rows:
-        lines.append(f"largest errors ({min(5, len(rows))} of {len(rows)} in errors.csv):")
-        for r in rows[:5]:
-            what = r.get("text") or r["id"] or f"#{r['index']}"
-            lines.append(f"  {r['predicted']:.3f} (true {r['true']:.3f}): {what[:80]}")
-    for note in report.get("notes", []):
-        lines.append(f"note: {note}")
+    lines += closing_lines(report, rows, f"largest errors ({min(5, len(rows))} of {len(rows)} in errors.csv):",
+                           lambda r: f"{r['predicted']:.3f} (true {r['true']:.3f})")
     return "\n".join(lines)

@@ -89,6 +89,11 @@ def export(
             f"verifies classifiers (probabilities and a label). Use `tftune predict` or "
             f"tftune.load(run).predict for this run."
         )
+    if run.config.data.text_columns:
+        raise TftuneError(
+            "Exporting a text-pair run (data.text_columns) is not supported yet: the exported "
+            "signatures take one text. Use `tftune predict` or tftune.load(run).predict."
+        )
     dest = Path(output).expanduser() if output else run.path / "export" / export_name(format, quantize)
     if dest.exists() and not overwrite:
         raise TftuneError(

@@ -32,6 +32,9 @@ def gather_inputs(run, inputs: Sequence[str], column: Optional[str] = None, lite
         files = image_files(inputs)
         check_images([str(f) for f in files])
         return [str(f) for f in files], files
+    if run.config.data.text_columns:
+        pairs = gather_pairs(inputs, tuple(run.config.data.text_columns))
+        return [f"{a} [SEP] {b}" for a, b in pairs], pairs
     pairs = gather_texts(inputs, column or run.config.data.text_column, literal, stdin)
     texts = [t for _, t in pairs]
     return texts, texts
@@ -137,6 +140,34 @@ def gather_texts(inputs: Sequence[str], column: str = "text", literal: bool = Fa
             pairs.append((f"argument {a}", raw))
     check_texts([t for _, t in pairs], lambda i: f"Text {i + 1} ({pairs[i][0]})")
     return pairs
+
+
+def gather_pairs(inputs: Sequence[str], columns: tuple[str, str]) -> list[tuple[str, str]]:
+    """Text pairs from CSV / JSONL files (optionally .gz / .bz2) with both `columns`; an
+    argument that is not such a file, a missing column or an empty text is an error naming it."""
+    from tftune.data.text import read_rows, text_values
+
+    out = []
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        kinds = [s.lower() for s in p.suffixes if s not in (".gz", ".bz2")]
+        if not p.is_file() or not kinds or kinds[-1] not in (".csv", ".jsonl", ".json"):
+            raise DataError(
+                f"{raw!r} is not a CSV or JSONL file. This run takes text pairs: pass files with "
+                f"the columns {columns[0]!r} and {columns[1]!r}."
+            )
+        rows = read_rows(p, "csv" if kinds[-1] == ".csv" else "jsonl")
+        missing = [c for c in columns if rows and c not in rows[0]]
+        if missing:
+            raise DataError(f"{p} has no column {missing[0]!r} (a text pair run reads "
+                            f"{columns[0]!r} and {columns[1]!r}). Columns: {', '.join(map(str, rows[0]))}.")
+        for n, pair in enumerate(text_values(rows, columns), 1):
+            if not all(pair):
+                raise DataError(f"Row {n} of {p} has an empty text in {columns}. Fill it in or remove the row.")
+            out.append(pair)
+    if not out:
+        raise DataError("No text pairs to predict: the files have no data rows.")
+    return out
 
 
 def format_predictions(inputs: Sequence[str], outputs: np.ndarray, task, fmt: str = "csv") -> str:

@@ -28,11 +28,13 @@ class Predictor:
     Image predictors take file paths (str / Path), folders of images, encoded image bytes,
     PIL images and numpy arrays (`[H, W]`, `[H, W, C]` uint8 or float pixels in 0..255, or a
     `[N, H, W, C]` batch); each is prepared with `tftune.data.images.prepare_image`, as in
-    training. Text predictors take strings, tokenised with the run's saved preprocessor.
+    training. Text predictors take strings, tokenised with the run's saved preprocessor;
+    a text-pair run (`data.text_columns`) takes (first, second) pairs of strings.
     """
 
     def __init__(self, model, class_names: Sequence[str], modality: str,
-                 image_size: tuple[int, int] = (224, 224), preprocessor=None, task=None):
+                 image_size: tuple[int, int] = (224, 224), preprocessor=None, task=None,
+                 pairs: bool = False):
         import tensorflow as tf
 
         if task is None:
@@ -45,6 +47,7 @@ class Predictor:
         self.modality = modality
         self.image_size = tuple(image_size)
         self.preprocessor = preprocessor
+        self.pairs = pairs
         self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     # -- batches already in the model's input form ---------------------------------------
@@ -56,7 +59,9 @@ class Predictor:
         import tensorflow as tf
 
         if self.modality == "text":
-            tokens = self.preprocessor(tf.convert_to_tensor(batch, dtype=tf.string))
+            from tftune.data.pipeline import tokenize_texts
+
+            tokens = tokenize_texts(self.preprocessor, _text_batch(batch))
             longest = tf.reduce_max(tf.reduce_sum(tf.cast(tokens["padding_mask"], tf.int32), axis=1))
             batch = {k: v[:, :longest] for k, v in tokens.items()}
         else:
@@ -92,7 +97,10 @@ class Predictor:
         if self.modality == "text":
             if isinstance(inputs, (str, bytes)):
                 inputs = [inputs]
-            return check_texts(list(inputs))
+            inputs = list(inputs)
+            if self.pairs:
+                return check_pairs(inputs)
+            return check_texts(inputs)
         if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
             return list(inputs)
         if isinstance(inputs, (str, Path, bytes, bytearray, np.ndarray)) or _is_pil(inputs):
@@ -155,6 +163,31 @@ class Predictor:
         return self.task.decode(self.outputs(inputs, batch_size=batch_size))
 
 
+def check_pairs(items: list) -> list[tuple[str, str]]:
+    """(first, second) string pairs; anything else, or an empty text, is an error naming it."""
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise DataError(f"Input {i + 1} is {str(item)[:60]!r}: this run takes text pairs. "
+                            f"Pass (first, second) tuples of strings.")
+        out.append(tuple(check_texts(list(item), lambda j: f"Input {i + 1}, text {j + 1}")))
+    return out
+
+
+def _text_batch(batch):
+    """Strings, (first, second) tuples, or a tuple of two string batches (a dataset's) ->
+    a string tensor or a tuple of two."""
+    import tensorflow as tf
+
+    if isinstance(batch, tuple) and len(batch) == 2 and not isinstance(batch[0], (str, bytes)) \
+            and getattr(batch[0], "shape", None) is not None and len(batch[0].shape) == 1:
+        return tuple(tf.convert_to_tensor(b, dtype=tf.string) for b in batch)
+    items = list(batch) if not hasattr(batch, "numpy") else batch
+    if isinstance(items, list) and items and isinstance(items[0], (tuple, list)):
+        return tuple(tf.constant([p[j] for p in items], dtype=tf.string) for j in range(2))
+    return tf.convert_to_tensor(items, dtype=tf.string)
+
+
 def _is_pil(x) -> bool:
     try:
         from PIL import Image
@@ -193,7 +226,8 @@ def predictor_for(run) -> Predictor:
     """A `Predictor` for an opened `tftune.rundir.reader.FinishedRun`."""
     model = run.load_model()
     preprocessor = run.load_preprocessor() if run.modality == "text" else None
-    return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor, run.task)
+    return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor, run.task,
+                     pairs=bool(run.config.data.text_columns))
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

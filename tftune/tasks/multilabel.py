@@ -24,13 +24,13 @@ class Multilabel(Task):
 
     name = "multilabel"
     activation = "sigmoid"
+    keeps_state = True  # the thresholds
+    tunes_on_validation = True
+    min_classes = 1
     metric_names = ("micro_f1", "macro_f1", "map")
     headline = "micro_f1"
     default_monitor = "val_map"
-    min_classes = 1
     losses = ("auto", "crossentropy", "focal")
-    keeps_state = True
-    tunes_on_validation = True
 
     def __init__(self, class_names: Sequence[str] = (), cfg=None, state: Optional[dict] = None):
         self.thresholds = [DEFAULT_THRESHOLD] * len(class_names)

@@ -103,7 +103,7 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
     resumes it and exits with code 75; `--resume` continues it from there.
     """
     from tftune.config import load_recipe
-    from tftune.runtime.preemption import EXIT_CODE, Preempted
+    from tftune.runtime.preemption import EXIT_CODE, Preempted, resume_command
     from tftune.training.runner import train as run_train
 
     extra = tuple(f"train.{k}={v}" for k, v in (("distribute", distribute), ("tpu", tpu)) if v)
@@ -111,18 +111,10 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
     _import_tensorflow_quietly()
     click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
     try:
-        run_train(config, output_dir=output, overwrite=overwrite,
-                                      resume=resume, echo=click.echo)
+        run_train(config, output_dir=output, overwrite=overwrite, resume=resume, echo=click.echo)
     except Preempted as e:
-        import shlex
-
-        words = ["tftune", "train", recipe]
-        for o in overrides:
-            words += ["--set", o]
-        for flag, value in (("--output", output), ("--distribute", distribute), ("--tpu", tpu)):
-            if value:
-                words += [flag, value]
-        click.echo(f"{e} Resume with: {shlex.join(words + ['--resume'])}", err=True)
+        flags = {"--output": output, "--distribute": distribute, "--tpu": tpu}
+        click.echo(f"{e} Resume with: {resume_command(recipe, overrides, flags)}", err=True)
         sys.exit(EXIT_CODE)
 
 

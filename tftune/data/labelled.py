@@ -61,61 +61,75 @@ def load_labelled(
     (modality `text`), labelled with the run's `class_names` as its `task` (a
     `tftune.tasks.Task`, default single-label classification) reads labels: a class, a
     number, or a list of labels (`label_columns`: one 0/1 column per label)."""
-    import tensorflow as tf
-
     from tftune.assets import resolve
-    from tftune.config import DataConfig
-    from tftune.data.labels import known_class_labels
 
     if task is None:
         from tftune.tasks import Classification
 
         task = Classification(class_names)
-
     path = Path(resolve(str(spec))).expanduser()
     if modality == "image":
-        from tftune.data.images import _paths_dataset, check_images, list_class_folder
+        return _labelled_images(spec, path, class_names, image_size, task, skip_unknown_labels)
+    from tftune.config import DataConfig
 
-        if not path.is_dir():
-            raise DataError(
-                f"--data {spec} is not a folder. For an image run, pass a folder of class "
-                f"folders: {spec}/<class name>/<image files>."
-            )
-        paths, raw = list_class_folder(path)
-        if not task.image_folders:
-            raise DataError(f"A {task.name} run is evaluated on a CSV / JSONL file, not on a "
-                            f"folder of class folders. Received: --data {spec}")
-        labels, keep = known_class_labels(raw, class_names, skip_unknown_labels, str(path))
-        paths = [p for p, k in zip(paths, keep) if k]
-        labels = labels[keep]
-        if not paths:
-            raise DataError(f"{path} holds no images of the run's classes ({', '.join(class_names)}).")
-        check_images(paths)
-        return Examples(
-            name=_name(path),
-            description=f"{len(paths)} images in {path}",
-            dataset=_paths_dataset(paths, labels, tuple(image_size)),
-            size=len(paths),
-            ids=list(paths),
+    cfg = DataConfig(text_column=text_column, label_column=label_column,
+                     label_columns=tuple(label_columns) if label_columns else None,
+                     label_separator=label_separator)
+    return _labelled_texts(spec, path, class_names, cfg, tuple(text_columns or ()), task,
+                           skip_unknown_labels)
+
+
+def _labelled_images(spec, path: Path, class_names, image_size, task, skip_unknown: bool) -> Examples:
+    """Images in `path/<class>/*` with the run's classes (unknown ones skipped or an error)."""
+    from tftune.data.images import _paths_dataset, check_images, list_class_folder
+    from tftune.data.labels import known_class_labels
+
+    if not path.is_dir():
+        raise DataError(
+            f"--data {spec} is not a folder. For an image run, pass a folder of class "
+            f"folders: {spec}/<class name>/<image files>."
         )
+    paths, raw = list_class_folder(path)
+    if not task.image_folders:
+        raise DataError(f"A {task.name} run is evaluated on a CSV / JSONL file, not on a "
+                        f"folder of class folders. Received: --data {spec}")
+    labels, keep = known_class_labels(raw, class_names, skip_unknown, str(path))
+    paths = [p for p, k in zip(paths, keep) if k]
+    labels = labels[keep]
+    if not paths:
+        raise DataError(f"{path} holds no images of the run's classes ({', '.join(class_names)}).")
+    check_images(paths)
+    return Examples(
+        name=_name(path),
+        description=f"{len(paths)} images in {path}",
+        dataset=_paths_dataset(paths, labels, tuple(image_size)),
+        size=len(paths),
+        ids=list(paths),
+    )
 
-    from tftune.data.text import read_rows
+
+def _labelled_texts(spec, path: Path, class_names, cfg, text_columns: tuple, task,
+                    skip_unknown: bool) -> Examples:
+    """Texts (or text pairs, `text_columns`) and labels from a CSV / JSONL file, labels read
+    by the run's task from `cfg`'s columns."""
+    import tensorflow as tf
+
+    from tftune.data.text import read_rows, text_tensors, text_values
 
     suffix = next((s for s in path.suffixes[::-1] if s in TEXT_SUFFIXES), None)
     if not path.is_file() or suffix is None:
         raise DataError(
             f"--data {spec} is not a CSV or JSONL file. For a text run, pass a .csv or .jsonl "
-            f"file (optionally .gz / .bz2) with a {text_column!r} and a {label_column!r} column."
+            f"file (optionally .gz / .bz2) with a {cfg.text_column!r} and a "
+            f"{cfg.label_column!r} column."
         )
     rows = read_rows(path, TEXT_SUFFIXES[suffix])
     if not rows:
         raise DataError(f"{path} has no data rows.")
-    from tftune.data.text import text_tensors, text_values
-
-    columns = tuple(text_columns or (text_column,))
+    columns = text_columns or (cfg.text_column,)
     checks = [(c, "the run's data.text_columns" if text_columns else "--text-column") for c in columns]
-    for column, option in (*checks, (label_column, "--label-column")):
-        if column not in rows[0] and not (label_columns and option == "--label-column"):
+    for column, option in (*checks, (cfg.label_column, "--label-column")):
+        if column not in rows[0] and not (cfg.label_columns and option == "--label-column"):
             raise DataError(
                 f"{path} has no column {column!r}. Columns: {', '.join(map(str, rows[0]))}. "
                 f"Name the right one with {option}."
@@ -127,11 +141,8 @@ def load_labelled(
             f"{path} has {len(empty)} row(s) with an empty {' / '.join(map(repr, columns))} text "
             f"(first: data row {empty[0] + 1}). Fill them in or remove those rows."
         )
-    cfg = DataConfig(text_column=text_column, label_column=label_column,
-                     label_columns=tuple(label_columns) if label_columns else None,
-                     label_separator=label_separator)
     _, labels, keep = task.read_labels(rows, cfg, str(path), known=class_names,
-                                       skip_unknown=skip_unknown_labels)
+                                       skip_unknown=skip_unknown)
     rows_kept = [i for i in range(len(rows)) if keep[i]]
     if not rows_kept:
         raise DataError(f"{path} has no rows labelled with the run's classes ({', '.join(class_names)}).")

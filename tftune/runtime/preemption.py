@@ -57,3 +57,17 @@ def watch(signals=(signal.SIGTERM,)) -> Iterator[StopRequest]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def resume_command(recipe: str, overrides=(), flags=None) -> str:
+    """The `tftune train ... --resume` command line that continues a stopped run: the same
+    recipe, `--set` overrides and options (`flags`: {option: value or None})."""
+    import shlex
+
+    words = ["tftune", "train", recipe]
+    for o in overrides:
+        words += ["--set", o]
+    for flag, value in (flags or {}).items():
+        if value:
+            words += [flag, value]
+    return shlex.join(words + ["--resume"])

@@ -12,6 +12,6 @@ setup(
     package_dir=DATA_PACKAGES,
     package_data={
         "tftune.recipes": ["*.yaml"],
-        "tftune.assets.bundled": ["*.yaml", "samples/*", "samples/*/*", "samples/*/*/*"],
+        "tftune.assets.bundled": ["*.yaml", "samples/**/*"],
     },
 )

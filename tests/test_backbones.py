@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from helpers import invoke
 from tftune.model.backbones import load_backbone, parse_spec
 from tftune.model.backbones.groups import _spatial, layer_groups
 from tftune.config import BackboneConfig, GroupPattern
@@ -226,12 +227,8 @@ def test_model_without_weights():
 
 
 def test_inspect_prints_groups_with_parameter_counts(tiny_bert_preset):
-    from click.testing import CliRunner
-
-    from tftune.cli import main
-
     backbone = load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}"))
-    result = CliRunner().invoke(main, ["inspect", f"keras_hub:{tiny_bert_preset}", "--layers"])
+    result = invoke("inspect", f"keras_hub:{tiny_bert_preset}", "--layers")
     assert result.exit_code == 0, result.output
     out = result.output
     assert "text backbone, 4 layer groups" in out
@@ -243,11 +240,7 @@ def test_inspect_prints_groups_with_parameter_counts(tiny_bert_preset):
 
 
 def test_inspect_bad_spec_is_one_line_error():
-    from click.testing import CliRunner
-
-    from tftune.cli import main
-
-    result = CliRunner().invoke(main, ["inspect", "keras_hub:bert_tiny_en_uncased"])
+    result = invoke("inspect", "keras_hub:bert_tiny_en_uncased")
     assert result.exit_code == 2
     assert result.output.strip().startswith("Error: ")
     assert "Traceback" not in result.output

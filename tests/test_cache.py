@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import VOCAB, build_tiny_cnn, make_sentence
+from helpers import build_tiny_cnn, make_sentence, save_bert_preset
 from tftune.data import pipeline
 from tftune.model.backbones import from_keras_model, load_backbone
 from tftune.config import BackboneConfig
@@ -38,20 +38,8 @@ class Recorder(keras.callbacks.Callback):
 @pytest.fixture(scope="module")
 def dropout_free_bert(tmp_path_factory):
     """A 3-layer BERT preset (hidden 8) with dropout 0, so cached and uncached runs agree."""
-    import keras_hub
-
-    keras.utils.set_random_seed(1)
-    folder = tmp_path_factory.mktemp("bert_nodrop") / "preset"
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB), num_layers=3, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=24, dropout=0.0,
-    )
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=list(VOCAB))
-    keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=24).save_to_preset(
-        str(folder)
-    )
-    backbone.save_to_preset(str(folder))
-    return folder
+    return save_bert_preset(tmp_path_factory.mktemp("bert_nodrop") / "preset", num_layers=3,
+                            sequence_length=24, seed=1, dropout=0.0)
 
 
 def text_splits(n_train=40, n_val=12) -> DataSplits:

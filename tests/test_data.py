@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, make_sentence, write_text_csv
+from helpers import make_image_folder, make_sentence, write_text_csv
 from tftune.config import DataConfig
 from tftune.data import DataSplits, load_data
 from tftune.data.splits import stratified_split, subsample
@@ -371,7 +371,7 @@ def test_csv_with_byte_order_mark(tmp_path, text_csv):
 
 @pytest.mark.assets
 def test_fashion_mnist_source():
-    from conftest import requires_asset
+    from helpers import requires_asset
 
     requires_asset("fashion-mnist")
     cfg = DataConfig(source="fashion_mnist", image_size=(32, 32), val_fraction=0.01,

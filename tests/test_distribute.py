@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import build_tiny_cnn, make_image_folder
+from helpers import make_image_folder, save_tiny_cnn
 from tftune.runtime.distribute import ClusterSpec, read_tf_config, resolve
 from tftune.errors import ConfigError
 
@@ -104,14 +104,8 @@ def test_tpu_without_a_name_is_a_clear_error(monkeypatch):
 def image_data(tmp_path_factory):
     """39 coloured 32-px images (3 classes; 33 for training: the last batch of 8 has 1) and a
     tiny CNN backbone file."""
-    import keras
-
     root = tmp_path_factory.mktemp("dist")
-    folder = make_image_folder(root / "images", per_class=13)
-    keras.utils.set_random_seed(0)
-    cnn = root / "cnn.keras"
-    build_tiny_cnn(32).save(str(cnn))
-    return root, folder, cnn
+    return root, make_image_folder(root / "images", per_class=13), save_tiny_cnn(root / "cnn.keras")
 
 
 def recipe(folder: Path, cnn: Path, output_dir: str, **train) -> dict:

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_run, make_image_folder, make_sentence, write_text_csv
-from test_predict import assert_one_line_error, invoke
+from helpers import assert_one_line_error, copy_run, invoke, make_image_folder, make_sentence, write_text_csv
 
 EVAL_FILES = {"metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "errors.csv", "report.txt"}
 
@@ -45,26 +44,28 @@ def keras_scores(run: Path, split: str = "test"):
 
 
 @pytest.fixture
-def image_run(tiny_image_run, tmp_path):
+def image_run_copy(tiny_image_run, tmp_path):
+    """This test's own copy of the session's finished image run (evaluate writes into it)."""
     return copy_run(tiny_image_run, tmp_path / "img")
 
 
 @pytest.fixture
-def text_run(tiny_text_run, tmp_path):
+def text_run_copy(tiny_text_run, tmp_path):
+    """This test's own copy of the session's finished text run (evaluate writes into it)."""
     return copy_run(tiny_text_run, tmp_path / "txt")
 
 
-def test_evaluate_image_run_on_its_test_split(image_run):
-    train_metrics = (image_run / "metrics.json").read_bytes()
-    result = invoke("evaluate", image_run)
+def test_evaluate_image_run_on_its_test_split(image_run_copy):
+    train_metrics = (image_run_copy / "metrics.json").read_bytes()
+    result = invoke("evaluate", image_run_copy)
     assert result.exit_code == 0, result.output
-    out = image_run / "eval" / "test"
+    out = image_run_copy / "eval" / "test"
     metrics = json.loads((out / "metrics.json").read_text())
     # errors.png shows the wrong images, so it exists only when there are some.
     assert {p.name for p in out.iterdir()} == EVAL_FILES | ({"errors.png"} if metrics["accuracy"] < 1 else set())
 
     # The same numbers, computed independently from the re-created split with Keras.
-    y, probs = keras_scores(image_run)
+    y, probs = keras_scores(image_run_copy)
     assert metrics["examples"] == len(y) == 12
     assert metrics["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
     # ... and the same accuracy training recorded (float32 run, same split, same pipeline).
@@ -75,7 +76,7 @@ def test_evaluate_image_run_on_its_test_split(image_run):
         assert metrics["per_class"][name]["support"] == 4
         predicted = cm[:, i].sum()
         assert metrics["per_class"][name]["precision"] == pytest.approx(cm[i, i] / predicted if predicted else 0.0)
-    assert (image_run / "metrics.json").read_bytes() == train_metrics  # train's file untouched
+    assert (image_run_copy / "metrics.json").read_bytes() == train_metrics  # train's file untouched
 
     with open(out / "confusion_matrix.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -87,14 +88,14 @@ def test_evaluate_image_run_on_its_test_split(image_run):
     assert "Traceback" not in result.output
 
 
-def test_errors_are_the_most_confidently_wrong_with_their_files(image_run, tmp_path):
+def test_errors_are_the_most_confidently_wrong_with_their_files(image_run_copy, tmp_path):
     """A folder whose 'red' images are labelled 'green': every red image is an error, listed
     with its path, most confident first."""
     data = tmp_path / "swapped"
     make_image_folder(data, per_class=3, classes={"green": (220, 30, 30), "blue": (30, 40, 220)}, seed=7)
-    result = invoke("evaluate", image_run, "--data", data)
+    result = invoke("evaluate", image_run_copy, "--data", data)
     assert result.exit_code == 0, result.output
-    out = image_run / "eval" / "swapped"
+    out = image_run_copy / "eval" / "swapped"
     with open(out / "errors.csv", newline="") as f:
         errors = list(csv.DictReader(f))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -106,37 +107,37 @@ def test_errors_are_the_most_confidently_wrong_with_their_files(image_run, tmp_p
     assert (out / "errors.png").is_file()
 
 
-def test_rerun_replaces_only_its_own_report(image_run):
-    assert invoke("evaluate", image_run).exit_code == 0
-    other = image_run / "eval" / "mine"
+def test_rerun_replaces_only_its_own_report(image_run_copy):
+    assert invoke("evaluate", image_run_copy).exit_code == 0
+    other = image_run_copy / "eval" / "mine"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    stale = image_run / "eval" / "test" / "stale.txt"
+    stale = image_run_copy / "eval" / "test" / "stale.txt"
     stale.write_text("from an older evaluate")
-    result = invoke("evaluate", image_run, "--errors", "2")
+    result = invoke("evaluate", image_run_copy, "--errors", "2")
     assert result.exit_code == 0, result.output
     assert not stale.exists()
     assert (other / "keep.txt").read_text() == "mine"
-    assert len(list(csv.DictReader(open(image_run / "eval" / "test" / "errors.csv")))) <= 2
-    leftovers = [p.name for p in (image_run / "eval").iterdir() if p.name.startswith(".")]
+    assert len(list(csv.DictReader(open(image_run_copy / "eval" / "test" / "errors.csv")))) <= 2
+    leftovers = [p.name for p in (image_run_copy / "eval").iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
 
-def test_evaluate_text_run_and_a_labelled_csv(text_run, tmp_path):
-    result = invoke("evaluate", text_run)
+def test_evaluate_text_run_and_a_labelled_csv(text_run_copy, tmp_path):
+    result = invoke("evaluate", text_run_copy)
     assert result.exit_code == 0, result.output
-    metrics = json.loads((text_run / "eval" / "test" / "metrics.json").read_text())
-    y, probs = keras_scores(text_run)
+    metrics = json.loads((text_run_copy / "eval" / "test" / "metrics.json").read_text())
+    y, probs = keras_scores(text_run_copy)
     assert metrics["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == y))
     assert metrics["roc_auc"] is not None and "'pos' positive" in metrics["roc_auc_kind"]
 
     rng = random.Random(3)
     rows = [(make_sentence(rng, label), label) for label in ("pos", "neg") for _ in range(5)]
     data = write_text_csv(tmp_path / "new_reviews.csv", rows, columns=("review", "sentiment"))
-    result = invoke("evaluate", text_run, "--data", data, "--text-column", "review",
+    result = invoke("evaluate", text_run_copy, "--data", data, "--text-column", "review",
                     "--label-column", "sentiment")
     assert result.exit_code == 0, result.output
-    out = text_run / "eval" / "new_reviews"
+    out = text_run_copy / "eval" / "new_reviews"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["examples"] == 10
     assert metrics["per_class"]["pos"]["support"] == 5
@@ -145,11 +146,11 @@ def test_evaluate_text_run_and_a_labelled_csv(text_run, tmp_path):
             assert row["text"] in {r[0] for r in rows}
 
 
-def test_evaluate_from_python(image_run):
+def test_evaluate_from_python(image_run_copy):
     from tftune.evaluation.evaluate import evaluate
 
-    result = evaluate(image_run, split="val", name="val-check", errors=1)
-    assert result.out_dir == image_run / "eval" / "val-check"
+    result = evaluate(image_run_copy, split="val", name="val-check", errors=1)
+    assert result.out_dir == image_run_copy / "eval" / "val-check"
     assert result.metrics["examples"] == 6
     assert result.report.startswith("Run img on the run's val split")
 
@@ -158,27 +159,29 @@ def test_evaluate_from_python(image_run):
 # bad input: one line, exit 2, nothing written
 
 
-def test_unknown_labels_are_an_error_unless_skipped(image_run, tmp_path):
+def test_unknown_labels_are_an_error_unless_skipped(image_run_copy, tmp_path):
     data = make_image_folder(tmp_path / "more", per_class=2,
                              classes={"red": (220, 30, 30), "purple": (150, 30, 150)})
-    assert_one_line_error(invoke("evaluate", image_run, "--data", data), "'purple'", "--skip-unknown-labels")
-    assert not (image_run / "eval").exists()
-    result = invoke("evaluate", image_run, "--data", data, "--skip-unknown-labels")
+    assert_one_line_error(invoke("evaluate", image_run_copy, "--data", data), "'purple'", "--skip-unknown-labels",
+                          alone=True)
+    assert not (image_run_copy / "eval").exists()
+    result = invoke("evaluate", image_run_copy, "--data", data, "--skip-unknown-labels")
     assert result.exit_code == 0, result.output
-    assert json.loads((image_run / "eval" / "more" / "metrics.json").read_text())["examples"] == 2
+    assert json.loads((image_run_copy / "eval" / "more" / "metrics.json").read_text())["examples"] == 2
 
 
-def test_undecodable_image_in_data(image_run, tmp_path):
+def test_undecodable_image_in_data(image_run_copy, tmp_path):
     data = make_image_folder(tmp_path / "broken", per_class=2)
     (data / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    assert_one_line_error(invoke("evaluate", image_run, "--data", data), "corrupt.png", "cannot be decoded")
-    assert not (image_run / "eval").exists()
+    assert_one_line_error(invoke("evaluate", image_run_copy, "--data", data), "corrupt.png", "cannot be decoded",
+                          alone=True)
+    assert not (image_run_copy / "eval").exists()
 
 
-def test_empty_text_in_data(text_run, tmp_path):
+def test_empty_text_in_data(text_run_copy, tmp_path):
     data = write_text_csv(tmp_path / "gaps.csv", [("good fun film", "pos"), ("   ", "neg")])
-    assert_one_line_error(invoke("evaluate", text_run, "--data", data), "empty", "row 2")
-    assert not (text_run / "eval").exists()
+    assert_one_line_error(invoke("evaluate", text_run_copy, "--data", data), "empty", "row 2", alone=True)
+    assert not (text_run_copy / "eval").exists()
 
 
 @pytest.mark.parametrize("remove, fragment", [
@@ -186,22 +189,23 @@ def test_empty_text_in_data(text_run, tmp_path):
     ("classes.json", "classes.json"),
     ("preprocessor", "preprocessor/"),
 ], ids=["model", "classes", "preprocessor"])
-def test_incomplete_run_directory(text_run, remove, fragment):
+def test_incomplete_run_directory(text_run_copy, remove, fragment):
     import shutil
 
-    target = text_run / remove
+    target = text_run_copy / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    (text_run / "metrics.json").unlink()
-    assert_one_line_error(invoke("evaluate", text_run), "incomplete", fragment, "did not finish")
-    assert not (text_run / "eval").exists()
+    (text_run_copy / "metrics.json").unlink()
+    assert_one_line_error(invoke("evaluate", text_run_copy), "incomplete", fragment, "did not finish",
+                          alone=True)
+    assert not (text_run_copy / "eval").exists()
 
 
 def test_not_a_run_directory(tmp_path):
-    assert_one_line_error(invoke("evaluate", tmp_path / "nope"), "not found")
-    assert_one_line_error(invoke("evaluate", tmp_path), "incomplete", "config.yaml")
+    assert_one_line_error(invoke("evaluate", tmp_path / "nope"), "not found", alone=True)
+    assert_one_line_error(invoke("evaluate", tmp_path), "incomplete", "config.yaml", alone=True)
 
 
-def test_damaged_model_file(image_run):
-    (image_run / "model.keras").write_bytes(b"PK\x03\x04 truncated")
-    assert_one_line_error(invoke("evaluate", image_run), "Cannot load", "model.keras")
-    assert not (image_run / "eval").exists()
+def test_damaged_model_file(image_run_copy):
+    (image_run_copy / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(invoke("evaluate", image_run_copy), "Cannot load", "model.keras", alone=True)
+    assert not (image_run_copy / "eval").exists()

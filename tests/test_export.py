@@ -12,24 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import copy_run
-from tftune.cli import main
+from helpers import assert_one_line_error, copy_run, invoke
 
 NEW_TEXTS = ["good fun film", "the plot was awful and dull", "really lovely acting", "worst movie"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    errors = [l for l in result.output.splitlines() if l.startswith("Error: ")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def verification(folder: Path) -> dict:
@@ -42,26 +28,14 @@ def no_leftovers(export_root: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def image_run(tiny_image_run, tmp_path_factory):
+    """This module's copy of the session's finished image run (the exports are written into it)."""
     return copy_run(tiny_image_run, tmp_path_factory.mktemp("export_image") / "img")
 
 
 @pytest.fixture(scope="module")
 def text_run(tiny_text_run, tmp_path_factory):
+    """This module's copy of the session's finished text run (the exports are written into it)."""
     return copy_run(tiny_text_run, tmp_path_factory.mktemp("export_text") / "txt")
-
-
-@pytest.fixture(scope="module")
-def image_predictor(image_run):
-    import tftune
-
-    return tftune.load(image_run)
-
-
-@pytest.fixture(scope="module")
-def text_predictor(text_run):
-    import tftune
-
-    return tftune.load(text_run)
 
 
 def image_files(run: Path) -> list[Path]:
@@ -266,7 +240,7 @@ def test_an_int8_kernel_that_fails_at_run_time_is_kept_in_float(text_run, monkey
 
 
 def test_verify_with_data_of_your_own(text_run, tmp_path):
-    from conftest import write_text_csv
+    from helpers import write_text_csv
 
     data = write_text_csv(tmp_path / "mine.csv", [("good fun film", "pos"), ("awful dull plot", "neg"),
                                                  ("lovely acting", "pos")], columns=("review", "stars"))

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from test_train_cli import assert_one_line_error, image_recipe, invoke, text_recipe, write_recipe
+from helpers import assert_one_line_error, image_recipe, invoke, text_recipe, write_recipe
 from tftune.training.lr_find import smooth, suggest, sweep
 from tftune.training.optim import GroupLRSGD
 

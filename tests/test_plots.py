@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import copy_run
+from helpers import copy_run, invoke
 from tftune.evaluation import plots
-from tftune.cli import main
 from tftune.errors import TftuneError
 
 HISTORY = [
@@ -78,14 +76,14 @@ def test_train_writes_the_curves_and_tftune_plot_recreates_them(tiny_image_run, 
     assert_png(tiny_image_run / plots.TRAINING_CURVES_FILE)
     run = copy_run(tiny_image_run, tmp_path / "run")
     (run / plots.TRAINING_CURVES_FILE).unlink()
-    result = CliRunner().invoke(main, ["plot", str(run)])
+    result = invoke("plot", run)
     assert result.exit_code == 0, result.output
     assert str(run / plots.TRAINING_CURVES_FILE) in result.output
     assert_png(run / plots.TRAINING_CURVES_FILE)
 
 
 def test_tftune_plot_without_history_is_one_line_exit_2(tmp_path):
-    result = CliRunner().invoke(main, ["plot", str(tmp_path)])
+    result = invoke("plot", tmp_path)
     assert result.exit_code == 2, result.output
     assert result.output.startswith("Error: ") and "history.csv" in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -12,50 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import copy_run, make_image_folder, write_text_csv
-from tftune.cli import main
-
-
-def invoke(*args, input=None):
-    return CliRunner().invoke(main, [str(a) for a in args], input=input)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def image_predictor(tiny_image_run):
-    import tftune
-
-    return tftune.load(tiny_image_run)
-
-
-@pytest.fixture(scope="module")
-def text_predictor(tiny_text_run):
-    import tftune
-
-    return tftune.load(tiny_text_run)
+from helpers import (
+    IMAGE_CLASSES,
+    assert_one_line_error,
+    copy_run,
+    invoke,
+    make_image_folder,
+    write_png,
+    write_text_csv,
+)
 
 
 @pytest.fixture(scope="module")
 def new_images(tmp_path_factory):
     """Three new images per class, at 40 px (the run trained at 32 px)."""
-    from conftest import IMAGE_CLASSES, _png
-
     root = tmp_path_factory.mktemp("new_images")
     rng = np.random.default_rng(11)
     for name, colour in IMAGE_CLASSES.items():
         (root / name).mkdir()
         for i in range(3):
-            _png(root / name / f"{name}_{i}.png", colour, rng, size=40)
+            write_png(root / name / f"{name}_{i}.png", colour, rng, size=40)
     return root
 
 
@@ -191,7 +169,7 @@ def test_cli_output_file_is_not_overwritten_without_overwrite(tiny_text_run, tmp
     out = tmp_path / "p.csv"
     out.write_text("mine\n")
     assert_one_line_error(invoke("predict", tiny_text_run, "good film", "--output", out),
-                          "already exists", "--overwrite")
+                          "already exists", "--overwrite", alone=True)
     assert out.read_text() == "mine\n"
     result = invoke("predict", tiny_text_run, "good film", "--output", out, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -250,7 +228,7 @@ def test_undecodable_image(tiny_image_run, new_images, tmp_path):
     (folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     out = tmp_path / "out.csv"
     assert_one_line_error(invoke("predict", tiny_image_run, folder, "--output", out),
-                          "broken.jpg", "cannot be decoded")
+                          "broken.jpg", "cannot be decoded", alone=True)
     assert not out.exists()
     assert list(tmp_path.glob(".out*")) == []
 
@@ -269,27 +247,27 @@ def test_undecodable_bytes_from_python(image_predictor):
 ], ids=["empty", "blank"])
 def test_empty_text_argument(tiny_text_run, tmp_path, args, fragments):
     out = tmp_path / "out.csv"
-    assert_one_line_error(invoke("predict", tiny_text_run, *args, "--output", out), *fragments)
+    assert_one_line_error(invoke("predict", tiny_text_run, *args, "--output", out), *fragments, alone=True)
     assert not out.exists()
 
 
 def test_empty_line_in_a_text_file(tiny_text_run, tmp_path):
     lines = tmp_path / "reviews.txt"
     lines.write_text("good fun film\n\nawful dull plot\n")
-    assert_one_line_error(invoke("predict", tiny_text_run, lines), "Line 2", "reviews.txt", "empty")
+    assert_one_line_error(invoke("predict", tiny_text_run, lines), "Line 2", "reviews.txt", "empty", alone=True)
 
 
 def test_missing_and_wrong_image_inputs(tiny_image_run, tmp_path):
-    assert_one_line_error(invoke("predict", tiny_image_run, tmp_path / "nope.png"), "not found")
+    assert_one_line_error(invoke("predict", tiny_image_run, tmp_path / "nope.png"), "not found", alone=True)
     (tmp_path / "notes.txt").write_text("hello")
-    assert_one_line_error(invoke("predict", tiny_image_run, tmp_path / "notes.txt"), "not an image file")
+    assert_one_line_error(invoke("predict", tiny_image_run, tmp_path / "notes.txt"), "not an image file", alone=True)
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(invoke("predict", tiny_image_run, tmp_path / "empty"), "holds no images")
+    assert_one_line_error(invoke("predict", tiny_image_run, tmp_path / "empty"), "holds no images", alone=True)
 
 
 def test_incomplete_run_directory(tiny_image_run, tmp_path):
     run = copy_run(tiny_image_run, tmp_path / "run")
     (run / "model.keras").unlink()
     out = tmp_path / "out.csv"
-    assert_one_line_error(invoke("predict", run, tmp_path, "--output", out), "incomplete", "model.keras")
+    assert_one_line_error(invoke("predict", run, tmp_path, "--output", out), "incomplete", "model.keras", alone=True)
     assert not out.exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import requires_asset
+from helpers import requires_asset
 from tftune.model.backbones import load_backbone
 from tftune.config import BackboneConfig
 

@@ -12,67 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from conftest import make_image_folder, make_sentence, write_text_csv
-from tftune.cli import main
+from helpers import (
+    assert_one_line_error,
+    image_recipe,
+    invoke,
+    make_image_folder,
+    make_sentence,
+    save_tiny_cnn,
+    text_recipe,
+    write_recipe,
+    write_sentiment_csv,
+    write_text_csv,
+)
 from tftune.config import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write_recipe(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def image_recipe(tmp: Path, folder: Path, cnn_file: Path, **extra) -> dict:
-    recipe = {
-        "recipe": "image_classification",
-        "name": "img",
-        "output_dir": str(tmp / "runs"),
-        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
-        "backbone": {"spec": f"keras:{cnn_file}"},
-        "head": {"dropout": 0.0},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05,
-             "early_stopping": {"monitor": "val_loss", "patience": 5}},
-            {"name": "top", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
-        ],
-        "train": {"batch_size": 8, "verbose": "quiet"},
-    }
-    recipe.update(extra)
-    return recipe
-
-
-def text_recipe(tmp: Path, csv_path: Path, preset: Path) -> dict:
-    return {
-        "recipe": "text_classification",
-        "name": "txt",
-        "output_dir": str(tmp / "runs"),
-        "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2, "test_fraction": 0.2},
-        "backbone": {"spec": f"keras_hub:{preset}", "sequence_length": 16},
-        "stages": [
-            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2},
-            {"name": "all", "train": "all", "epochs": 1, "learning_rate": 1e-3,
-             "warmup": 0.2, "schedule": "linear"},
-        ],
-        "train": {"batch_size": 8},
-    }
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("Error: ")]
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def read_history(run: Path) -> list[dict]:
@@ -125,29 +80,24 @@ def evaluate_reloaded(run: Path, val_ds) -> dict:
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
-    """One CLI image run, shared by the tests that only read its run directory."""
-    from conftest import build_tiny_cnn
-
-    import keras
-
-    tmp = tmp_path_factory.mktemp("image_run")
+def cli_image_training(tmp_path_factory):
+    """One `tftune train` of the image recipe, shared by the tests that only read its run
+    directory: (tmp folder, recipe path, the overrides given, the Click result)."""
+    tmp = tmp_path_factory.mktemp("cli_image_training")
     folder = make_image_folder(tmp / "images")
-    keras.utils.set_random_seed(0)
-    cnn_file = tmp / "cnn.keras"
-    build_tiny_cnn(32).save(str(cnn_file))
+    cnn_file = save_tiny_cnn(tmp / "cnn.keras")
     recipe = write_recipe(tmp / "image.yaml", image_recipe(tmp, folder, cnn_file))
     overrides = ["--set", "train.verbose=epoch", "--set", "stages.1.learning_rate=2e-3"]
     result = invoke("train", str(recipe), *overrides)
     return tmp, recipe, [o for o in overrides if o != "--set"], result
 
 
-def test_image_recipe_end_to_end(image_run):
+def test_image_recipe_end_to_end(cli_image_training):
     import tensorflow as tf
 
     from tftune.data import load_data
 
-    tmp, recipe, overrides, result = image_run
+    tmp, recipe, overrides, result = cli_image_training
     assert result.exit_code == 0, result.output
     out = result.output
     assert "== Stage 1/2: head" in out and "== Stage 2/2: top" in out
@@ -174,8 +124,8 @@ def test_image_recipe_end_to_end(image_run):
     assert tf.reduce_max(x) > 1.0
 
 
-def test_rerun_without_overwrite_leaves_the_run_untouched(image_run):
-    tmp, recipe, overrides, first = image_run
+def test_rerun_without_overwrite_leaves_the_run_untouched(cli_image_training):
+    tmp, recipe, overrides, first = cli_image_training
     assert first.exit_code == 0, first.output
     run = tmp / "runs" / "img"
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -211,25 +161,23 @@ def test_overwrite_replaces_the_run(tmp_path, image_folder, tiny_cnn_file):
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_bert_preset):
-    """One CLI text run on the tiny BERT preset, shared by the tests that read its run dir."""
-    tmp = tmp_path_factory.mktemp("text_run")
-    rng = random.Random(0)
-    rows = [(make_sentence(rng, label), label) for label in ("pos", "neg") for _ in range(30)]
-    rng.shuffle(rows)
-    csv_path = write_text_csv(tmp / "texts.csv", rows)
+def cli_text_training(tmp_path_factory, tiny_bert_preset):
+    """One `tftune train` of the text recipe on the tiny BERT preset, shared by the tests that
+    only read its run directory: (tmp folder, recipe path, the Click result)."""
+    tmp = tmp_path_factory.mktemp("cli_text_training")
+    csv_path = write_sentiment_csv(tmp / "texts.csv")
     recipe = write_recipe(tmp / "text.yaml", text_recipe(tmp, csv_path, tiny_bert_preset))
     result = invoke("train", str(recipe), "--set", "train.verbose=epoch")
     return tmp, recipe, result
 
 
-def test_text_recipe_end_to_end(text_run, tiny_bert_preset):
+def test_text_recipe_end_to_end(cli_text_training, tiny_bert_preset):
     import keras_hub
     import tensorflow as tf
 
     from tftune.data import load_data
 
-    tmp, recipe, result = text_run
+    tmp, recipe, result = cli_text_training
     assert result.exit_code == 0, result.output
     assert "pooled_dense" in result.output  # reported as frozen throughout
     run = tmp / "runs" / "txt"
@@ -249,12 +197,12 @@ def test_text_recipe_end_to_end(text_run, tiny_bert_preset):
     assert probs.shape == (2, 2)
 
 
-def test_text_run_preprocessor_folder_loads_on_its_own(text_run, tiny_bert_preset):
+def test_text_run_preprocessor_folder_loads_on_its_own(cli_text_training, tiny_bert_preset):
     """runs/<name>/preprocessor/ is what turns raw text into the saved model's inputs: it must
     load with KerasHub's `from_preset` and tokenise exactly as the training preprocessor."""
     import keras_hub
 
-    tmp, _, result = text_run
+    tmp, _, result = cli_text_training
     assert result.exit_code == 0, result.output
     saved = keras_hub.models.TextClassifierPreprocessor.from_preset(str(tmp / "runs" / "txt" / "preprocessor"))
     original = keras_hub.models.TextClassifierPreprocessor.from_preset(str(tiny_bert_preset), sequence_length=16)

@@ -179,25 +179,9 @@ def inspect(spec: str, weights: str | None, image_size: int, layers: bool) -> No
     from tftune.model.backbones import load_backbone
     from tftune.config import BackboneConfig
 
-    kwargs = {"spec": spec}
-    if weights is not None:
-        kwargs["weights"] = weights
+    kwargs = {"spec": spec} if weights is None else {"spec": spec, "weights": weights}
     backbone = load_backbone(BackboneConfig(**kwargs), (image_size, image_size))
-    total = sum(g.num_params for g in backbone.groups)
-    click.echo(f"{spec}: {backbone.modality} backbone, {len(backbone.groups)} layer groups, {total:,} parameters")
-    for note in backbone.notes:
-        click.echo(f"  note: {note}")
-    if backbone.modality == "text":
-        click.echo(
-            "  note: at training time, layers no gradient reaches from the head (the pooler,"
-            " when head.pooling is mean) stay frozen and leave the groups"
-        )
-    width = max(len(g.name) for g in backbone.groups)
-    for i, g in enumerate(backbone.groups):
-        click.echo(f"  {i:>2}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.layers):>4} layers")
-        if layers:
-            for layer in g.layers:
-                click.echo(f"        {layer.name} ({type(layer).__name__})")
+    click.echo("\n".join(backbone.summary(layers)))
 
 
 @main.command()
@@ -378,20 +362,8 @@ def plot(run_dir: str) -> None:
     kept (best) epoch starred. `tftune train` writes it at the end of a run.
     """
     from tftune.evaluation import plots
-    from tftune import rundir
-    from tftune.config import load_recipe
 
-    from tftune.tasks import TASKS
-
-    run = Path(run_dir)
-    monitors, minimised = None, ("loss",)
-    if (run / rundir.CONFIG_FILE).is_file():
-        config = load_recipe(run / rundir.CONFIG_FILE)
-        monitors = [s.early_stopping.monitor for s in config.stages]
-        minimised = TASKS[config.task].minimised
-    out = plots.training_curves(run / rundir.HISTORY_FILE, run / plots.TRAINING_CURVES_FILE, monitors,
-                                minimised)
-    click.echo(f"Wrote {out}")
+    click.echo(f"Wrote {plots.run_training_curves(Path(run_dir))}")
 
 
 @main.group()
@@ -403,17 +375,20 @@ def assets() -> None:
 @click.argument("names", nargs=-1)
 @click.option("--force", is_flag=True, help="Download and extract again even if present.")
 def assets_fetch(names: tuple[str, ...], force: bool) -> None:
-    """Fetch NAMES (default: all) into the asset cache ($TFTUNE_ASSETS_DIR), verifying sha256."""
+    """Fetch NAMES (default: all) into the asset cache ($TFTUNE_ASSETS_DIR), verifying sha256.
+
+    Prints a line per step of each asset: downloading, verifying, then its size, folder and
+    time taken.
+    """
     from tftune import assets as assets_mod
 
-    paths = assets_mod.fetch(list(names) or None, force=force, log=click.echo)
-    for name, path in paths.items():
-        click.echo(f"{name}: {path}")
+    assets_mod.fetch(list(names) or None, force=force, log=click.echo)
 
 
 @assets.command("list")
 def assets_list() -> None:
-    """List the known assets, where they are and whether they are fetched and intact."""
+    """List the known assets, where they are and whether they are fetched and intact, and
+    where the sample inputs that ship with tftune are."""
     from tftune import assets as assets_mod
 
     for st in assets_mod.list_assets():
@@ -422,6 +397,7 @@ def assets_list() -> None:
         )
         if st.state == "ok":
             click.echo(f"{'':<22} {st.path}")
+    click.echo(f"Sample inputs: {assets_mod.samples_dir()}")
 
 
 if __name__ == "__main__":

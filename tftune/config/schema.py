@@ -1,14 +1,26 @@
 """The recipe schema: typed, frozen dataclasses whose fields mirror a recipe file's keys.
 
-Defaults live in the signatures; `tftune.config.coerce` builds these from YAML mappings
-(unknown keys are errors with a suggestion) and checks every value's type and range.
+Defaults live in the signatures and each numeric field's allowed range in its type
+(`Annotated[int, Range(">= 1")]`); `tftune.config.coerce` builds these from YAML mappings
+(unknown keys are errors with a suggestion) and checks every value's type and range, then a
+dataclass's cross-field rules (its `check` method). The checks run when a recipe is loaded;
+configs built directly in Python are taken as given.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
+from tftune.config.ranges import Range
+from tftune.errors import ConfigError
+
+# The ranges most fields share.
+Positive = Annotated[float, Range("> 0")]
+NonNegative = Annotated[float, Range(">= 0")]
+Fraction = Annotated[float, Range("[0, 1)")]
+Count = Annotated[int, Range(">= 1")]
+NonNegativeInt = Annotated[int, Range(">= 0")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +41,15 @@ class DataConfig:
       - `fashion_mnist`: the Fashion-MNIST arrays (offline asset, else `keras.datasets`).
       - `python`: datasets passed to `tftune.train(..., datasets=...)` from Python.
     Paths may name an offline asset as `asset:<name>[/<file>]`.
+
+    `val_fraction`, `test_fraction`: the shares of the examples held out for validation and
+    testing (stratified by class), each in [0, 1) and together < 1, the rest trains.
+    `val_fraction` must be > 0 for `csv`, `jsonl` and `fashion_mnist`, whose validation split
+    (which early stopping watches) is always drawn from the data; a `folder` with a `val/`
+    subfolder and `python` datasets bring their own.
+    `max_train_examples`, `max_test_examples`: null (all) or >= 1, a stratified subsample.
+    `image_size`: [height, width] the images are resized to, each >= 1 (a `keras_applications`
+    backbone needs at least its own minimum, 32 for most, 75 for InceptionV3).
     """
 
     source: Literal["folder", "csv", "jsonl", "fashion_mnist", "python"] = "folder"
@@ -38,11 +59,11 @@ class DataConfig:
     classes: Optional[tuple[str, ...]] = None
     skip_unlisted_labels: bool = False
     deduplicate: bool = False
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_train_examples: Optional[int] = None
-    max_test_examples: Optional[int] = None
-    image_size: tuple[int, int] = (224, 224)
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+    max_train_examples: Optional[Count] = None
+    max_test_examples: Optional[Count] = None
+    image_size: tuple[Count, Count] = (224, 224)
     augment: tuple[str, ...] = ()
     # Multi-label (`task: multilabel`): several 0/1 columns, one per label (else the labels
     # are a list in `label_column`: `a|b` split on `label_separator`, or a JSON list).
@@ -55,6 +76,22 @@ class DataConfig:
     # by the KerasHub preprocessor (replaces `text_column`).
     text_columns: Optional[tuple[str, str]] = None
 
+    def check(self, where: str = "data") -> None:
+        """The rules between fields, run when a recipe is loaded (after each field's range)."""
+        key = f"{where}." if where else ""
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                f"Invalid values for '{key}val_fraction' and '{key}test_fraction'. "
+                f"Expected a sum < 1 (the rest of the examples is the training split). "
+                f"Received: {self.val_fraction} + {self.test_fraction}"
+            )
+        if self.val_fraction == 0 and self.source in ("csv", "jsonl", "fashion_mnist"):
+            raise ConfigError(
+                f"Invalid value for '{key}val_fraction'. Expected a number in (0, 1) with "
+                f"{key}source {self.source!r}: training draws its validation split from the "
+                f"data. Received: {self.val_fraction}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
@@ -63,37 +100,44 @@ class BackboneConfig:
     `spec` is one string: `keras_hub:<preset or local preset dir>`, `hf:<local Hugging Face
     checkpoint dir>`, `keras_applications:<Name>`, or `keras:<file.keras>`.
     `weights` applies to `keras_applications` specs: `imagenet`, a local weights file, an
-    `asset:` name, or `none` for random initialisation. `sequence_length` (text) defaults to
-    the backbone's maximum, at most 128 tokens.
+    `asset:` name, or `none` for random initialisation. `sequence_length` (text): null (the
+    backbone's maximum, at most 128 tokens) or >= 2 (room for the start and end tokens).
+    `generic_groups` (>= 1): how many layer groups a backbone without known groups is split into.
     """
 
     spec: str = "keras_applications:MobileNetV2"
     weights: Optional[str] = "imagenet"
-    sequence_length: Optional[int] = None
+    sequence_length: Optional[Annotated[int, Range(">= 2")]] = None
     allow_download: bool = False
     train_bn: bool = False
     groups: tuple[GroupPattern, ...] = ()
-    generic_groups: int = 4
+    generic_groups: Count = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The new classification head: pooling -> dropout -> Dense."""
+    """The new classification head: pooling -> dropout -> Dense.
+
+    `dropout` in [0, 1); `hidden_units` >= 0 (0: no hidden layer before the output).
+    """
 
     pooling: Literal["auto", "mean", "cls", "avg", "max"] = "auto"
-    dropout: float = 0.1
-    hidden_units: int = 0
+    dropout: Fraction = 0.1
+    hidden_units: NonNegativeInt = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class EarlyStoppingConfig:
     """Early stopping within one stage; the best epoch's weights are always restored.
+
+    `patience` >= 0 epochs without improvement; `min_delta` >= 0, the least change that counts.
     `monitor: auto` is the task's default monitor (`val_accuracy` for classification,
-    `val_rmse` for regression, ...; see `tftune.tasks`)."""
+    `val_rmse` for regression, ...; see `tftune.tasks`).
+    """
 
     monitor: str = "val_loss"
-    patience: int = 2
-    min_delta: float = 0.0
+    patience: NonNegativeInt = 2
+    min_delta: NonNegative = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,58 +147,62 @@ class StageConfig:
     `train` names what trains: `head`, `top:N` (the head and the top N layer groups),
     `all`, or a list of group names (the head always trains).
 
-    `layer_decay` (e.g. 0.8, as in ELECTRA/BEiT; 1/2.6 = 0.385 is ULMFiT's) gives the trained
-    group k places below the head `learning_rate * layer_decay**k`; `lr_multipliers`
-    ({group name: multiplier}) sets groups' multipliers explicitly and wins over the decay.
-    `warmup` < 1 is a fraction of the stage's steps, >= 1 a number of steps.
+    `epochs` >= 1; `learning_rate` > 0 (the head's); `weight_decay` >= 0.
+    `layer_decay` in (0, 1] (e.g. 0.8, as in ELECTRA/BEiT; 1/2.6 = 0.385 is ULMFiT's) gives the
+    trained group k places below the head `learning_rate * layer_decay**k`; `lr_multipliers`
+    ({group name: multiplier > 0}) sets groups' multipliers explicitly and wins over the decay.
+    `warmup` in [0, 1) is a fraction of the stage's steps, an integer >= 1 a number of steps.
+    `steps_per_epoch`: null (one pass over the training split) or >= 1.
     """
 
     name: str = "stage"
     train: Union[str, tuple[str, ...]] = "head"
-    epochs: int = 1
-    learning_rate: float = 1e-3
+    epochs: Count = 1
+    learning_rate: Positive = 1e-3
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = 0.01
-    warmup: float = 0.0
+    weight_decay: NonNegative = 0.01
+    warmup: Union[Fraction, Count] = 0.0
     schedule: Literal["constant", "cosine", "linear", "slanted_triangular", "one_cycle"] = "constant"
-    layer_decay: Optional[float] = None
-    lr_multipliers: Optional[dict[str, float]] = None
+    layer_decay: Optional[Annotated[float, Range("(0, 1]")]] = None
+    lr_multipliers: Optional[dict[str, Positive]] = None
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    steps_per_epoch: Optional[int] = None
+    steps_per_epoch: Optional[Count] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings shared by all stages.
 
+    `batch_size` (>= 1) is the global batch. `seed` in [0, 2**32 - 1] (NumPy's seed range).
+
     `feature_cache: auto` runs a stage's frozen bottom (its lowest frozen layer groups, or the
     whole backbone in a head-only stage) once over the data and trains the rest on the stored
     outputs, when that is exact: no random augmentation in the input pipeline. The outputs are
-    kept in memory up to `cache_memory_mb` and spill to disk beyond it.
+    kept in memory up to `cache_memory_mb` (>= 0) and spill to disk beyond it.
 
     `distribute` picks the `tf.distribute` strategy (see `tftune.runtime.distribute`): `auto` (a TPU
     when `tpu` or TPU_NAME names one, several workers when TF_CONFIG describes a cluster,
     MirroredStrategy on more than one GPU, else the default strategy), `default`, `mirrored`,
-    `multi_worker` (cluster from TF_CONFIG) or `tpu`. `batch_size` is the global batch.
-    A checkpoint is written at every epoch end, and every `checkpoint_steps` training steps
-    when > 0 (see `tftune.rundir.checkpoint`).
+    `multi_worker` (cluster from TF_CONFIG) or `tpu`.
+    A checkpoint is written at every epoch end, and every `checkpoint_steps` (>= 0) training
+    steps when > 0 (see `tftune.rundir.checkpoint`).
     """
 
-    batch_size: int = 32
-    seed: int = 42
+    batch_size: Count = 32
+    seed: Annotated[int, Range("[0, 4294967295]")] = 42
     jit_compile: Literal["auto", "on", "off"] = "auto"
     mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "off"
     verbose: Literal["auto", "bar", "epoch", "quiet"] = "auto"
     feature_cache: Literal["auto", "off"] = "auto"
-    cache_memory_mb: int = 2048
+    cache_memory_mb: NonNegativeInt = 2048
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: Optional[str] = None
-    checkpoint_steps: int = 0
+    checkpoint_steps: NonNegativeInt = 0
     # What the task optimises (see `tftune.tasks`): `auto` is the task's own (cross-entropy;
     # MSE for regression); `focal` (classification, multilabel); `mse` / `huber` (regression).
     loss: Literal["auto", "crossentropy", "focal", "mse", "huber"] = "auto"
-    huber_delta: float = 1.0
-    label_smoothing: float = 0.0
+    huber_delta: Positive = 1.0
+    label_smoothing: Fraction = 0.0
     # Per-example loss weights by class (classification): `balanced` (n / (classes * count))
     # or {class name: weight}; classes left out weigh 1.
     class_weight: Optional[Union[Literal["balanced"], dict[str, float]]] = None

@@ -72,66 +72,28 @@ def evaluate(
         progress: called with the number of examples after each batch.
         on_start: called once with the number of examples, before the first batch.
     """
-    from tftune.data.labelled import load_labelled
-    from tftune.inference.predictor import predictor_for
     from tftune.rundir.reader import open_run
 
     started = time.perf_counter()
     run = open_run(run_dir)
-    if data is not None:
-        examples = load_labelled(
-            data, run.modality, run.class_names, run.image_size,
-            text_column=text_column or run.config.data.text_column,
-            label_column=label_column or run.config.data.label_column,
-            skip_unknown_labels=skip_unknown_labels, task=run.task,
-            label_columns=run.config.data.label_columns,
-            label_separator=run.config.data.label_separator,
-            text_columns=run.config.data.text_columns,
-        )
-    else:
-        examples = run.split(split)
+    examples = _examples(run, data, split, text_column, label_column, skip_unknown_labels)
     name = name or examples.name
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise ConfigError(
             f"Report name {name!r} must be letters, digits, '_', '-' or '.' (it names the folder "
             f"{run.path / EVAL_DIR}/<name>). Received: name={name!r}"
         )
-    predictor = predictor_for(run)
-    batch_size = batch_size or run.config.train.batch_size
-    if on_start is not None:
-        on_start(examples.size)
-    outs, labels = [], []
-    for x, y in examples.dataset.batch(batch_size):
-        outs.append(predictor.probabilities(x))
-        labels.append(np.asarray(y))
-        if progress is not None:
-            progress(len(labels[-1]))
-    outputs = np.concatenate(outs)
-    y_true = np.concatenate(labels)
-    task = predictor.task
-    report = task.report(y_true, outputs)
-
-    trained_size = run.trained_size(examples.name) if data is None else None
+    task = run.task
+    outputs, y_true = _score(run, examples, batch_size or run.config.train.batch_size,
+                             progress, on_start)
     report = {
         "run": str(run.path),
         "data": examples.description,
         "compute_dtype": "float32",
-        **report,
+        **task.report(y_true, outputs),
         "seconds": round(time.perf_counter() - started, 1),
+        "notes": _notes(run, examples, data),
     }
-    notes = []
-    if trained_size is not None and trained_size != examples.size:
-        notes.append(
-            f"the re-created {examples.name} split has {examples.size} examples but training "
-            f"recorded {trained_size}: the data changed since training"
-        )
-    if data is None and run.trained_policy not in (None, "float32"):
-        notes.append(
-            f"computed in float32; the run trained and scored its own metrics.json in "
-            f"{run.trained_policy}, so the last digits can differ"
-        )
-    report["notes"] = notes
-
     scored = Scored(run.path.name, examples, run.modality, y_true, outputs, report, errors)
     out = run.path / EVAL_DIR / name
     with rundir.building_dir(out) as tmp:
@@ -161,6 +123,56 @@ class Scored:
     def images(self, indices) -> dict[int, np.ndarray]:
         return _images_at(self.examples.dataset, indices)
 
+
+def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
+    """The labelled examples to score: `data` labelled as the run's task reads labels (onto
+    its classes), or one of the run's splits."""
+    from tftune.data.labelled import load_labelled
+
+    if data is None:
+        return run.split(split)
+    return load_labelled(
+        data, run.modality, run.class_names, run.image_size,
+        text_column=text_column or run.config.data.text_column,
+        label_column=label_column or run.config.data.label_column,
+        skip_unknown_labels=skip_unknown_labels, task=run.task,
+        label_columns=run.config.data.label_columns,
+        label_separator=run.config.data.label_separator,
+        text_columns=run.config.data.text_columns,
+    )
+
+
+def _score(run, examples, batch_size: int, progress, on_start):
+    """(model outputs, true labels) over `examples`, batch by batch, in float32."""
+    from tftune.inference.predictor import predictor_for
+
+    predictor = predictor_for(run)
+    if on_start is not None:
+        on_start(examples.size)
+    outputs, labels = [], []
+    for x, y in examples.dataset.batch(batch_size):
+        outputs.append(predictor.probabilities(x))
+        labels.append(np.asarray(y))
+        if progress is not None:
+            progress(len(labels[-1]))
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def _notes(run, examples, data) -> list[str]:
+    """What a reader of the numbers should know (a changed split, float32 vs training's dtype)."""
+    notes = []
+    trained_size = run.trained_size(examples.name) if data is None else None
+    if trained_size is not None and trained_size != examples.size:
+        notes.append(
+            f"the re-created {examples.name} split has {examples.size} examples but training "
+            f"recorded {trained_size}: the data changed since training"
+        )
+    if data is None and run.trained_policy not in (None, "float32"):
+        notes.append(
+            f"computed in float32; the run trained and scored its own metrics.json in "
+            f"{run.trained_policy}, so the last digits can differ"
+        )
+    return notes
 
 
 def _texts_at(dataset, indices) -> dict[int, str]:

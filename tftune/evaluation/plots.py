@@ -153,6 +153,21 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out_png: s
     return _save(fig, Path(out_png))
 
 
+def run_training_curves(run: Path) -> Path:
+    """Re-creates `run/training_curves.png` from the run's history.csv, marking each stage's
+    kept epoch by its monitor (from config.yaml, when readable)."""
+    from tftune.config import load_recipe
+    from tftune.tasks import TASKS
+
+    monitors, minimised = None, ("loss",)
+    if (run / rundir.CONFIG_FILE).is_file():
+        config = load_recipe(run / rundir.CONFIG_FILE)
+        monitors = [s.early_stopping.monitor for s in config.stages]
+        minimised = TASKS[config.task].minimised
+    return training_curves(run / rundir.HISTORY_FILE, run / TRAINING_CURVES_FILE, monitors,
+                           minimised)
+
+
 def regression(y_true: np.ndarray, y_pred: np.ndarray, out_png: str | Path,
                title: str = "Predicted vs true") -> Path:
     """Two panels: predicted against true values (with the y = x line), and a histogram of

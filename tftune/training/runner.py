@@ -67,7 +67,7 @@ def train(
     """
     if not isinstance(config, RecipeConfig):
         config = load_recipe(config, overrides)
-    elif overrides:
+    else:  # built in Python: checked like a recipe file (types, ranges, the task)
         config = config_from_dict(to_dict(config), overrides)
     config = resolve_monitors(config)  # a RecipeConfig built in Python may say monitor: auto
     if overwrite and resume:

@@ -47,6 +47,23 @@ class Backbone:
     default_pooling: str = "avg"
     notes: list[str] = dataclasses.field(default_factory=list)
 
+    def summary(self, layers: bool = False) -> list[str]:
+        """What `tftune inspect` prints: the layer groups, bottom to top, with parameter
+        counts (and each group's layers with `layers`)."""
+        total = sum(g.num_params for g in self.groups)
+        lines = [f"{self.spec}: {self.modality} backbone, {len(self.groups)} layer groups, "
+                 f"{total:,} parameters"]
+        lines += [f"  note: {note}" for note in self.notes]
+        if self.modality == "text":
+            lines.append("  note: at training time, layers no gradient reaches from the head (the "
+                         "pooler, when head.pooling is mean) stay frozen and leave the groups")
+        width = max(len(g.name) for g in self.groups)
+        for i, g in enumerate(self.groups):
+            lines.append(f"  {i:>2}  {g.name:<{width}}  {g.num_params:>12,}  {len(g.layers):>4} layers")
+            if layers:
+                lines += [f"        {layer.name} ({type(layer).__name__})" for layer in g.layers]
+        return lines
+
 
 def _backbone(model, modality: str, cfg: BackboneConfig, spec: str, **kwargs) -> Backbone:
     """A `Backbone` for `model` with its layer groups (`backbone.groups` / automatic)."""
@@ -166,6 +183,11 @@ _APPLICATION_MODES = {
 }
 
 
+# The smallest input side each keras.applications model accepts (its `min_size`); 32 for the
+# others, whose five stride-2 steps need at least that much.
+_APPLICATION_MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+
+
 def _application_mode(name: str) -> str:
     if name in _APPLICATION_MODES:
         return _APPLICATION_MODES[name]
@@ -212,6 +234,12 @@ def _load_keras_application(
             f"Unknown keras.applications model {name!r}.{hint} Available: {', '.join(available)}."
         )
     builder = getattr(keras.applications, name)
+    minimum = _APPLICATION_MIN_SIZE.get(name, 32)
+    if min(image_size) < minimum:
+        raise BackboneError(
+            f"Invalid value for 'data.image_size'. Expected both sides >= {minimum} for "
+            f"keras.applications.{name}. Received: {list(image_size)}"
+        )
     input_shape = (*image_size, 3)
     weights = cfg.weights
     mode = _application_mode(name)

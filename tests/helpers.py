@@ -1,0 +1,272 @@
+"""Plain helpers shared by the test modules: tiny data, tiny models, recipes, the CLI.
+
+Imported as `from helpers import ...` (pytest puts `tests/` on sys.path, as for conftest.py).
+Fixtures live in conftest.py and are never imported; what a test calls by name lives here.
+Nothing here imports TensorFlow / Keras at module level: conftest.py quiets their logging first.
+
+- Texts: `VOCAB` (the tiny BERT's word vocabulary), `make_sentence`, `write_text_csv`,
+  `write_sentiment_csv` (30 `pos` + 30 `neg` sentences, shuffled).
+- Images: `IMAGE_CLASSES`, `write_png`, `make_image_folder` (noisy 32x32 PNGs, told apart by colour).
+- Models: `build_tiny_cnn`, `save_tiny_cnn` (seeded `.keras` file), `save_bert_preset`
+  (a KerasHub preset folder of a tiny BERT and its tokenizer).
+- Recipes: `image_recipe`, `text_recipe` (dicts), `write_recipe` (to YAML).
+- Runs: `train_eagerly` (a recipe dict through `tftune.training.runner.train`), `copy_run`.
+- CLI: `invoke` (`tftune ...` through Click's CliRunner), `assert_one_line_error`.
+- Assets: `assets_available(name)` / `requires_asset(name)` for `@pytest.mark.assets` tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+# ------------------------------------------------------------------------------------------
+# Tiny vocabulary and texts
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE_WORDS = ["good", "great", "fine", "love", "best", "fun", "lovely", "superb"]
+NEGATIVE_WORDS = ["bad", "awful", "poor", "hate", "worst", "dull", "boring", "weak"]
+NEUTRAL_WORDS = ["the", "a", "movie", "film", "plot", "acting", "was", "is", "very", "really"]
+VOCAB = SPECIAL_TOKENS + POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS
+TINY_BERT_MAX_SEQUENCE_LENGTH = 32
+
+
+def make_sentence(rng: random.Random, label: str, n_words: int | None = None) -> str:
+    """A sentence of vocabulary words whose sentiment words match `label` (pos / neg)."""
+    n = n_words if n_words is not None else rng.randint(3, 7)
+    polar = POSITIVE_WORDS if label == "pos" else NEGATIVE_WORDS
+    words = [rng.choice(polar) if rng.random() < 0.5 else rng.choice(NEUTRAL_WORDS) for _ in range(n)]
+    words[rng.randrange(n)] = rng.choice(polar)
+    return " ".join(words)
+
+
+def write_text_csv(path: Path, rows: list[tuple[str, str]], columns=("text", "label")) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path
+
+
+def write_sentiment_csv(path: Path, per_class: int = 30, seed: int = 0) -> Path:
+    """A `text,label` CSV of `per_class` `pos` and `per_class` `neg` sentences, shuffled."""
+    rng = random.Random(seed)
+    rows = [(make_sentence(rng, label), label) for label in ("pos", "neg") for _ in range(per_class)]
+    rng.shuffle(rows)
+    return write_text_csv(path, rows)
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny images
+
+IMAGE_CLASSES = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def write_png(path: Path, colour: tuple[int, int, int], rng: np.random.Generator, size: int = 32) -> None:
+    """A `size` x `size` PNG of `colour` with +-40 of noise per channel."""
+    from PIL import Image
+
+    noise = rng.integers(-40, 41, (size, size, 3))
+    pixels = np.clip(np.asarray(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def make_image_folder(root: Path, per_class: int = 12, classes=IMAGE_CLASSES, seed: int = 0) -> Path:
+    """`root/<class>/<class>_NN.png`: `per_class` noisy 32x32 images per class."""
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            write_png(root / name / f"{name}_{i:02d}.png", colour, rng)
+    return root
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny models
+
+
+def build_tiny_cnn(image_size: int = 32, name: str = "tiny_cnn"):
+    """A functional CNN: rescaling, a stem at full resolution, two strided blocks, with
+    BatchNormalization in each; `layer_groups` sees `stem`, `stage_1`, `stage_2`."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), name="input_pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for k, filters in ((1, 6), (2, 8)):
+        x = keras.layers.Conv2D(
+            filters, 3, strides=2, padding="same", use_bias=False, name=f"block{k}_conv"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"block{k}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{k}_relu")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def save_tiny_cnn(path: Path, image_size: int = 32) -> Path:
+    """The tiny CNN, built with seed 0 (the same weights every time), saved as a `.keras`
+    file for `keras:<file>` backbone specs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    build_tiny_cnn(image_size).save(str(path))
+    return path
+
+
+def save_bert_preset(folder: Path, *, num_layers: int = 2,
+                     sequence_length: int = TINY_BERT_MAX_SEQUENCE_LENGTH, seed: int = 0,
+                     **backbone_options) -> Path:
+    """A KerasHub preset folder (loadable as `keras_hub:<folder>`) holding a BERT of hidden
+    size 8 over `VOCAB` and its tokenizer; `backbone_options` go to `BertBackbone` (`dropout`)."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCAB),
+        num_layers=num_layers,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=sequence_length,
+        **backbone_options,
+    )
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=list(VOCAB))
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=sequence_length)
+    backbone.save_to_preset(str(folder))
+    preprocessor.save_to_preset(str(folder))
+    return folder
+
+
+# ------------------------------------------------------------------------------------------
+# Recipes
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def image_recipe(tmp: Path, folder: Path, cnn_file: Path, **extra) -> dict:
+    """An image recipe `img` on the tiny CNN file (head 2 epochs, then top:1 1 epoch), runs in
+    `tmp/runs`; `extra` replaces top-level keys."""
+    recipe = {
+        "recipe": "image_classification",
+        "name": "img",
+        "output_dir": str(tmp / "runs"),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": f"keras:{cnn_file}"},
+        "head": {"dropout": 0.0},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 0.05,
+             "early_stopping": {"monitor": "val_loss", "patience": 5}},
+            {"name": "top", "train": "top:1", "epochs": 1, "learning_rate": 1e-3},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }
+    recipe.update(extra)
+    return recipe
+
+
+def text_recipe(tmp: Path, csv_path: Path, preset: Path, **extra) -> dict:
+    """A text recipe `txt` on a KerasHub preset folder (head 1 epoch, then all 1 epoch), runs
+    in `tmp/runs`; `extra` replaces top-level keys."""
+    recipe = {
+        "recipe": "text_classification",
+        "name": "txt",
+        "output_dir": str(tmp / "runs"),
+        "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2, "test_fraction": 0.2},
+        "backbone": {"spec": f"keras_hub:{preset}", "sequence_length": 16},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2},
+            {"name": "all", "train": "all", "epochs": 1, "learning_rate": 1e-3,
+             "warmup": 0.2, "schedule": "linear"},
+        ],
+        "train": {"batch_size": 8},
+    }
+    recipe.update(extra)
+    return recipe
+
+
+# ------------------------------------------------------------------------------------------
+# Runs
+
+
+def train_eagerly(recipe: dict):
+    """`tftune.training.runner.train` on a recipe dict, quietly, with Keras steps run eagerly
+    (graph tracing dominates tiny models); returns its result."""
+    import tensorflow as tf
+
+    from tftune.config import config_from_dict
+    from tftune.training.runner import train
+
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        return train(config_from_dict(recipe), echo=lambda _: None)
+    finally:
+        tf.config.run_functions_eagerly(before)
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a finished run directory at `dest` (returned)."""
+    shutil.copytree(run, dest)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------
+# The CLI
+
+
+def invoke(*args, input=None):
+    """`tftune ARGS...` in this process (arguments may be paths); the Click result."""
+    from click.testing import CliRunner
+
+    from tftune.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def assert_one_line_error(result, *fragments: str, alone: bool = False) -> str:
+    """A user error as the CLI reports it: exit code 2, exactly one `Error: ` line, holding
+    every fragment, and no traceback. With `alone`, that line is all the command printed.
+    Returns the `Error: ` line."""
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    if alone:
+        assert lines == errors, result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Offline assets
+
+
+def assets_available(name: str) -> bool:
+    """Whether the offline asset `name` is fetched and intact."""
+    from tftune.assets import asset_path
+    from tftune.errors import AssetError
+
+    try:
+        asset_path(name)
+    except AssetError:
+        return False
+    return True
+
+
+def requires_asset(name: str) -> None:
+    """Skips the calling test with a reason when asset `name` is not fetched."""
+    if not assets_available(name):
+        pytest.skip(f"asset {name!r} not fetched: run `tftune assets fetch {name}`")

@@ -10,24 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from helpers import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, write_text_csv
-from tftune.cli import main
+from helpers import (NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, invoke, make_image_folder,
+                     write_recipe, write_text_csv)
+from helpers import assert_one_line_error as one_line_error
 from tftune.errors import ConfigError, DataError
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def scored_sentence(rng: random.Random) -> tuple[str, float]:
@@ -69,11 +56,6 @@ def tiny_text_recipe(tmp: Path, csv_path: Path, preset: Path, name: str, task: s
         ],
         "train": {"batch_size": 8, "verbose": "quiet"},
     }
-
-
-def write_recipe(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 # ------------------------------------------------------------------------------------------
@@ -454,8 +436,6 @@ def test_class_weighted_loss_under_mirrored_strategy_equals_one_device(tmp_path)
 @pytest.mark.usefixtures("eager")
 def test_class_weights_and_smoothing_train_through_the_feature_cache(tmp_path, make_tiny_cnn):
     import tftune
-    from helpers import make_image_folder
-
     folder = make_image_folder(tmp_path / "images", per_class=10,
                                classes={"red": (220, 30, 30), "blue": (30, 40, 220)})
     for f in sorted((folder / "blue").iterdir())[:6]:  # 10 red, 4 blue
@@ -498,8 +478,6 @@ def test_balanced_counts_are_seeded_and_balanced():
 @pytest.mark.usefixtures("eager")
 def test_balanced_sampling_is_the_same_with_and_without_the_feature_cache(tmp_path, make_tiny_cnn):
     import tftune
-    from helpers import make_image_folder
-
     folder = make_image_folder(tmp_path / "images", per_class=8)
     for f in sorted((folder / "blue").iterdir())[:5]:
         f.unlink()

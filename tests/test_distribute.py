@@ -221,7 +221,7 @@ def test_multi_worker_two_local_processes_only_the_chief_writes(tmp_path, image_
     run = tmp_path / "worker0" / "runs" / "dist"
     assert sorted(p.name for p in run.iterdir()) == [
         "classes.json", "config.yaml", "history.csv", "metrics.json", "model.keras",
-        "training_curves.png", "versions.json"]
+        "task.json", "training_curves.png", "versions.json"]
     assert not (tmp_path / "worker1" / "runs").exists()
     assert list(tmp_path.glob("worker1/*")) == []
     metrics = json.loads((run / "metrics.json").read_text())

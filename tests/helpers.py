@@ -293,6 +293,20 @@ def metric_difference(a: dict, b: dict) -> float:
     return max(abs(a[s][k] - b[s][k]) for s in ("val", "test") for k in ("loss", "accuracy"))
 
 
+def recording_steps(monkeypatch, run):
+    """(run(), the detail of every training step it reached, e.g. "epoch 1 step 2")."""
+    from tftune.runtime import faults
+
+    steps = []
+    original = faults.point
+    monkeypatch.setattr(faults, "point", lambda name, detail="": (
+        steps.append(detail) if name == "step" else None, original(name, detail)))
+    try:
+        return run(), steps
+    finally:
+        monkeypatch.undo()
+
+
 def sigterm_at(monkeypatch, event: str, n: int) -> None:
     """Sends this process SIGTERM when faults point `event` is reached for the n-th time."""
     from tftune.runtime import faults

@@ -40,6 +40,7 @@ from helpers import (
     invoke,
     max_weight_difference,
     metric_difference,
+    recording_steps,
     sigterm_at,
     make_image_folder,
     make_sentence,
@@ -223,12 +224,8 @@ def test_text_run_resumes_mid_stage_with_bucketed_batches(tmp_path, tiny_bert_pr
             "train": {"batch_size": 8, "verbose": "quiet"},
         })
 
-    steps = []
-    original = faults.point
-    monkeypatch.setattr(faults, "point", lambda name, detail="": (
-        steps.append(detail) if name == "step" else None, original(name, detail)))
-    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
-    monkeypatch.undo()
+    reference, steps = recording_steps(
+        monkeypatch, lambda: train(cfg(tmp_path / "ref"), echo=lambda _: None))
     first_stage = steps.index("epoch 1 step 1", 1)  # stage 2 starts again at epoch 1 step 1
     assert first_stage >= 3, steps  # 24 texts in batches of 8, bucketed by length
     sigterm_at(monkeypatch, "step", first_stage + 2)

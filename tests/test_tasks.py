@@ -517,11 +517,8 @@ def test_balanced_sampling_is_for_classification(tmp_path, tiny_bert_preset):
 @pytest.mark.usefixtures("eager")
 @pytest.mark.parametrize("task", ["regression", "multilabel"])
 def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_preset, monkeypatch, task):
-    import os
-    import signal
-
+    from helpers import recording_steps, sigterm_at
     from tftune.config import config_from_dict
-    from tftune.runtime import faults
     from tftune.runtime.preemption import Preempted
     from tftune.training.runner import train
 
@@ -543,23 +540,10 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_pr
         ]
         return config_from_dict(recipe)
 
-    steps = []
-    original = faults.point
-    monkeypatch.setattr(faults, "point", lambda name, detail="": (
-        steps.append(detail) if name == "step" else None, original(name, detail)))
-    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
-    monkeypatch.undo()
+    reference, steps = recording_steps(
+        monkeypatch, lambda: train(cfg(tmp_path / "ref"), echo=lambda _: None))
     cut = steps.index("epoch 1 step 1", 1) + 2  # stage 2, epoch 1, step 2
-    seen = {"n": 0}
-
-    def point(name, detail=""):
-        original(name, detail)
-        if name == "step":
-            seen["n"] += 1
-            if seen["n"] == cut:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(faults, "point", point)
+    sigterm_at(monkeypatch, "step", cut)
     with pytest.raises(Preempted, match="stage 2/2 'top', epoch 1, step 2 "):
         train(cfg(tmp_path / "cut"), echo=lambda _: None)
     monkeypatch.undo()

@@ -190,7 +190,11 @@ def _prune(root: Path, keep: int) -> None:
     folders of checkpoints that were being written when a process died."""
     numbers = [n for n in _numbers(root) if n <= keep]
     for n in numbers[:-KEEP]:
-        shutil.rmtree(root / f"ckpt-{n:06d}", ignore_errors=True)
+        # Renamed away first: a kill during the deletion then leaves a temporary folder
+        # (removed below by the next prune), never a checkpoint folder with files missing.
+        doomed = root / f".tmp-removed-ckpt-{n:06d}"
+        os.rename(root / f"ckpt-{n:06d}", doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     for p in root.iterdir():
         if p.name.startswith(".tmp-") and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -85,7 +85,7 @@ def load_labelled(
 
 def _labelled_images(spec, path: Path, class_names, image_size, task, skip_unknown: bool) -> Examples:
     """Images in `path/<class>/*` with the run's classes (unknown ones skipped or an error)."""
-    from tftune.data.images import _paths_dataset, check_images, list_class_folder
+    from tftune.data.images import list_class_folder
     from tftune.data.labels import known_class_labels
 
     if not path.is_dir():
@@ -102,29 +102,28 @@ def _labelled_images(spec, path: Path, class_names, image_size, task, skip_unkno
     labels = labels[keep]
     if not paths:
         raise DataError(f"{path} holds no images of the run's classes ({', '.join(class_names)}).")
-    check_images(paths)
-    return Examples(
-        name=_name(path),
-        description=f"{len(paths)} images in {path}",
-        dataset=_paths_dataset(paths, labels, tuple(image_size)),
-        size=len(paths),
-        ids=list(paths),
-    )
+    return _image_examples(path, paths, labels, image_size, f"{len(paths)} images in {path}")
 
 
 def _listed_images(path: Path, class_names, image_size, cfg, task, skip_unknown: bool) -> Examples:
     """The images listed in the CSV `path`, labelled with the run's names by its task."""
     from tftune.data.image_table import read_image_table
-    from tftune.data.images import _paths_dataset, check_images
 
     paths, _, labels = read_image_table(path, cfg, task, known=list(class_names) or None,
                                         skip_unknown=skip_unknown)
     if not paths:
         raise DataError(f"{path} lists no images labelled with the run's labels.")
+    return _image_examples(path, paths, labels, image_size, f"{len(paths)} images listed in {path}")
+
+
+def _image_examples(path: Path, paths: list, labels, image_size, description: str) -> Examples:
+    """`Examples` of the image files `paths` (checked to decode) and their labels."""
+    from tftune.data.images import _paths_dataset, check_images
+
     check_images(paths)
     return Examples(
         name=_name(path),
-        description=f"{len(paths)} images listed in {path}",
+        description=description,
         dataset=_paths_dataset(paths, labels, tuple(image_size)),
         size=len(paths),
         ids=list(paths),

@@ -100,7 +100,7 @@ def test_a_tar_gz_member_that_differs_from_the_manifest_installs_nothing(cache: 
 
 
 def test_sdist_download_uses_pips_hash_checking_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    asset = assets.load_manifest().get("cryptopunks")
+    asset = assets.load_manifest(Path(__file__).resolve().parents[1] / "assets" / "manifest.yaml").get("cryptopunks")
     seen: list[tuple[list[str], str]] = []
 
     def run(cmd: list[str], cwd: Path | None, env: Any = None) -> subprocess.CompletedProcess[str]:

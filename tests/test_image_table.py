@@ -172,7 +172,7 @@ def test_new_recipes_name_files_of_their_assets(name: str) -> None:
 
     cfg = load_recipe(REPO / "recipes" / f"{name}.yaml")
     asset, _, inner = cfg.data.path.removeprefix("asset:").partition("/")
-    entry = load_manifest().get(asset)
+    entry = load_manifest(REPO / "assets" / "manifest.yaml").get(asset)
     made = CONVERTERS[entry.convert].outputs if entry.convert else ()
     assert inner in {f.path for f in entry.files} | set(made)
     assert cfg.task == {"text_regression_vader_minilm": "regression",

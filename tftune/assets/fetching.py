@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tftune.assets.archives import extract
+from tftune.assets.converters import run_converter
 from tftune.assets.download import Downloader, download_archive
 from tftune.assets.manifest import Asset, Manifest, load_manifest
 from tftune.assets.store import (
@@ -56,6 +57,9 @@ def _fetch_one(asset: Asset, dest: Path, downloader: Downloader, log: Log) -> No
             staged = scratch / asset.name
             staged.mkdir()
             extract(asset, archive, staged)
+            if asset.convert is not None:
+                log(f"{asset.name}: converting the checked files ({asset.convert}) ...")
+                run_converter(asset.convert, staged)
             install(staged, dest, scratch)
             remember_hashes(asset, dest)  # hashed as they were written
         except OSError as exc:

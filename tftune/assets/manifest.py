@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tftune.assets.converters import CONVERTERS
 from tftune.errors import AssetError
 
 Source = Literal["pypi", "debian"]
@@ -63,6 +64,8 @@ class Asset:
     sha256: str
     """sha256 of the whole archive."""
     files: tuple[AssetFile, ...]
+    convert: str | None = None
+    """The converter (`tftune.assets.converters`) run on the files at fetch time, if any."""
 
     @property
     def size(self) -> int:
@@ -192,6 +195,9 @@ def _parse_asset(entry: Any, where: str) -> Asset:
     files = tuple(_parse_file(f, f"{where} files[{i}]") for i, f in enumerate(raw_files))
     for key in ("archive_path", "path"):
         _no_duplicates([getattr(f, key) for f in files], key, where)
+    convert = entry.get("convert")
+    if convert is not None and convert not in CONVERTERS:
+        raise _invalid(where, f"'convert' must be one of {', '.join(CONVERTERS)}, got {convert!r}.")
     return Asset(
         name=name,
         description=" ".join(_require(entry, "description", str, where).split()),
@@ -202,6 +208,7 @@ def _parse_asset(entry: Any, where: str) -> Asset:
         archive=_require(entry, "archive", str, where),
         sha256=_sha256_field(entry, where),
         files=files,
+        convert=convert,
     )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from tftune.assets.converters import CONVERTERS
 from tftune.assets.manifest import MANIFEST_LABEL, Asset, Manifest, Source, load_manifest
 from tftune.errors import AssetError
 
@@ -138,6 +139,10 @@ def _problem(asset: Asset, folder: Path) -> str | None:
             return f"file {f.path} cannot be read ({exc.strerror or exc})"
         if digest != f.sha256:
             return f"file {f.path} has sha256 {digest}, expected {f.sha256}"
+    if asset.convert is not None:
+        for output in CONVERTERS[asset.convert].outputs:
+            if not (folder / output).exists():
+                return f"{output} (made by converter {asset.convert} at fetch time) is missing"
     return None
 
 

@@ -38,6 +38,9 @@ class DataConfig:
     `source`:
       - `folder`: images in `path/<class>/*`, or `path/{train,val,test}/<class>/*`.
       - `csv` / `jsonl`: texts with a label column (`text_column`, `label_column`).
+      - `image_csv`: images listed in the CSV file `path` (`image_column`: file paths relative
+        to the CSV's folder), labelled by its `label_column` (a class, a number, or a list
+        `a|b` / JSON list for `task: multilabel`) or by 0/1 `label_columns`.
       - `fashion_mnist`: the Fashion-MNIST arrays (offline asset, else `keras.datasets`).
       - `python`: datasets passed to `tftune.train(..., datasets=...)` from Python.
     Paths may name an offline asset as `asset:<name>[/<file>]`.
@@ -52,7 +55,7 @@ class DataConfig:
     backbone needs at least its own minimum, 32 for most, 75 for InceptionV3).
     """
 
-    source: Literal["folder", "csv", "jsonl", "fashion_mnist", "python"] = "folder"
+    source: Literal["folder", "csv", "jsonl", "image_csv", "fashion_mnist", "python"] = "folder"
     path: Optional[str] = None
     text_column: str = "text"
     label_column: str = "label"
@@ -75,6 +78,10 @@ class DataConfig:
     # Text pairs: two text columns `[first, second]`, packed `[CLS] first [SEP] second [SEP]`
     # by the KerasHub preprocessor (replaces `text_column`).
     text_columns: Optional[tuple[str, str]] = None
+    # `csv` and `image_csv` files: the field separator (one character; "\t" for a TSV).
+    delimiter: str = ","
+    # `image_csv`: the column naming each image file (relative to the CSV's folder).
+    image_column: str = "file"
 
     def check(self, where: str = "data") -> None:
         """The rules between fields, run when a recipe is loaded (after each field's range)."""
@@ -85,7 +92,12 @@ class DataConfig:
                 f"Expected a sum < 1 (the rest of the examples is the training split). "
                 f"Received: {self.val_fraction} + {self.test_fraction}"
             )
-        if self.val_fraction == 0 and self.source in ("csv", "jsonl", "fashion_mnist"):
+        if len(self.delimiter) != 1:
+            raise ConfigError(
+                f"Invalid value for '{key}delimiter'. Expected one character (\",\", \";\", "
+                f"\"\\t\" ...). Received: {self.delimiter!r}"
+            )
+        if self.val_fraction == 0 and self.source in ("csv", "jsonl", "image_csv", "fashion_mnist"):
             raise ConfigError(
                 f"Invalid value for '{key}val_fraction'. Expected a number in (0, 1) with "
                 f"{key}source {self.source!r}: training draws its validation split from the "

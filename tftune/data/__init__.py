@@ -12,8 +12,8 @@ def load_data(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     single-label classification). The `python` source is passed to `tftune.train` directly."""
     if task is not None and not task.image_folders and cfg.source in ("folder", "fashion_mnist"):
         raise DataError(
-            f"Task {task.name!r} reads its labels from a CSV / JSONL file (data.source: csv or "
-            f"jsonl) or from datasets passed from Python; data.source {cfg.source!r} labels "
+            f"Task {task.name!r} reads its labels from a CSV / JSONL file (data.source: csv, "
+            f"jsonl or image_csv) or from datasets passed from Python; data.source {cfg.source!r} labels "
             f"images by class folder. Received: data.source={cfg.source!r}"
         )
     if cfg.source == "folder":
@@ -24,6 +24,10 @@ def load_data(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         from tftune.data.images import load_fashion_mnist
 
         return load_fashion_mnist(cfg, seed)
+    if cfg.source == "image_csv":
+        from tftune.data.image_table import load_image_table
+
+        return load_image_table(cfg, seed, task)
     if cfg.source in ("csv", "jsonl"):
         from tftune.data.text import load_text_file
 

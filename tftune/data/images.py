@@ -108,7 +108,9 @@ def _decode_fn(image_size: tuple[int, int]):
 def _paths_dataset(paths, labels, image_size):
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels.astype(np.int32)))
+    labels = np.asarray(labels)  # class indices as int32; numbers and multi-hot rows as given
+    labels = labels if labels.dtype.kind == "f" else labels.astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels))
     return ds.map(_decode_fn(image_size), num_parallel_calls=tf.data.AUTOTUNE)
 
 

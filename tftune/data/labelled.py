@@ -56,9 +56,11 @@ def load_labelled(
     label_columns: Optional[Sequence[str]] = None,
     label_separator: str = "|",
     text_columns: Optional[Sequence[str]] = None,
+    image_column: str = "file",
 ) -> Examples:
-    """Images in `spec/<class>/*` (modality `image`) or texts in the CSV / JSONL file `spec`
-    (modality `text`), labelled with the run's `class_names` as its `task` (a
+    """Images in `spec/<class>/*` or listed in the CSV file `spec` (`image_column`, as
+    `data.source: image_csv` reads it) for modality `image`, or texts in the CSV / JSONL file
+    `spec` (modality `text`), labelled with the run's `class_names` as its `task` (a
     `tftune.tasks.Task`, default single-label classification) reads labels: a class, a
     number, or a list of labels (`label_columns`: one 0/1 column per label)."""
     from tftune.assets import resolve
@@ -68,20 +70,22 @@ def load_labelled(
 
         task = Classification(class_names)
     path = Path(resolve(str(spec))).expanduser()
-    if modality == "image":
-        return _labelled_images(spec, path, class_names, image_size, task, skip_unknown_labels)
     from tftune.config import DataConfig
 
     cfg = DataConfig(text_column=text_column, label_column=label_column,
                      label_columns=tuple(label_columns) if label_columns else None,
-                     label_separator=label_separator)
+                     label_separator=label_separator, image_column=image_column)
+    if modality == "image" and path.is_file():
+        return _listed_images(path, class_names, image_size, cfg, task, skip_unknown_labels)
+    if modality == "image":
+        return _labelled_images(spec, path, class_names, image_size, task, skip_unknown_labels)
     return _labelled_texts(spec, path, class_names, cfg, tuple(text_columns or ()), task,
                            skip_unknown_labels)
 
 
 def _labelled_images(spec, path: Path, class_names, image_size, task, skip_unknown: bool) -> Examples:
     """Images in `path/<class>/*` with the run's classes (unknown ones skipped or an error)."""
-    from tftune.data.images import _paths_dataset, check_images, list_class_folder
+    from tftune.data.images import list_class_folder
     from tftune.data.labels import known_class_labels
 
     if not path.is_dir():
@@ -98,10 +102,28 @@ def _labelled_images(spec, path: Path, class_names, image_size, task, skip_unkno
     labels = labels[keep]
     if not paths:
         raise DataError(f"{path} holds no images of the run's classes ({', '.join(class_names)}).")
+    return _image_examples(path, paths, labels, image_size, f"{len(paths)} images in {path}")
+
+
+def _listed_images(path: Path, class_names, image_size, cfg, task, skip_unknown: bool) -> Examples:
+    """The images listed in the CSV `path`, labelled with the run's names by its task."""
+    from tftune.data.image_table import read_image_table
+
+    paths, _, labels = read_image_table(path, cfg, task, known=list(class_names) or None,
+                                        skip_unknown=skip_unknown)
+    if not paths:
+        raise DataError(f"{path} lists no images labelled with the run's labels.")
+    return _image_examples(path, paths, labels, image_size, f"{len(paths)} images listed in {path}")
+
+
+def _image_examples(path: Path, paths: list, labels, image_size, description: str) -> Examples:
+    """`Examples` of the image files `paths` (checked to decode) and their labels."""
+    from tftune.data.images import _paths_dataset, check_images
+
     check_images(paths)
     return Examples(
         name=_name(path),
-        description=f"{len(paths)} images in {path}",
+        description=description,
         dataset=_paths_dataset(paths, labels, tuple(image_size)),
         size=len(paths),
         ids=list(paths),

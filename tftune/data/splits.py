@@ -110,6 +110,18 @@ def subsample(labels: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray
     return np.sort(keep[:limit])
 
 
+def seeded_split(strata: np.ndarray, cfg, seed: int, what) -> dict[str, np.ndarray]:
+    """{"train", "val", "test"}: index arrays of a seeded split kept in proportion over
+    `strata`, by `cfg`'s val / test fractions, with its train and test subsamples
+    (`max_train_examples`, `max_test_examples`). An empty validation split is an error."""
+    test_idx, val_idx, train_idx = stratified_split(strata, [cfg.test_fraction, cfg.val_fraction], seed)
+    train_idx = train_idx[subsample(strata[train_idx], cfg.max_train_examples, seed)]
+    test_idx = test_idx[subsample(strata[test_idx], cfg.max_test_examples, seed)]
+    if len(val_idx) == 0:
+        raise DataError(f"The validation split of {what} is empty. Add rows or raise data.val_fraction.")
+    return {"train": train_idx, "val": val_idx, "test": test_idx}
+
+
 def unknown_labels(raw: Sequence[str], known) -> str:
     """The labels of `raw` not in `known`, quoted, sorted, at most five shown ('' if none)."""
     unknown = sorted({str(x) for x in raw if x not in known})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tftune.config import DataConfig
-from tftune.data.splits import DataSplits, stratified_split, subsample
+from tftune.data.splits import DataSplits, seeded_split
 from tftune.errors import DataError
 
 
@@ -25,12 +25,12 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def read_rows(path: Path, fmt: str) -> list[dict]:
-    """The rows of a CSV (with a header) or JSONL file as dicts."""
+def read_rows(path: Path, fmt: str, delimiter: str = ",") -> list[dict]:
+    """The rows of a CSV (with a header; fields separated by `delimiter`) or JSONL file as dicts."""
     try:
         with _open_text(path) as f:
             if fmt == "csv":
-                reader = csv.DictReader(f)
+                reader = csv.DictReader(f, delimiter=delimiter)
                 if not reader.fieldnames:
                     raise DataError(f"{path} is empty: a CSV needs a header row and data rows.")
                 return list(reader)
@@ -82,7 +82,7 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     path = Path(resolve(cfg.path)).expanduser()
     if not path.is_file():
         raise DataError(f"Data file not found: {path}. Set data.path to an existing file.")
-    rows = read_rows(path, cfg.source)
+    rows = read_rows(path, cfg.source, cfg.delimiter)
     if not rows:
         raise DataError(f"{path} has no data rows.")
     text_columns = tuple(cfg.text_columns or (cfg.text_column,))
@@ -106,21 +106,15 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     labels = labels[keep]
     if len(labels) == 0:
         raise DataError(f"{path} has no usable rows (all texts empty or labels skipped).")
-    strata = task.strata(labels)
-    test_idx, val_idx, train_idx = stratified_split(strata, [cfg.test_fraction, cfg.val_fraction], seed)
-    train_idx = train_idx[subsample(strata[train_idx], cfg.max_train_examples, seed)]
-    test_idx = test_idx[subsample(strata[test_idx], cfg.max_test_examples, seed)]
-    if len(val_idx) == 0:
-        raise DataError(f"The validation split of {path} is empty. Add rows or raise data.val_fraction.")
+    parts = seeded_split(task.strata(labels), cfg, seed, path)
 
     def make(idx):
         return tf.data.Dataset.from_tensor_slices((text_tensors([texts_arr[i] for i in idx]), labels[idx]))
 
-    parts = {"train": train_idx, "val": val_idx, "test": test_idx}
     return DataSplits(
-        train=make(train_idx),
-        val=make(val_idx),
-        test=make(test_idx) if len(test_idx) else None,
+        train=make(parts["train"]),
+        val=make(parts["val"]),
+        test=make(parts["test"]) if len(parts["test"]) else None,
         class_names=names,
         modality="text",
         sizes={s: len(ix) for s, ix in parts.items()},

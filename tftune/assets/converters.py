@@ -1,0 +1,33 @@
+"""Conversions run at fetch time, after an asset's files were extracted and checked.
+
+Some assets come in a form tftune should not read at training time: the CryptoPunks table is
+a pickled pandas DataFrame, which would need pandas and could run code. An asset's manifest
+entry may name one converter (`convert:`); `fetch` runs it on the checked files in the scratch
+folder, so the installed folder holds both, and the folder is renamed into place only when the
+conversion finished. `store.verify` checks the listed files' hashes and that every output of
+the converter is there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Converter:
+    module: str
+    """The module (imported when the converter runs) with `convert(folder)` and `OUTPUTS`."""
+    outputs: tuple[str, ...]
+    """Paths the conversion creates in the asset folder."""
+
+
+CONVERTERS: dict[str, Converter] = {
+    "cryptopunks-pickle": Converter("tftune.assets.cryptopunks", ("labels.csv", "images")),
+}
+
+
+def run_converter(name: str, folder: Path) -> None:
+    """Run converter `name` on the checked files in `folder`."""
+    importlib.import_module(CONVERTERS[name].module).convert(folder)

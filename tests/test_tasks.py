@@ -191,11 +191,6 @@ def test_regression_evaluate_reports_and_plots(regression_run):
     one_line_error(invoke("evaluate", str(run), "--data", str(bad)), "data row 1", "'x'")
 
 
-def test_exporting_a_regression_run_is_one_clear_error(regression_run):
-    tmp, run, _ = regression_run
-    one_line_error(invoke("export", str(run), "--format", "keras"), "'regression'", "not supported")
-
-
 # ------------------------------------------------------------------------------------------
 # Multi-label: units
 

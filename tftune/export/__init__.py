@@ -2,10 +2,21 @@
 (TFLite) model, each checked against the Keras model before it is put in place.
 
 Every export runs N examples of the run's test split (or `--data`) through the Keras model
-and through the exported artefact, and reports the largest absolute difference between the
-class probabilities and the share of examples whose top class agrees. Past the tolerance
-for the format and quantization (`TOLERANCES`; the table and its reasons are in
-`tftune.export.base`) the export fails and nothing is written.
+and through the exported artefact, and compares them as the run's task says
+(`Task.compare`): the largest absolute difference between the class probabilities and the
+share of examples whose top class agrees (classification); the per-label probabilities and
+the agreement of the thresholded decisions (multilabel); the values in the target's units,
+their difference divided by the target's std (regression). Past the tolerance for the format
+and quantization (`TOLERANCES`; the table and its reasons are in `tftune.export.base`) the
+export fails and nothing is written.
+
+What each task's artefacts return (their last step is the task's: `Task.export_model`,
+`Task.serving_outputs`): the SavedModel `probabilities` and `label` (classification),
+`probabilities` and `predicted` (multilabel: `probabilities >= thresholds`, the thresholds
+kept in the run), `value` (regression, in the target's units); the `.keras` and LiteRT
+models the probabilities, or the value in the target's units. A text-pair run's SavedModel
+takes two string tensors, `text_a` (the first of `data.text_columns`) and `text_b`, packed
+`[CLS] a [SEP] b [SEP]` by the run's KerasHub preprocessor as in training.
 
 One module per format (`keras`, `savedmodel`, `litert`), registered by name in `registry`;
 this module checks the options, picks the examples, and verifies and places what the
@@ -32,7 +43,6 @@ from tftune.export.base import (
     ExportResult,
     ExportVerificationError,
     check_within_tolerance,
-    compare,
     export_name,
     human_size,
     size_bytes,
@@ -40,12 +50,17 @@ from tftune.export.base import (
 from tftune.export.examples import calibration_inputs, labelled_examples, take_inputs
 from tftune.export.litert import litert_interpreter, run_litert
 from tftune.export.registry import EXPORTERS, FORMATS
-from tftune.export.savedmodel import call_savedmodel_in_fresh_process, serving_module
+from tftune.export.savedmodel import (
+    PAIR_INPUTS,
+    call_savedmodel_in_fresh_process,
+    serve_in_fresh_process,
+    serving_module,
+)
 
 __all__ = [
     "export", "ExportResult", "ExportVerificationError", "EXPORTERS", "FORMATS", "QUANTIZATIONS",
-    "TOLERANCES", "export_name", "serving_module", "call_savedmodel_in_fresh_process",
-    "litert_interpreter", "run_litert",
+    "TOLERANCES", "PAIR_INPUTS", "export_name", "serving_module", "serve_in_fresh_process",
+    "call_savedmodel_in_fresh_process", "litert_interpreter", "run_litert",
 ]
 
 
@@ -75,24 +90,20 @@ def export(
         data: labelled examples to verify with (and, for int8, to calibrate with) instead of
             the run's own splits: a folder of class folders or a CSV / JSONL file.
         tolerance, min_agreement: override the format's limits (see `TOLERANCES`).
-        text_column, label_column: columns of a CSV / JSONL `data` (default: the run's).
+        text_column, label_column: columns of a CSV / JSONL `data` (default: the run's; a
+            text-pair run reads its own two `data.text_columns`).
     """
     from tftune.inference.predictor import predictor_for
     from tftune.rundir.reader import open_run
 
     tol, floor = _limits(format, quantize, samples, tolerance, min_agreement)
     run = open_run(run_dir)
-    if run.config.task != "classification":
-        # The artefacts' outputs and their checks are still those of a classifier (issue 11).
-        raise TftuneError(
-            f"Exporting a {run.config.task!r} run is not supported yet: export writes and "
-            f"verifies classifiers (probabilities and a label). Use `tftune predict` or "
-            f"tftune.load(run).predict for this run."
-        )
-    if run.config.data.text_columns:
-        raise TftuneError(
-            "Exporting a text-pair run (data.text_columns) is not supported yet: the exported "
-            "signatures take one text. Use `tftune predict` or tftune.load(run).predict."
+    pairs = run.config.data.text_columns
+    if pairs and text_column is not None:
+        raise ConfigError(
+            f"--text-column applies to runs on one text; this text-pair run reads the columns "
+            f"{pairs[0]!r} and {pairs[1]!r} (its data.text_columns) of --data. Received: "
+            f"--text-column {text_column!r}"
         )
     dest = Path(output).expanduser() if output else run.path / "export" / export_name(format, quantize)
     if dest.exists() and not overwrite:
@@ -110,14 +121,17 @@ def export(
 
     with rundir.building_dir(dest) as tmp:
         rundir.write_json(tmp / rundir.CLASSES_FILE, run.class_names)
+        if predictor.task.keeps_state:  # the target's mean and std, the labels' thresholds
+            rundir.write_json(tmp / rundir.TASK_FILE, {"task": predictor.task.name,
+                                                       **predictor.task.state()})
         notes: list[str] = []
         if run.trained_policy not in (None, "float32"):
             notes.append(f"the run trained in {run.trained_policy}; the export and its Keras "
                          f"reference compute in float32")
         exported = EXPORTERS[format].write(run, predictor, tmp, inputs, quantize,
                                            functools.partial(calibration_inputs, run, data, columns))
-        result = _result(exported, tmp, dest, format, quantize, examples.description, tol, floor,
-                         started, notes + exported.notes)
+        result = _result(exported, predictor.task, tmp, dest, format, quantize,
+                         examples.description, tol, floor, started, notes + exported.notes)
         check_within_tolerance(result)
         rundir.write_json(tmp / VERIFY_FILE, result.to_json())
     echo(f"Wrote {result.artefact} ({human_size(result.size_bytes)})")
@@ -159,15 +173,17 @@ def _check_choice(value: str, choices, option: str) -> None:
         )
 
 
-def _result(exported: Exported, tmp: Path, dest: Path, format: str, quantize: str, data: str,
-            tol: float, floor: float, started: float, notes: list[str]) -> ExportResult:
-    """The comparison of what the exporter saw with the Keras model, as it will be placed."""
-    max_abs_diff, mean_abs_diff, agreement = compare(exported.outputs, exported.reference)
+def _result(exported: Exported, task, tmp: Path, dest: Path, format: str, quantize: str,
+            data: str, tol: float, floor: float, started: float, notes: list[str]) -> ExportResult:
+    """The comparison of what the exporter saw with the Keras model (as the run's `task`
+    compares them), as it will be placed."""
+    diff = task.compare(exported.reference, exported.outputs)
     return ExportResult(
         out_dir=dest, artefact=dest / exported.artefact.relative_to(tmp), format=format,
         quantize=quantize, size_bytes=size_bytes(exported.artefact), samples=len(exported.outputs),
-        data=data, max_abs_diff=max_abs_diff, mean_abs_diff=mean_abs_diff,
-        top1_agreement=agreement, tolerance=tol, min_top1_agreement=floor,
+        data=data, max_abs_diff=diff["max_abs_diff"], mean_abs_diff=diff["mean_abs_diff"],
+        top1_agreement=diff["agreement"], tolerance=tol, min_top1_agreement=floor,
         converter=exported.converter, runtime=exported.runtime,
-        seconds=round(time.perf_counter() - started, 1), notes=notes,
+        seconds=round(time.perf_counter() - started, 1), notes=notes, task=task.name,
+        compared=task.compared, agreement=task.agreement_kind,
     )

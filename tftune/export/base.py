@@ -1,6 +1,12 @@
 """What every export format shares: the result, the tolerances, the comparison with the
 Keras model, and the `Exporter` protocol each format implements.
 
+The artefact and the Keras model are compared in the units of `tftune.load(run).predict`,
+as the run's task (`Task.compare`) says: class probabilities and top-1 agreement
+(classification); per-label probabilities and the agreement of the thresholded decisions
+(multilabel); values in the target's units, their differences divided by the target's std,
+no agreement (regression: the tolerances below then read "in stds of the target").
+
 Tolerances (max |difference| of a probability, minimum top-1 agreement):
 
 | artefact | max abs diff | top-1 agreement | why |
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -62,8 +68,9 @@ def export_name(fmt: str, quantize: str = "none") -> str:
 class Exported:
     """What an `Exporter` wrote, and what it saw when it ran the artefact.
 
-    `outputs` are the artefact's class probabilities on the verification inputs and
-    `reference` the Keras model's on the same inputs, prepared as the artefact takes them.
+    `outputs` are the artefact's outputs on the verification inputs and `reference` the
+    Keras model's predictions on the same inputs, prepared as the artefact takes them, both
+    in the units of `Task.predictions` (class probabilities; regression: the target's).
     """
 
     artefact: Path
@@ -81,8 +88,8 @@ Calibration = Callable[[], tuple[list, str]]
 class Exporter(Protocol):
     """One export format: writes its artefact into `tmp` and runs it on `inputs`.
 
-    `inputs` are prepared images (float32 `[H, W, 3]` arrays) or texts; `calibration` gives
-    representative inputs for int8 quantization.
+    `inputs` are prepared images (float32 `[H, W, 3]` arrays), texts, or (first, second)
+    text pairs; `calibration` gives representative inputs for int8 quantization.
     """
 
     name: str
@@ -104,13 +111,16 @@ class ExportResult:
     data: str
     max_abs_diff: float
     mean_abs_diff: float
-    top1_agreement: float
+    top1_agreement: Optional[float]  # the task's decision agreement (None: regression)
     tolerance: float
     min_top1_agreement: float
     converter: str
     runtime: str
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    task: str = "classification"
+    compared: str = "probabilities"  # what max_abs_diff is of (`Task.compared`)
+    agreement: Optional[str] = "top-1"  # what top1_agreement counts (`Task.agreement_kind`)
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
@@ -119,34 +129,34 @@ class ExportResult:
         out["passed"] = True
         return out
 
+    @property
+    def _diff_name(self) -> str:
+        return "max |p diff|" if self.compared == "probabilities" else f"max |diff| of {self.compared}"
+
     def summary(self) -> str:
+        text = (f"Verified on {self.samples} examples ({self.data}) against the Keras model: "
+                f"{self._diff_name} {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), mean "
+                f"{self.mean_abs_diff:.2e}")
+        if self.top1_agreement is None:
+            return text
         agree = round(self.top1_agreement * self.samples)
-        return (
-            f"Verified on {self.samples} examples ({self.data}) against the Keras model: "
-            f"max |p diff| {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), mean "
-            f"{self.mean_abs_diff:.2e}; top-1 agreement {agree}/{self.samples} = "
-            f"{self.top1_agreement:.4f} (floor {self.min_top1_agreement:g})"
-        )
-
-
-def compare(outputs, reference) -> tuple[float, float, float]:
-    """(max |difference|, mean |difference|, share of equal top-1 classes) of two
-    `[n, classes]` probability arrays."""
-    diff = np.abs(np.asarray(outputs, np.float64) - np.asarray(reference, np.float64))
-    agreement = float(np.mean(np.argmax(outputs, axis=1) == np.argmax(reference, axis=1)))
-    return float(diff.max()), float(diff.mean()), agreement
+        return (text + f"; {self.agreement} agreement {agree}/{self.samples} = "
+                f"{self.top1_agreement:.4f} (floor {self.min_top1_agreement:g})")
 
 
 def check_within_tolerance(result: ExportResult) -> None:
     """Raises ExportVerificationError when `result` is past its tolerance or agreement floor."""
-    if result.max_abs_diff <= result.tolerance and result.top1_agreement >= result.min_top1_agreement:
+    agreed = result.top1_agreement is None or result.top1_agreement >= result.min_top1_agreement
+    if result.max_abs_diff <= result.tolerance and agreed:
         return
     notes = result.notes
+    agreement = ("" if result.top1_agreement is None else
+                 f", {result.agreement} agreement {result.top1_agreement:.3f} (required "
+                 f"{result.min_top1_agreement:g})")
     raise ExportVerificationError(
         f"The {export_name(result.format, result.quantize)} export does not match the Keras "
-        f"model: max |p diff| {result.max_abs_diff:.3g} (allowed {result.tolerance:g}), top-1 "
-        f"agreement {result.top1_agreement:.3f} (required {result.min_top1_agreement:g}) on "
-        f"{result.samples} examples. Nothing was written. "
+        f"model: {result._diff_name} {result.max_abs_diff:.3g} (allowed {result.tolerance:g})"
+        f"{agreement} on {result.samples} examples. Nothing was written. "
         + (f"Try --quantize {_MILDER[result.quantize]}, or pass --tolerance / --min-agreement if "
            f"this loss is acceptable." if result.quantize != "none"
            else "This is a bug; please report it with the run's versions.json.")
@@ -154,13 +164,19 @@ def check_within_tolerance(result: ExportResult) -> None:
     )
 
 
-def reference(predictor, inputs, batch_size: int = 32) -> np.ndarray:
-    """The Keras model's probabilities for prepared inputs (images) or texts."""
+def model_outputs(predictor, inputs, batch_size: int = 32) -> np.ndarray:
+    """The predictor's model's raw outputs for prepared inputs (images), texts or text pairs."""
     out = []
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start:start + batch_size]
         out.append(predictor.probabilities(np.stack(chunk) if predictor.modality == "image" else chunk))
     return np.concatenate(out)
+
+
+def reference(predictor, inputs, batch_size: int = 32) -> np.ndarray:
+    """The Keras model's predictions for prepared inputs, in the units of
+    `Task.predictions`: class probabilities, or a regression target's values."""
+    return predictor.task.predictions(model_outputs(predictor, inputs, batch_size))
 
 
 def size_bytes(path: Path) -> int:

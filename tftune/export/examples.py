@@ -10,14 +10,18 @@ from tftune.export.base import REPRESENTATIVE_EXAMPLES
 
 
 def labelled_examples(run, data: Optional[str], split: str, columns: tuple[str, str]):
-    """`data` (a folder of class folders or a CSV / JSONL file) read with the run's classes,
-    else the run's `split` (validation when the run has no test split)."""
+    """`data` (a folder of class folders or a CSV / JSONL file) read with the run's classes
+    and task (a text-pair run's two `data.text_columns`), else the run's `split` (validation
+    when the run has no test split)."""
     from tftune.data.labelled import load_labelled
 
     if data is not None:
+        cfg = run.config.data
         return load_labelled(
             data, run.modality, run.class_names, run.image_size,
             text_column=columns[0], label_column=columns[1], skip_unknown_labels=True,
+            task=run.task, label_columns=cfg.label_columns, label_separator=cfg.label_separator,
+            text_columns=cfg.text_columns,
         )
     try:
         return run.split(split)
@@ -29,13 +33,16 @@ def labelled_examples(run, data: Optional[str], split: str, columns: tuple[str, 
 
 def take_inputs(examples, n: int, shuffle: bool = False) -> list:
     """The first `n` inputs of `examples` (shuffled with a fixed seed if asked), as numpy
-    arrays (images) or str (texts)."""
+    arrays (images), str (texts) or (str, str) tuples (text pairs)."""
     ds = examples.dataset.map(lambda x, y: x)
     if shuffle:
         ds = ds.shuffle(min(examples.size, 2000), seed=0)
     out = []
     for x in ds.take(n).as_numpy_iterator():
-        out.append(x.decode("utf-8") if isinstance(x, bytes) else x)
+        if isinstance(x, tuple):
+            out.append(tuple(v.decode("utf-8") for v in x))
+        else:
+            out.append(x.decode("utf-8") if isinstance(x, bytes) else x)
     return out
 
 

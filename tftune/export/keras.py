@@ -1,5 +1,7 @@
 """`--format keras`: the model as a float32 `.keras` file (no optimizer state), with the
-text preprocessor beside it; checked by loading it again."""
+text preprocessor beside it; checked by loading it again. Its output is the task's
+(`Task.export_model`): class or label probabilities, or a regression target's value in its
+own units."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from tftune import rundir
-from tftune.export.base import Calibration, Exported, reference
+from tftune.export.base import Calibration, Exported, model_outputs, reference
 
 
 class KerasExporter:
@@ -20,7 +22,7 @@ class KerasExporter:
         from tftune.inference.predictor import Predictor
 
         artefact = tmp / rundir.MODEL_FILE
-        predictor.model.save(str(artefact))
+        predictor.task.export_model(predictor.model).save(str(artefact))
         preprocessor = None
         if run.modality == "text":
             import keras_hub
@@ -29,9 +31,11 @@ class KerasExporter:
             preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
                 str(tmp / rundir.PREPROCESSOR_DIR))
         reloaded = keras.saving.load_model(str(artefact), compile=False)
-        again = Predictor(reloaded, run.class_names, run.modality, run.image_size, preprocessor)
+        again = Predictor(reloaded, run.class_names, run.modality, run.image_size, preprocessor,
+                          pairs=predictor.pairs)
         return Exported(
             artefact=artefact, converter="keras.Model.save (float32, no optimizer)",
-            runtime="keras.saving.load_model", outputs=reference(again, inputs),
+            runtime="keras.saving.load_model", outputs=model_outputs(again, inputs),
             reference=reference(predictor, inputs),
+            notes=[f"returns {predictor.task.artefact_output_doc()}"] if predictor.task.keeps_state else [],
         )

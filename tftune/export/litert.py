@@ -1,7 +1,9 @@
 """`--format litert`: a LiteRT (TFLite) model, float32 or quantized (dynamic, float16, int8),
 built from TFLite built-in ops and run with the LiteRT interpreter to check it. Image models
 take float32 pixels; text models take token ids (the tokenizer's files and TOKENIZE.md are
-written beside them: a raw-string tokenizer cannot run inside LiteRT)."""
+written beside them: a raw-string tokenizer cannot run inside LiteRT; a text pair is packed
+into one row with segment ids). The output is the task's (`Task.export_model`): class or
+label probabilities, or a regression target's value in its own units."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ class LiteRTExporter:
             notes.append(f"int8 ranges calibrated on {len(calibration_inputs)} examples from {source}")
         artefact = tmp / MODEL_FILE
         converter, got, runtime = _convert_and_run(
-            predictor.model, _litert_signature(run, predictor), quantize,
+            predictor.task.export_model(predictor.model), _litert_signature(run, predictor), quantize,
             _converter_settings(quantize, representative), artefact,
             _litert_inputs(run, predictor, inputs), notes)
         ref = reference(predictor, inputs)
@@ -47,6 +49,8 @@ class LiteRTExporter:
         else:
             notes.append(f"takes float32 pixels [batch, {run.image_size[0]}, {run.image_size[1]}, 3] in "
                          f"0..255 (normalisation is inside the model)")
+        if predictor.task.keeps_state:
+            notes.append(f"returns {predictor.task.artefact_output_doc()}")
         if quantize != "none":
             notes.append("inputs and outputs stay float32" + (" (int8 kernels inside, float where LiteRT "
                          "has no int8 kernel)" if quantize == "int8" else ""))
@@ -97,11 +101,12 @@ def _litert_signature(run, predictor):
 
 def _litert_inputs(run, predictor, inputs) -> list[dict]:
     """One dict of numpy arrays per input, as the LiteRT signature takes them."""
-    import tensorflow as tf
+    from tftune.data.pipeline import tokenize_texts
+    from tftune.inference.predictor import text_batch
 
     if run.modality == "image":
         return [{"image": np.asarray(x, np.float32)[None]} for x in inputs]
-    tokens = predictor.preprocessor(tf.constant(inputs))
+    tokens = tokenize_texts(predictor.preprocessor, text_batch(inputs))
     return [{k: np.asarray(v[i:i + 1], np.int32) for k, v in tokens.items()} for i in range(len(inputs))]
 
 
@@ -261,32 +266,48 @@ def write_tokenizer_files(run, predictor, tmp: Path) -> None:
         entry = f"`{token}` = {tok.token_to_id(token)}" if isinstance(token, str) else None
         if entry and entry not in special:
             special.append(entry)
+    from tftune.data.pipeline import tokenize_texts
+    from tftune.inference.predictor import text_batch
+
     inputs = ", ".join(f"`{k}`" for k in predictor.model.input)
-    example = pre(["A triumph."])
+    columns = run.config.data.text_columns
+    if columns:
+        sample, said = [("A triumph.", "I loved it.")], '("A triumph.", "I loved it.")'
+        made = 'pre(x=(["A triumph."], ["I loved it."]))'
+        packing = (f"a pair ({columns[0]!r}, {columns[1]!r}) is packed into one row: `[CLS]`-style "
+                   f"start token, the first text's word pieces, the end token, the second's, the "
+                   f"end token again, then padding ids up to {length} (longer pairs are cut, "
+                   f"{getattr(pre, 'truncate', 'round_robin')!r})")
+        segments = "0 for the start token, the first text and its end token, 1 for the rest"
+    else:
+        sample, said, made = ["A triumph."], '"A triumph."', 'pre(["A triumph."])'
+        packing = (f"`[CLS]`-style start token, the text's word pieces, the end token, then "
+                   f"padding ids up to {length} (texts longer than that are cut)")
+        segments = "all 0 for a single text"
+    example = tokenize_texts(pre, text_batch(sample))
     shown = {k: np.asarray(v, np.int32)[0][:8].tolist() for k, v in example.items()}
     files = ", ".join(f"`{f.name}`" for f in vocab_files) or "(none)"
     rundir.write_text(tmp / "TOKENIZE.md", f"""# Tokenizing for `model.tflite`
 
 A LiteRT model cannot run this text tokenizer, so `model.tflite` takes token ids. Its
 signature `serving_default` takes {inputs}: int32 `[batch, {length}]` each, and returns
-float32 `[batch, {len(run.class_names)}]` class probabilities in the order of `classes.json`.
+{predictor.task.artefact_output_doc()}.
 
 Tokenizer: KerasHub `{type(tok).__name__}` (`{type(pre).__name__}`), vocabulary file(s):
 {files}; lowercase: {getattr(tok, 'lowercase', 'n/a')}; special tokens: {', '.join(special) or 'n/a'}.
 
-- `token_ids`: `[CLS]`-style start token, the text's word pieces, the end token, then
-  padding ids up to {length} (texts longer than that are cut);
+- `token_ids`: {packing};
 - `padding_mask`: 1 for real tokens (including the special ones), 0 for padding;
-- `segment_ids` (if listed above): all 0 for a single text.
+- `segment_ids` (if listed above): {segments}.
 
-"A triumph." becomes (first 8 of {length}): {json.dumps(shown)}
+{said} becomes (first 8 of {length}): {json.dumps(shown)}
 
 The same tokenizer in Python, from the `{rundir.PREPROCESSOR_DIR}/` folder here:
 
 ```python
 import keras_hub, numpy as np
 pre = keras_hub.models.TextClassifierPreprocessor.from_preset("{rundir.PREPROCESSOR_DIR}")
-inputs = {{k: np.asarray(v, np.int32) for k, v in pre(["A triumph."]).items()}}  # [1, {length}] each
+inputs = {{k: np.asarray(v, np.int32) for k, v in {made}.items()}}  # [1, {length}] each
 ```
 
 On a device, use a tokenizer of the same kind with these files and settings, and check its

@@ -19,29 +19,40 @@ from tftune.export.base import Calibration, Exported, ExportVerificationError, r
 from tftune.runtime.quiet import captured_stderr
 
 SAVEDMODEL_DIR = "saved_model"
+PAIR_INPUTS = ("text_a", "text_b")  # a text-pair run's signature: its two data.text_columns
 
 
-def serving_module(model, class_names, modality: str, image_size=(224, 224), preprocessor=None):
-    """A `tf.Module` whose `serve` takes raw inputs and returns `probabilities` and `label`.
+def input_names(modality: str, pairs: bool = False) -> tuple[str, ...]:
+    """The serving signature's string inputs: `images`, `texts`, or `text_a` and `text_b`."""
+    if modality == "image":
+        return ("images",)
+    return PAIR_INPUTS if pairs else ("texts",)
+
+
+def serving_module(model, class_names, modality: str, image_size=(224, 224), preprocessor=None,
+                   task=None, pairs: bool = False):
+    """A `tf.Module` whose `serve` takes raw inputs and returns the task's outputs
+    (`Task.serving_outputs`; classification, the default: `probabilities` and `label`).
 
     Images: a 1-D string tensor `images` of encoded files (PNG, JPEG, BMP, GIF), decoded and
     resized inside the graph with `tftune.data.images.decode_image`, as in training.
     Texts: a 1-D string tensor `texts`, tokenised inside the graph by the run's KerasHub
-    preprocessor (TensorFlow Text ops). Only the model's `tf.Variable`s are tracked, once each
-    (Keras's own `ExportArchive` stores every weight twice on TensorFlow: keras#23553).
+    preprocessor (TensorFlow Text ops); with `pairs`, two (`text_a`, `text_b`) packed
+    `[CLS] a [SEP] b [SEP]` by the preprocessor, as in training. Only the model's
+    `tf.Variable`s are tracked, once each (Keras's own `ExportArchive` stores every weight
+    twice on TensorFlow: keras#23553).
     """
     import tensorflow as tf
 
     from tftune.data.images import decode_image
+    from tftune.data.pipeline import tokenize_texts
 
+    if task is None:
+        from tftune.tasks import Classification
+
+        task = Classification(class_names)
     module = tf.Module()
     module.weights = [v.value for v in model.variables]
-    names = tf.constant(list(class_names))
-
-    def outputs(probabilities):
-        probabilities = tf.cast(probabilities, tf.float32)
-        return {"probabilities": probabilities,
-                "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
 
     if modality == "image":
         size = tuple(int(s) for s in image_size)
@@ -50,11 +61,16 @@ def serving_module(model, class_names, modality: str, image_size=(224, 224), pre
         def serve(images):
             pixels = tf.map_fn(lambda data: decode_image(data, size), images,
                                fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
-            return outputs(model(pixels, training=False))
+            return task.serving_outputs(model(pixels, training=False))
+    elif pairs:
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=n) for n in PAIR_INPUTS])
+        def serve(text_a, text_b):
+            return task.serving_outputs(model(tokenize_texts(preprocessor, (text_a, text_b)),
+                                              training=False))
     else:
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
         def serve(texts):
-            return outputs(model(preprocessor(texts), training=False))
+            return task.serving_outputs(model(preprocessor(texts), training=False))
 
     module.serve = serve
     return module
@@ -66,33 +82,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 request = json.load(open(sys.argv[1]))
-if request["modality"] == "text":
+if request["text"]:
     import tensorflow_text  # noqa: F401  registers the tokenizer's ops before loading
 loaded = tf.saved_model.load(request["path"])
 serve = loaded.signatures["serving_default"]
-values = [base64.b64decode(v) for v in request["inputs"]]
-probabilities, labels = [], []
-for start in range(0, len(values), 32):
-    out = serve(**{request["input_name"]: tf.constant(values[start:start + 32], dtype=tf.string)})
-    probabilities.append(out["probabilities"].numpy())
-    labels += [v.decode("utf-8") for v in out["label"].numpy()]
-json.dump({"probabilities": np.concatenate(probabilities).tolist(), "labels": labels},
-          open(request["output"], "w"))
+inputs = {k: [base64.b64decode(v) for v in vs] for k, vs in request["inputs"].items()}
+n = len(next(iter(inputs.values())))
+outputs = {}
+for start in range(0, n, 32):
+    out = serve(**{k: tf.constant(v[start:start + 32], dtype=tf.string) for k, v in inputs.items()})
+    for name, value in out.items():
+        value = value.numpy()
+        outputs.setdefault(name, []).extend(
+            [v.decode("utf-8") for v in value] if value.dtype == object else value.tolist())
+json.dump(outputs, open(request["output"], "w"))
 """
 
 
-def call_savedmodel_in_fresh_process(path: Path, modality: str, raw_inputs: list[bytes],
-                                     timeout: float = 900) -> tuple[np.ndarray, list[str]]:
+def serve_in_fresh_process(path: Path, inputs: dict[str, list[bytes]], text: bool,
+                           timeout: float = 900) -> dict:
     """Loads the SavedModel with `tf.saved_model.load` in a new Python process that imports
-    only TensorFlow (and TensorFlow Text for text models), calls `serving_default` on the raw
-    inputs and returns (probabilities, labels). Proves the artefact needs nothing of tftune."""
+    only TensorFlow (and TensorFlow Text for `text` models), calls `serving_default` with the
+    string tensors `inputs` (name -> values) and returns every output: numpy arrays, or lists
+    of str for string outputs. Proves the artefact needs nothing of tftune."""
     with tempfile.TemporaryDirectory(prefix="tftune-serve-check-") as work:
         request = Path(work) / "request.json"
         response = Path(work) / "response.json"
         request.write_text(json.dumps({
-            "path": str(Path(path).resolve()), "modality": modality,
-            "input_name": "images" if modality == "image" else "texts",
-            "inputs": [base64.b64encode(v).decode("ascii") for v in raw_inputs],
+            "path": str(Path(path).resolve()), "text": text,
+            "inputs": {k: [base64.b64encode(v).decode("ascii") for v in vs] for k, vs in inputs.items()},
             "output": str(response),
         }))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -106,7 +124,16 @@ def call_savedmodel_in_fresh_process(path: Path, modality: str, raw_inputs: list
                 f"{last[0]}. Nothing was written."
             )
         answer = json.loads(response.read_text())
-    return np.asarray(answer["probabilities"], dtype=np.float32), answer["labels"]
+    return {k: v if v and isinstance(v[0], str) else np.asarray(v) for k, v in answer.items()}
+
+
+def call_savedmodel_in_fresh_process(path: Path, modality: str, raw_inputs: list[bytes],
+                                     timeout: float = 900) -> tuple[np.ndarray, list[str]]:
+    """(probabilities, labels) of a classifier's SavedModel on one-input `raw_inputs`
+    (encoded images or UTF-8 texts), from `serve_in_fresh_process`."""
+    served = serve_in_fresh_process(path, {input_names(modality)[0]: raw_inputs},
+                                    modality == "text", timeout)
+    return np.asarray(served["probabilities"], np.float32), served["label"]
 
 
 class SavedModelExporter:
@@ -118,38 +145,43 @@ class SavedModelExporter:
 
         from tftune.inference.predictor import encode_png
 
+        task = predictor.task
         artefact = tmp / SAVEDMODEL_DIR
         module = serving_module(predictor.model, run.class_names, run.modality, run.image_size,
-                                predictor.preprocessor)
+                                predictor.preprocessor, task=task, pairs=predictor.pairs)
         with captured_stderr():
             tf.saved_model.save(module, str(artefact),
                                 signatures={"serving_default": module.serve.get_concrete_function()})
         notes = []
+        names = input_names(run.modality, predictor.pairs)
         if run.modality == "image":
             raw = [encode_png(x.astype(np.uint8)) for x in inputs]  # pixels are whole 0..255 values
             ref = predictor.predict(raw)
+            feeds = {names[0]: raw}
         else:
-            raw = [t.encode("utf-8") for t in inputs]
             ref = reference(predictor, inputs)
+            rows = inputs if predictor.pairs else [(t,) for t in inputs]
+            feeds = {n: [row[j].encode("utf-8") for row in rows] for j, n in enumerate(names)}
             notes.append("the serving graph uses TensorFlow Text ops: `import tensorflow_text` "
                          "before tf.saved_model.load")
-        got, labels = call_savedmodel_in_fresh_process(artefact, run.modality, raw)
-        if labels != [run.class_names[i] for i in np.argmax(got, axis=1)]:
-            raise ExportVerificationError(
-                "The SavedModel's `label` output does not name the most probable class. Nothing was written."
-            )
+        served = serve_in_fresh_process(artefact, feeds, run.modality == "text")
+        problem = task.check_served(served)
+        if problem:
+            raise ExportVerificationError(f"The SavedModel is inconsistent: {problem}. Nothing was written.")
         rundir.write_text(tmp / "SERVING.md", serving_note(run, predictor))
         return Exported(
             artefact=artefact,
-            converter="tf.saved_model.save of a tf.Module (serve: raw inputs -> probabilities, label)",
-            runtime="tf.saved_model.load in a fresh Python process", outputs=got, reference=ref,
+            converter=f"tf.saved_model.save of a tf.Module (serve: {', '.join(names)} -> "
+                      f"{', '.join(sorted(served))})",
+            runtime="tf.saved_model.load in a fresh Python process",
+            outputs=np.asarray(served[task.prediction_output], np.float32), reference=ref,
             notes=notes,
         )
 
 
 def serving_note(run, predictor) -> str:
     """SERVING.md: the signature, and how to call it from Python and TF Serving."""
-    classes = ", ".join(run.class_names)
+    task = predictor.task
     if run.modality == "image":
         call = ('images = [open("photo.jpg", "rb").read()]\n'
                 'out = serve(images=tf.constant(images))')
@@ -159,15 +191,35 @@ def serving_note(run, predictor) -> str:
                 f"are decoded (3 channels, first frame) and resized to {run.image_size[0]}x"
                 f"{run.image_size[1]} inside the graph, as in training.")
     else:
-        call = 'out = serve(texts=tf.constant(["A triumph.", "Two hours I will not get back."]))'
-        rest = '{"signature_name": "serving_default", "instances": ["A triumph."]}'
+        ops = ("with TensorFlow Text ops: a process that loads this model must `import "
+               "tensorflow_text` first (else: `Op type not registered 'RegexSplitWithOffsets'`), "
+               "and a TF Serving binary must include the TF Text ops.")
+        length = predictor.preprocessor.sequence_length
         load = ("import tensorflow as tf\n"
                 "import tensorflow_text  # registers the tokenizer ops the graph uses")
-        what = ("`texts`: a 1-D string tensor of raw texts. They are tokenised inside the graph "
-                f"(sequence length {predictor.preprocessor.sequence_length}) with TensorFlow "
-                "Text ops: a process that loads this model must `import tensorflow_text` first "
-                "(else: `Op type not registered 'RegexSplitWithOffsets'`), and a TF Serving "
-                "binary must include the TF Text ops.")
+        if predictor.pairs:
+            first, second = run.config.data.text_columns
+            a, b = PAIR_INPUTS
+            call = (f'out = serve({a}=tf.constant(["A triumph."]), '
+                    f'{b}=tf.constant(["I loved every minute."]))')
+            rest = (f'{{"signature_name": "serving_default", "instances": '
+                    f'[{{"{a}": "A triumph.", "{b}": "I loved every minute."}}]}}')
+            what = (f"two 1-D string tensors of the same length, `{a}` (the run's "
+                    f"{first!r} column) and `{b}` (its {second!r} column). Each pair is packed "
+                    f"`[CLS] {a} [SEP] {b} [SEP]` (segment ids 0 then 1; sequence length "
+                    f"{length}, truncation {getattr(predictor.preprocessor, 'truncate', 'round_robin')!r}) "
+                    f"by the run's KerasHub "
+                    f"preprocessor inside the graph, as in training, {ops}")
+        else:
+            call = 'out = serve(texts=tf.constant(["A triumph.", "Two hours I will not get back."]))'
+            rest = '{"signature_name": "serving_default", "instances": ["A triumph."]}'
+            what = ("`texts`: a 1-D string tensor of raw texts. They are tokenised inside the graph "
+                    f"(sequence length {length}) {ops}")
+    outputs = "\n".join(f"- {line}" for line in task.export_outputs_doc())
+    shown = ", ".join(f'out["{n}"].numpy()' for n in _output_names(task))
+    check = ("max difference and top-1 agreement" if task.agreement_kind == "top-1" else
+             f"max difference of the {task.compared}" + (
+                 f" and the agreement of the {task.agreement_kind}" if task.agreement_kind else ""))
     return f"""# SavedModel: `{SAVEDMODEL_DIR}/`
 
 Signature `serving_default` (also the module's `serve` function).
@@ -175,8 +227,7 @@ Signature `serving_default` (also the module's `serve` function).
 Input: {what}
 
 Outputs:
-- `probabilities`: float32 `[batch, {len(run.class_names)}]`, in the class order of `classes.json` ({classes});
-- `label`: string `[batch]`, the most probable class.
+{outputs}
 
 Python (TensorFlow only; tftune is not needed):
 
@@ -184,7 +235,7 @@ Python (TensorFlow only; tftune is not needed):
 {load}
 serve = tf.saved_model.load("{SAVEDMODEL_DIR}").signatures["serving_default"]
 {call}
-print(out["label"].numpy(), out["probabilities"].numpy())
+print({shown})
 ```
 
 TF Serving: copy `{SAVEDMODEL_DIR}/` to `<model_base_path>/1/`; REST request body:
@@ -193,6 +244,13 @@ TF Serving: copy `{SAVEDMODEL_DIR}/` to `<model_base_path>/1/`; REST request bod
 {rest}
 ```
 
-`verification.json` holds the check made at export time (max difference and top-1
-agreement against the Keras model, from a fresh Python process).
+`verification.json` holds the check made at export time ({check} against the Keras model,
+from a fresh Python process).
 """
+
+
+def _output_names(task) -> list[str]:
+    """The task's serving output names, in the order it returns them."""
+    import tensorflow as tf
+
+    return list(task.serving_outputs(tf.zeros([1, task.output_units], tf.float32)))

@@ -61,7 +61,7 @@ class Predictor:
         if self.modality == "text":
             from tftune.data.pipeline import tokenize_texts
 
-            tokens = tokenize_texts(self.preprocessor, _text_batch(batch))
+            tokens = tokenize_texts(self.preprocessor, text_batch(batch))
             longest = tf.reduce_max(tf.reduce_sum(tf.cast(tokens["padding_mask"], tf.int32), axis=1))
             batch = {k: v[:, :longest] for k, v in tokens.items()}
         else:
@@ -174,7 +174,7 @@ def check_pairs(items: list) -> list[tuple[str, str]]:
     return out
 
 
-def _text_batch(batch):
+def text_batch(batch):
     """Strings, (first, second) tuples, or a tuple of two string batches (a dataset's) ->
     a string tensor or a tuple of two."""
     import tensorflow as tf
@@ -239,4 +239,4 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["Predictor", "load", "predictor_for", "encode_png"]
+__all__ = ["Predictor", "load", "predictor_for", "encode_png", "text_batch"]

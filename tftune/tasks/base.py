@@ -171,13 +171,40 @@ class Task:
         """The evaluation report's metrics for true labels and model outputs."""
         raise NotImplementedError
 
+    # -- export ------------------------------------------------------------------------
+    # Every artefact is compared with the Keras model in the units of `predictions` (what
+    # `tftune.load(run).predict` returns): probabilities, or a regression target's values.
+
+    prediction_output: str = "probabilities"  # the SavedModel output that equals `predictions`
+    compared: str = "probabilities"  # what `compare`'s differences are of (for reports)
+    agreement_kind: Optional[str] = "top-1"  # what `compare`'s agreement counts (None: none)
+
     def serving_outputs(self, outputs) -> dict:
         """The export signature's outputs (TensorFlow tensors) for a batch of model outputs."""
         raise NotImplementedError
 
+    def export_model(self, model):
+        """The Keras model the `.keras` and LiteRT artefacts hold: one whose output is in the
+        units of `predictions` (the run's model itself by default)."""
+        return model
+
+    def check_served(self, served: dict) -> Optional[str]:
+        """What is wrong with a SavedModel's decision output (e.g. `label`) given its
+        `prediction_output` (numpy arrays, strings decoded), or None when they agree."""
+        return None
+
+    def export_outputs_doc(self) -> list[str]:
+        """Markdown list items: the SavedModel's outputs, for SERVING.md."""
+        raise NotImplementedError
+
+    def artefact_output_doc(self) -> str:
+        """What the `.keras` / LiteRT model returns, for TOKENIZE.md and the notes."""
+        return f"float32 `[batch, {self.output_units}]` {self.compared}"
+
     def compare(self, reference: np.ndarray, exported: np.ndarray) -> dict:
-        """How far an export's outputs are from the Keras model's: `max_abs_diff`,
-        `mean_abs_diff` and `agreement` (share of equal decisions)."""
+        """How far an export's outputs are from the Keras model's, both in the units of
+        `predictions`: `max_abs_diff`, `mean_abs_diff` and `agreement` (share of equal
+        decisions; None when the task has none)."""
         diff = np.abs(np.asarray(exported, np.float64) - np.asarray(reference, np.float64))
         return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                 "agreement": float(np.mean(self._decisions(exported) == self._decisions(reference)))}

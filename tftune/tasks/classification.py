@@ -141,5 +141,19 @@ class Classification(Task):
         return {"probabilities": probabilities,
                 "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
 
+    def check_served(self, served: dict) -> Optional[str]:
+        if list(served["label"]) != self.decode(served["probabilities"]):
+            return "its `label` output does not name the most probable class"
+        return None
+
+    def export_outputs_doc(self) -> list[str]:
+        return [f"`probabilities`: float32 `[batch, {len(self.class_names)}]`, in the class order of "
+                f"`classes.json` ({', '.join(self.class_names)});",
+                "`label`: string `[batch]`, the most probable class."]
+
+    def artefact_output_doc(self) -> str:
+        return (f"float32 `[batch, {len(self.class_names)}]` class probabilities in the order of "
+                f"`classes.json`")
+
     def _decisions(self, outputs: np.ndarray) -> np.ndarray:
         return np.argmax(outputs, axis=1)

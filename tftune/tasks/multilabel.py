@@ -124,5 +124,33 @@ class Multilabel(Task):
         return {"probabilities": probabilities,
                 "predicted": probabilities >= tf.constant(self.thresholds, tf.float32)[None, :]}
 
+    agreement_kind = "thresholded decisions (every label of an example)"
+
     def _decisions(self, outputs: np.ndarray) -> np.ndarray:
-        return self._predicted(outputs)
+        return self._predicted(np.asarray(outputs, np.float32))
+
+    def compare(self, reference: np.ndarray, exported: np.ndarray) -> dict:
+        """Probabilities' differences, and the share of examples whose thresholded decisions
+        agree on every label."""
+        out = super().compare(reference, exported)
+        same = np.all(self._decisions(exported) == self._decisions(reference), axis=1)
+        return {**out, "agreement": float(np.mean(same))}
+
+    def check_served(self, served: dict) -> Optional[str]:
+        expected = np.asarray(served["probabilities"], np.float32) >= np.asarray(self.thresholds, np.float32)
+        if not np.array_equal(np.asarray(served["predicted"], bool), expected):
+            return "its `predicted` output is not `probabilities >= thresholds`"
+        return None
+
+    def export_outputs_doc(self) -> list[str]:
+        shown = ", ".join(f"{n} {t:.3f}" for n, t in zip(self.class_names, self.thresholds))
+        return [f"`probabilities`: float32 `[batch, {len(self.class_names)}]`, one sigmoid per label "
+                f"in the order of `classes.json`;",
+                f"`predicted`: bool `[batch, {len(self.class_names)}]`, `probabilities >= "
+                f"thresholds`, the per-label decision thresholds chosen on the validation split "
+                f"(also in `task.json`): {shown}."]
+
+    def artefact_output_doc(self) -> str:
+        return (f"float32 `[batch, {len(self.class_names)}]` per-label probabilities in the order of "
+                f"`classes.json` (a label is predicted when its probability is >= its threshold "
+                f"in `task.json`)")

@@ -268,7 +268,8 @@ def test_adapters_stored_on_their_own_and_loaded_onto_the_base(tmp_path, text_cs
     ({"train": "all", "peft": "lora", "lora": {"alpha": 0}}, r"stages.0.lora.alpha.*> 0"),
     ({"train": "all", "peft": "lora", "lora": {"targets": ["("]}}, r"not a regular expression"),
     ({"train": "all", "peft": "lora", "lora": {"targets": ["nothing_here"]}}, r"match no Dense.*block1_conv"),
-    ({"train": "all", "peft": "lora", "peft_base": "int8"}, r"stages.0.peft_base.*not supported yet"),
+    ({"train": "all", "peft": "lora", "peft_base": "int8"}, r"stages.0.peft_base.*not convolutions"),
+    ({"train": "all", "peft_base": "int8"}, r"stages.0.peft_base.*peft: none"),
 ])
 def test_peft_config_errors(make_tiny_cnn, stage, match):
     from tftune.config import BackboneConfig
@@ -277,6 +278,22 @@ def test_peft_config_errors(make_tiny_cnn, stage, match):
     bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
     with pytest.raises(ConfigError, match=match):  # rank and alpha: when the recipe loads
         StagePlan.all(config_from_dict({"stages": [stage]}), bb.groups)
+
+
+@pytest.mark.parametrize("stages, match", [
+    ([{"train": "all", "peft": "lora"}, {"train": "all", "peft": "lora", "peft_base": "int8"}],
+     r"stages.1.peft_base.*stage 0 already put LoRA adapters"),
+    ([{"train": "all", "peft": "bitfit", "peft_base": "int8"}, {"train": "top:1"}],
+     r"stages.1.peft.*quantized them"),
+])
+def test_int8_base_stage_order_errors(tiny_bert_preset, stages, match):
+    from tftune.config import BackboneConfig
+    from tftune.model.backbones import load_backbone
+
+    bb = load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}", sequence_length=16))
+    StagePlan.all(config_from_dict({"stages": stages[:1]}), bb.groups)  # alone: fine
+    with pytest.raises(ConfigError, match=match):
+        StagePlan.all(config_from_dict({"stages": stages}), bb.groups)
 
 
 def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
@@ -454,3 +471,59 @@ def test_savedmodel_of_a_lora_run_has_no_lora_and_matches_the_unmerged_model(tmp
         diff = float(np.max(np.abs(got - np.asarray(model(pixels.astype("float32"))))))
         print(f"merged SavedModel (fresh process) vs {name} model: max abs diff {diff:.2e}")
         assert diff < 1e-5
+
+
+def test_bert_int8_base_trains_only_the_adapters_and_saves_a_float_model(
+        tmp_path, text_csv, tiny_bert_preset, monkeypatch):
+    """peft_base: int8 + lora: the backbone's Dense / EinsumDense kernels become int8
+    (Keras's quantize), only the adapters of the query / value projections train (every int8
+    kernel, scale and other variable stays bit-identical); model.keras is the float model
+    (dequantized kernels + merged adapters, no LoRA or int8 left), and the adapters file on
+    the base, re-quantized, rebuilds it."""
+    import tftune
+    from tftune.rundir.reader import open_run
+
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        original(plan, backbone, head, always_frozen)
+        seen["backbone"] = backbone.model
+        seen["after_apply"] = {v.path: np.array(v.numpy()) for v in backbone.model.weights}
+        seen["trainable"] = sum(int(np.prod(v.shape)) for v in backbone.model.trainable_weights)
+        seen["targets"] = sorted(l.name for l in plan.targets)
+        seen["in_groups"] = [l for l in peft._group_layers(plan.groups) if peft.quantizable(l)]
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    recipe = text_recipe(text_csv, tiny_bert_preset, tmp_path, "lora")
+    recipe["stages"][0].update(peft_base="int8", train="all")
+    lines: list[str] = []
+    result = train(config_from_dict(recipe), echo=lines.append)
+    bb = seen["backbone"]
+    quantized = [l for l in peft.all_layers(bb) if peft.is_int8(l)]
+    assert quantized and all(peft.is_int8(l) for l in seen["in_groups"])  # (not the unused pooler)
+    assert all(l._kernel.dtype == "int8" for l in quantized)
+    assert seen["targets"] == ["query", "query", "value", "value"]
+    adapters = [v for l in peft.all_layers(bb) for v in peft.adapter_variables(l)]
+    assert seen["trainable"] == sum(int(np.prod(v.shape)) for v in adapters)
+    for v in bb.weights:
+        moved = not np.array_equal(seen["after_apply"][v.path], v.numpy())
+        assert moved == (v.name == "lora_kernel_b") or (moved and peft.is_adapter(v)), v.path
+    assert all(np.any(l.lora_kernel_b.numpy()) for l in peft.all_layers(bb)
+               if getattr(l, "lora_enabled", False))
+
+    info = json.loads((result.run_dir / peft.ADAPTERS_INFO).read_text())
+    assert info["base"]["quantization"] == {"mode": "int8", "layers": [l.path for l in quantized]}
+    sample = {"token_ids": np.array([[2, 7, 9, 22, 3, 0, 0]]),
+              "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]]), "segment_ids": np.zeros((1, 7), "int32")}
+    trained = np.asarray(result.model(sample))
+    saved = tftune.load(result.run_dir).model
+    assert not peft.has_lora(saved) and not peft.has_int8(saved)
+    assert all(v.dtype == "float32" for v in saved.weights)
+    diff = float(np.max(np.abs(np.asarray(saved(sample)) - trained)))
+    print("float model.keras vs the int8 model it trained as: max abs diff", diff)
+    assert diff < 0.05  # the int8 layers also quantize their inputs; the float model does not
+    rebuilt = peft.rebuild(open_run(result.run_dir))
+    diff = float(np.max(np.abs(np.asarray(rebuilt(sample)) - np.asarray(saved(sample)))))
+    print("base re-quantized + adapters vs model.keras: max abs diff", diff)
+    assert diff < 1e-6

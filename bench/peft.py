@@ -30,7 +30,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODES = ("full", "lora", "lora_bias", "bitfit", "norm")
+MODES = ("full", "lora", "lora_bias", "bitfit", "norm", "int8_lora")
 LEARNING_RATES = {"full": {"image": 1e-3, "text": 5e-5}, "peft": {"image": 1e-2, "text": 1e-3}}
 
 
@@ -49,9 +49,14 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
     try:
         model = prep.model
         stage = {"name": mode, "train": "all", "epochs": 1000, "learning_rate": lr}
-        if mode != "full":
+        if mode == "int8_lora":  # the frozen base's Dense / EinsumDense kernels int8
+            stage.update(peft="lora", peft_base="int8", lora={"rank": rank, "alpha": 2 * rank})
+        elif mode != "full":
             stage.update(peft=mode, lora={"rank": rank, "alpha": 2 * rank})
         plan, one = plan_stage(cfg, backbone, prep, **stage)
+        if mode == "int8_lora" and not peft.has_int8(model):
+            return {"kind": kind, "mode": mode, "skipped": "no Dense / EinsumDense layer to "
+                    "quantize (Keras has no int8 convolution)"}
         trainable = count_trainable(model)
         total = int(sum(v.numpy().size for v in model.weights))
         started = time.perf_counter()
@@ -75,7 +80,7 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
             trained_s = time.perf_counter() - started
             accuracy = loop.Steps(model, prep.task).evaluate(prep.test_ds).get("accuracy")
             run = Path(tmp)
-            model_bytes = save_model(model, run).stat().st_size
+            model_bytes = save_model(peft.saved_form(model), run).stat().st_size
             adapter_bytes = None
             if mode != "full":
                 adapter_bytes = peft.save_adapters(model, backbone.model, run, backbone.spec,
@@ -95,6 +100,8 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
 
 
 def row(r: dict) -> str:
+    if r.get("skipped"):
+        return f"{r['kind']:5} {r['mode']:9} n/a: {r['skipped']}"
     adapter = (f"{r['adapter_mb']:7.2f} MB ({100 * r['adapter_mb'] / r['model_mb']:.1f}%)"
                if r["adapter_mb"] is not None else f"{'-':>7} (model.keras {r['model_mb']:.1f} MB)")
     return (f"{r['kind']:5} {r['mode']:9} lr {r['lr']:<7g} trainable {r['trainable']:>10,} "

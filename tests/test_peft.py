@@ -481,7 +481,7 @@ def test_bert_int8_base_trains_only_the_adapters_and_saves_a_float_model(
     (dequantized kernels + merged adapters, no LoRA or int8 left), and the adapters file on
     the base, re-quantized, rebuilds it."""
     import tftune
-    from tftune.rundir.reader import open_run
+    from tftune.export import export
 
     seen = {}
     original = StagePlan.apply
@@ -523,7 +523,64 @@ def test_bert_int8_base_trains_only_the_adapters_and_saves_a_float_model(
     diff = float(np.max(np.abs(np.asarray(saved(sample)) - trained)))
     print("float model.keras vs the int8 model it trained as: max abs diff", diff)
     assert diff < 0.05  # the int8 layers also quantize their inputs; the float model does not
-    rebuilt = peft.rebuild(open_run(result.run_dir))
+    rebuilt = tftune.load(result.run_dir, from_adapters=True).model
     diff = float(np.max(np.abs(np.asarray(rebuilt(sample)) - np.asarray(saved(sample)))))
     print("base re-quantized + adapters vs model.keras: max abs diff", diff)
     assert diff < 1e-6
+    out = export(result.run_dir, "adapters", samples=6, echo=lambda _: None)
+    print(f"adapters export of the int8 run: max abs diff {out.max_abs_diff:.2e}")
+    assert out.max_abs_diff <= 1e-5 and (out.artefact / "preprocessor").is_dir()
+
+
+def test_adapters_export_writes_them_alone_and_rebuilds_the_model(tmp_path, lora_reference):
+    """`export --format adapters` of a head -> lora run: the adapters file, adapters.json
+    (the base's spec and sha256), config.yaml and classes.json, a few percent of model.keras;
+    the model rebuilt from the base + these adapters matches the run's Keras model; a
+    changed base and a run without adapters are refused."""
+    import shutil
+
+    import tftune
+    from tftune.errors import TftuneError
+    from tftune.export import ExportVerificationError, export
+    from tftune.rundir import MODEL_FILE
+
+    folder, cnn, _ = lora_reference
+    base = tmp_path / "base.keras"
+    shutil.copy2(cnn, base)
+    recipe = lora_resume_recipe(folder, base, tmp_path, name="a")
+    recipe["stages"] = recipe["stages"][:2]  # head -> lora
+    result = train(config_from_dict(recipe), echo=lambda _: None)
+    lines: list[str] = []
+    out = export(result.run_dir, "adapters", samples=6, echo=lines.append)
+    files = sorted(p.name for p in out.out_dir.rglob("*") if p.is_file())
+    assert files == sorted(["adapters.json", "adapters.weights.npz", "classes.json", "config.yaml",
+                            "verification.json"]), files
+    info = json.loads((out.artefact / peft.ADAPTERS_INFO).read_text())
+    assert info["base"]["files"] == {"base.keras": __import__("hashlib").sha256(base.read_bytes()).hexdigest()}
+    size = (out.artefact / peft.ADAPTERS_FILE).stat().st_size
+    whole = (result.run_dir / MODEL_FILE).stat().st_size
+    print(f"adapters export: {size} bytes = {100 * size / whole:.1f} % of model.keras ({whole} bytes); "
+          f"rebuilt vs Keras model max abs diff {out.max_abs_diff:.2e}")
+    assert size < whole / 2 and out.size_bytes < whole
+    assert out.max_abs_diff <= 1e-5 and out.top1_agreement == 1.0
+    assert any("% of model.keras" in line for line in lines)
+
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    rebuilt = tftune.load(result.run_dir, from_adapters=True).model
+    assert not peft.has_lora(rebuilt)
+    diff = float(np.max(np.abs(np.asarray(rebuilt(pixels)) - np.asarray(result.model(pixels)))))
+    print("tftune.load(from_adapters=True) vs the trained model: max abs diff", diff)
+    assert 0 < np.max(np.abs(np.asarray(result.model(pixels)))) and diff < 1e-5
+
+    import keras  # the base changes: the rebuild refuses it (sha256)
+    model = keras.saving.load_model(str(base))
+    model.layers[2].kernel.assign(model.layers[2].kernel * 2)
+    model.save(str(base))
+    with pytest.raises(TftuneError, match="changed since training"):
+        export(result.run_dir, "adapters", samples=6, overwrite=True, echo=lambda _: None)
+
+    recipe = lora_resume_recipe(folder, cnn, tmp_path, name="full")  # ends with a full stage
+    full = train(config_from_dict(recipe), echo=lambda _: None)
+    with pytest.raises(TftuneError, match="has no adapters.weights.npz") as e:
+        export(full.run_dir, "adapters", samples=6, echo=lambda _: None)
+    assert not isinstance(e.value, ExportVerificationError)

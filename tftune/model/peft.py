@@ -360,16 +360,22 @@ def _base_reference(spec: str, weights: Optional[str]) -> dict:
     ref: dict = {"spec": spec, "weights": weights}
     kind, _, target = spec.partition(":")
     candidates = []
+    asset = target[len("asset:"):] if target.startswith("asset:") else None
+    if kind == "keras_applications" and weights and weights.startswith("asset:"):
+        asset = weights[len("asset:"):]
+    if asset:  # a bundled asset: its files' sha256 as the manifest pins them
+        from tftune.assets.manifest import load_manifest
+
+        ref["asset"] = asset
+        ref["files"] = {f.path: f.sha256 for f in load_manifest().get(asset).files}
+        return ref
     if kind in ("keras_hub", "hf") and Path(target).expanduser().is_dir():
         folder = Path(target).expanduser()
         candidates = sorted(folder.glob("*.weights.h5")) + sorted(folder.glob("*.safetensors"))
     elif kind == "keras" and Path(target).expanduser().is_file():
         candidates = [Path(target).expanduser()]
-    elif kind == "keras_applications" and weights and weights not in ("imagenet", "none"):
-        if weights.startswith("asset:"):
-            ref["asset"] = weights[len("asset:"):]
-        elif Path(weights).expanduser().is_file():
-            candidates = [Path(weights).expanduser()]
+    elif kind == "keras_applications" and weights and Path(weights).expanduser().is_file():
+        candidates = [Path(weights).expanduser()]
     if candidates:
         ref["files"] = {p.name: _sha256(p) for p in candidates}
     return ref
@@ -459,24 +465,42 @@ def saved_form(model):
     return merge_lora(model) if has_int8(model) else model
 
 
-def rebuild(run) -> "object":
+def rebuild(run, adapters: Optional[Path] = None):
     """The run's model rebuilt from its base and its adapters file, for a finished run
     (`tftune.rundir.reader.FinishedRun`) that has one: the backbone loaded from the spec in
-    the run's config, the run's head, `load_adapters`, then `merge_lora` (a plain float
-    model, as model.keras loads). TftuneError when the run has no adapters file (a stage
-    trained whole backbone groups, or no stage was PEFT)."""
+    the run's config (its files checked against the sha256 in adapters.json), the run's
+    head, `load_adapters`, then `merge_lora` (a plain float model, as model.keras loads).
+    `adapters`: the folder holding adapters.weights.npz + adapters.json (default: the run
+    directory; an `adapters` export). TftuneError when there is no adapters file (a stage
+    trained whole backbone groups, or no stage was PEFT) or the base changed."""
     from tftune.model.backbones import load_backbone
     from tftune.model.heads import build_classifier
 
-    if not (run.path / ADAPTERS_FILE).is_file():
+    folder = Path(adapters) if adapters is not None else run.path
+    if not (folder / ADAPTERS_FILE).is_file() or not (folder / ADAPTERS_INFO).is_file():
         raise TftuneError(
-            f"Run {run.path} has no {ADAPTERS_FILE}: only runs whose stages are head or PEFT "
-            f"stages (peft: lora, lora_bias, lora_norm, bitfit, norm) store adapters. Load its "
-            f"model.keras instead."
+            f"{folder} has no {ADAPTERS_FILE} and {ADAPTERS_INFO}: only runs whose stages are "
+            f"head or PEFT stages (peft: lora, lora_bias, lora_norm, bitfit, norm) store "
+            f"adapters. Load the run's model.keras instead."
         )
-    backbone = load_backbone(run.config.backbone, run.image_size)
+    stored = json.loads((folder / ADAPTERS_INFO).read_text())["base"]
+    b = run.config.backbone
+    if b.spec.startswith("keras_applications:") and b.weights in (None, "none"):
+        raise TftuneError(
+            f"Run {run.path} trained on a randomly initialised base (backbone.weights: none), "
+            f"so its adapters cannot rebuild it. Load the run's model.keras instead."
+        )
+    now = _base_reference(b.spec, b.weights)
+    if now.get("files") != stored.get("files") or now["spec"] != stored["spec"]:
+        raise TftuneError(
+            f"The base of {folder / ADAPTERS_INFO} changed since training: it names "
+            f"{stored['spec']} with files {stored.get('files')}, the run's backbone is now "
+            f"{now['spec']} with files {now.get('files')}. Restore that base, or load the "
+            f"run's model.keras instead."
+        )
+    backbone = load_backbone(b, run.image_size)
     model = build_classifier(backbone, run.task, run.config.head, run.image_size)
-    load_adapters(model, backbone.model, run.path, run.config.train.seed)
+    load_adapters(model, backbone.model, folder, run.config.train.seed)
     return merge_lora(model)
 
 

@@ -563,7 +563,7 @@ def test_adapters_export_writes_them_alone_and_rebuilds_the_model(tmp_path, lora
           f"rebuilt vs Keras model max abs diff {out.max_abs_diff:.2e}")
     assert size < whole / 2 and out.size_bytes < whole
     assert out.max_abs_diff <= 1e-5 and out.top1_agreement == 1.0
-    assert any("% of model.keras" in line for line in lines)
+    assert any("% of model.keras" in note for note in out.notes) and lines
 
     pixels = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     rebuilt = tftune.load(result.run_dir, from_adapters=True).model

@@ -388,7 +388,8 @@ def stored_variables(model, backbone_model) -> list:
     (`mark_tuned`). An int8 base's kernels and scales are not stored: re-quantizing the
     base gives them again."""
     inside = {id(v) for v in backbone_model.variables}
-    out = [v for v in model.variables if id(v) not in inside]
+    # (not the dropout's random state: a rebuilt head numbers its seed generator differently)
+    out = [v for v in model.variables if id(v) not in inside and v.name != "seed_generator_state"]
     for layer in all_layers(backbone_model):
         tuned = getattr(layer, TUNED, False)
         if is_norm(layer):

@@ -584,3 +584,37 @@ def test_adapters_export_writes_them_alone_and_rebuilds_the_model(tmp_path, lora
     with pytest.raises(TftuneError, match="has no adapters.weights.npz") as e:
         export(full.run_dir, "adapters", samples=6, echo=lambda _: None)
     assert not isinstance(e.value, ExportVerificationError)
+
+
+def test_sigterm_in_an_int8_lora_stage_then_resume_equals_the_uninterrupted_run(
+        tmp_path, text_csv, tiny_bert_preset, monkeypatch):
+    """head -> lora on an int8 base (2 epochs): SIGTERM inside the int8 stage, resume (the
+    base is re-quantized and the adapters re-created before the checkpoint is restored)
+    gives the uninterrupted run's weights, metrics and history, and the same model.keras."""
+    import tftune
+    from helpers import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from tftune.runtime.preemption import Preempted
+
+    stages = [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+              {"name": "q", "train": "all", "epochs": 2, "learning_rate": 0.02, "peft": "lora_bias",
+               "peft_base": "int8", "lora": {"rank": 2}}]
+
+    def recipe(out):
+        return config_from_dict(text_recipe(text_csv, tiny_bert_preset, out, "", stages=stages))
+
+    reference = train(recipe(tmp_path / "ref"), echo=lambda _: None)
+    cfg = recipe(tmp_path / "cut")
+    sigterm_at(monkeypatch, "step", 7)  # a few steps into the int8 stage
+    with pytest.raises(Preempted, match="stopped at stage 2/2 'q', epoch 1, step"):
+        train(cfg, echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg, resume=True, echo=lambda _: None)
+    assert peft.has_int8(resumed.model)
+    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
+    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
+    print(f"int8 + lora_bias: max weight diff after resume {diff}")
+    assert diff < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+    a, b = tftune.load(resumed.run_dir).model, tftune.load(reference.run_dir).model
+    assert max_weight_difference(a.get_weights(), b.get_weights()) < 1e-6

@@ -618,3 +618,47 @@ def test_sigterm_in_an_int8_lora_stage_then_resume_equals_the_uninterrupted_run(
     assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
     a, b = tftune.load(resumed.run_dir).model, tftune.load(reference.run_dir).model
     assert max_weight_difference(a.get_weights(), b.get_weights()) < 1e-6
+
+
+def test_keep_best_stage_from_before_the_int8_base(tmp_path, text_csv, tiny_bert_preset, monkeypatch):
+    """head (best) -> an int8 LoRA stage that does worse: the head stage's weights come back
+    onto the int8 model (its float kernels quantized again, the adapters at B = 0)."""
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == 1:
+            seen["before"] = {v.path: np.array(v.numpy()) for v in seen["model"].weights}
+        original(plan, backbone, head, always_frozen)
+
+    from tftune.training import prepare
+
+    real_prepare = prepare.prepare_run
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        seen["model"] = prep.model
+        return prep
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    stages = [{"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
+              {"name": "q", "train": "all", "epochs": 1, "learning_rate": 3.0, "peft": "lora",
+               "peft_base": "int8", "lora": {"rank": 2}}]
+    lines: list[str] = []
+    result = train(config_from_dict(text_recipe(text_csv, tiny_bert_preset, tmp_path, "", stages=stages)),
+                   echo=lines.append)
+    assert any(l.startswith("The last stage did not beat stage 1") for l in lines), lines
+    model, before = result.model, seen["before"]
+    quantized = [l for l in peft.all_layers(model) if peft.is_int8(l)]
+    assert quantized
+    for layer in quantized:
+        kernel = peft.float_kernel(layer)  # B = 0: the dequantized kernel alone
+        step = np.max(np.abs(before[layer._kernel.path])) / 127
+        assert np.max(np.abs(kernel - before[layer._kernel.path])) <= step, layer.path
+    assert all(not np.any(l.lora_kernel_b.numpy()) for l in peft.all_layers(model)
+               if getattr(l, "lora_enabled", False))
+    int8_paths = {l._kernel.path for l in quantized} | {l.kernel_scale.path for l in quantized}
+    for v in model.weights:
+        if v.path in before and v.path not in int8_paths:
+            assert np.array_equal(v.numpy(), before[v.path]), v.path

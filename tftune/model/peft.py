@@ -508,26 +508,69 @@ def rebuild(run, adapters: Optional[Path] = None):
 # -- best weights across stages that added adapters ------------------------------------------
 
 
+INT8_MARK = "int8:"
+
+
 def adapted_layers(model) -> list[str]:
-    """Paths of the layers with adapters now (to restore weights taken at this point)."""
-    return [l.path for l in all_layers(model) if getattr(l, "lora_enabled", False)]
+    """Paths of the layers with adapters now, and `int8:<path>` of the int8 ones (to restore
+    weights taken at this point)."""
+    return ([l.path for l in all_layers(model) if getattr(l, "lora_enabled", False)]
+            + [INT8_MARK + l.path for l in all_layers(model) if is_int8(l)])
+
+
+def _requantize(layer, kernel) -> None:
+    """Puts float `kernel` into int8 `layer` as Keras's `quantize("int8")` would have: on
+    a float twin of the layer, quantized, whose int8 kernel and scale are copied over."""
+    import keras
+
+    config = _strip_lora(keras.saving.serialize_keras_object(layer))
+    twin = keras.saving.deserialize_keras_object(config)
+    if not twin.built:  # (deserializing builds it from the build config already)
+        twin.build_from_config(layer.get_build_config())
+    twin._kernel.assign(kernel)
+    twin.quantize("int8")
+    layer._kernel.assign(twin._kernel)
+    layer.kernel_scale.assign(twin.kernel_scale)
 
 
 def set_weights(model, weights: Sequence, adapted: Sequence[str]) -> None:
     """`model.set_weights(weights)` for weights taken when only the `adapted` layers had
-    adapters: adapters created since get B = 0 (they change nothing) and keep their A."""
+    adapters (and the `int8:` ones were int8): adapters created since get B = 0 (they change
+    nothing) and keep their A; a layer quantized since gets the float kernel it had then,
+    quantized again (the best stage came before `peft_base: int8`)."""
     from keras import ops
 
-    adapted = set(adapted)
+    taken_int8 = {p[len(INT8_MARK):] for p in adapted if p.startswith(INT8_MARK)}
+    adapted = {p for p in adapted if not p.startswith(INT8_MARK)}
     later = [l for l in all_layers(model) if getattr(l, "lora_enabled", False)
              and l.path not in adapted]
     skip = {id(v) for l in later for v in adapter_variables(l)}
-    targets = [v for v in model.weights if id(v) not in skip]
+    owner = {id(v): l for l in all_layers(model)
+             for v in l._trainable_variables + l._non_trainable_variables}
+    since = {id(l) for l in all_layers(model) if is_int8(l) and l.path not in taken_int8}
+    targets, done = [], set()
+    for v in model.weights:
+        layer = owner.get(id(v))
+        if id(v) in skip:
+            continue
+        if layer is not None and id(layer) in since:  # taken as float: [kernel, bias]
+            if id(layer) not in done:
+                done.add(id(layer))
+                targets.append((layer, "kernel"))
+                if layer.bias is not None:
+                    targets.append((layer, "bias"))
+            continue
+        targets.append((None, v))
     if len(targets) != len(weights):
         raise TftuneError(f"Cannot restore the best stage's weights: {len(weights)} arrays for "
                           f"{len(targets)} variables.")
-    for v, w in zip(targets, weights):
-        v.assign(w)
+    for (layer, v), w in zip(targets, weights):
+        if layer is None:
+            v.assign(w)
+        elif v == "kernel":
+            _requantize(layer, w)
+        else:
+            layer.bias.assign(w)
     for layer in later:
         b = _parts(layer)[2]
         b.assign(ops.zeros(b.shape, b.dtype))

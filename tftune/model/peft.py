@@ -22,6 +22,15 @@ parameters the mode trains (`bitfit`, `lora_bias`: the shift; `norm`, `lora_norm
 train even with `backbone.train_bn: false`, in training mode (batch statistics), since a
 BatchNorm CNN has no other biases.
 
+Default LoRA targets: KerasHub's attention query / value projections in a transformer;
+otherwise the top-most Dense / Conv layer of each selected group (`default_targets`).
+
+`peft_base: int8` (`quantize_base`): before the adapters go on, the groups' Dense /
+EinsumDense kernels are quantized with Keras's own `layer.quantize("int8")`; the adapters,
+biases and norms train in float. model.keras is then the float model (`saved_form`:
+dequantized kernels plus merged adapters), and adapters.json lists the quantized layers so
+`rebuild` quantizes the same ones.
+
 Adapters are created with a seeded initializer (from the run's seed, the stage and the
 layer's path), so re-creating them in a resumed run, before the checkpoint is restored,
 gives the same variables as in the uninterrupted run.

@@ -12,6 +12,7 @@ Run on demand (minutes per mode, not CI):
     python bench/peft.py --budget 300                 # both tasks, every mode
     python bench/peft.py --only text --modes full,lora_bias --budget 120
     python bench/peft.py --only image --budget 20 --set data.max_train_examples=300   # smoke
+    python bench/peft.py --adapter-share top:2 --modes lora,lora_bias   # file sizes only
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODES = ("full", "lora", "lora_bias", "bitfit", "norm")
+MODES = ("full", "lora", "lora_bias", "bitfit", "norm", "int8_lora")
 LEARNING_RATES = {"full": {"image": 1e-3, "text": 5e-5}, "peft": {"image": 1e-2, "text": 1e-3}}
 
 
@@ -49,9 +50,14 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
     try:
         model = prep.model
         stage = {"name": mode, "train": "all", "epochs": 1000, "learning_rate": lr}
-        if mode != "full":
+        if mode == "int8_lora":  # the frozen base's Dense / EinsumDense kernels int8
+            stage.update(peft="lora", peft_base="int8", lora={"rank": rank, "alpha": 2 * rank})
+        elif mode != "full":
             stage.update(peft=mode, lora={"rank": rank, "alpha": 2 * rank})
         plan, one = plan_stage(cfg, backbone, prep, **stage)
+        if mode == "int8_lora" and not peft.has_int8(model):
+            return {"kind": kind, "mode": mode, "skipped": "no Dense / EinsumDense layer to "
+                    "quantize (Keras has no int8 convolution)"}
         trainable = count_trainable(model)
         total = int(sum(v.numpy().size for v in model.weights))
         started = time.perf_counter()
@@ -75,7 +81,7 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
             trained_s = time.perf_counter() - started
             accuracy = loop.Steps(model, prep.task).evaluate(prep.test_ds).get("accuracy")
             run = Path(tmp)
-            model_bytes = save_model(model, run).stat().st_size
+            model_bytes = save_model(peft.saved_form(model), run).stat().st_size
             adapter_bytes = None
             if mode != "full":
                 adapter_bytes = peft.save_adapters(model, backbone.model, run, backbone.spec,
@@ -94,7 +100,37 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
         ctx.__exit__(None, None, None)
 
 
+def adapter_share(train: str, rank: int, mode: str = "lora") -> str:
+    """The adapters file's share of model.keras for the image recipe's MobileNetV2 (its real
+    asset weights, 96 px, 10 classes) with one `peft` stage on `train` at the default
+    targets, without training (the file's size does not depend on the values)."""
+    from speed import REPO
+    from tftune.config import config_from_dict, load_recipe, to_dict
+    from tftune.model import peft
+    from tftune.model.backbones import load_backbone
+    from tftune.model.heads import build_classifier, head_layers
+    from tftune.rundir import save_model
+    from tftune.training.plan import StagePlan
+
+    cfg = load_recipe(REPO / "recipes/image_fashion_mnist_mobilenetv2.yaml")
+    size = tuple(cfg.data.image_size)
+    backbone = load_backbone(cfg.backbone, size)
+    model = build_classifier(backbone, 10, cfg.head, size)
+    stage = {"train": train, "peft": mode, "lora": {"rank": rank, "alpha": 2 * rank}}
+    plan = StagePlan.all(config_from_dict({**to_dict(cfg), "stages": [stage]}), backbone.groups)[0]
+    plan.apply(backbone, head_layers(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = save_model(peft.saved_form(model), Path(tmp)).stat().st_size
+        part = peft.save_adapters(model, backbone.model, Path(tmp), backbone.spec,
+                                  cfg.backbone.weights).stat().st_size
+    return (f"MobileNetV2 {size[0]} px, peft: {mode}, train: {train}, rank {rank}: "
+            f"{len(plan.targets)} layers adapted; adapters {part / 1e6:.3f} MB / model.keras "
+            f"{whole / 1e6:.3f} MB = {100 * part / whole:.2f} %")
+
+
 def row(r: dict) -> str:
+    if r.get("skipped"):
+        return f"{r['kind']:5} {r['mode']:9} n/a: {r['skipped']}"
     adapter = (f"{r['adapter_mb']:7.2f} MB ({100 * r['adapter_mb'] / r['model_mb']:.1f}%)"
                if r["adapter_mb"] is not None else f"{'-':>7} (model.keras {r['model_mb']:.1f} MB)")
     return (f"{r['kind']:5} {r['mode']:9} lr {r['lr']:<7g} trainable {r['trainable']:>10,} "
@@ -113,9 +149,17 @@ def main():
     parser.add_argument("--lr-full", type=float)
     parser.add_argument("--lr-peft", type=float)
     parser.add_argument("--set", action="append", default=[], help="recipe override KEY=VALUE")
+    parser.add_argument("--adapter-share", metavar="TRAIN",
+                        help="only print the adapters file's share of model.keras for the image "
+                             "recipe's MobileNetV2 with a stage on TRAIN (e.g. top:2), untrained")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--lr", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.adapter_share:
+        for mode in args.modes.split(","):
+            if mode in ("lora", "lora_bias", "lora_norm", "bitfit", "norm"):
+                print(adapter_share(args.adapter_share, args.rank, mode))
+        return
     if args.child:
         kind, mode = args.child
         print(json.dumps(one_mode(kind, mode, args.budget, args.lr, args.rank, args.set)))

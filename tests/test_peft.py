@@ -268,7 +268,8 @@ def test_adapters_stored_on_their_own_and_loaded_onto_the_base(tmp_path, text_cs
     ({"train": "all", "peft": "lora", "lora": {"alpha": 0}}, r"stages.0.lora.alpha.*> 0"),
     ({"train": "all", "peft": "lora", "lora": {"targets": ["("]}}, r"not a regular expression"),
     ({"train": "all", "peft": "lora", "lora": {"targets": ["nothing_here"]}}, r"match no Dense.*block1_conv"),
-    ({"train": "all", "peft": "lora", "peft_base": "int8"}, r"stages.0.peft_base.*not supported yet"),
+    ({"train": "all", "peft": "lora", "peft_base": "int8"}, r"stages.0.peft_base.*not convolutions"),
+    ({"train": "all", "peft_base": "int8"}, r"stages.0.peft_base.*peft: none"),
 ])
 def test_peft_config_errors(make_tiny_cnn, stage, match):
     from tftune.config import BackboneConfig
@@ -277,6 +278,22 @@ def test_peft_config_errors(make_tiny_cnn, stage, match):
     bb = from_keras_model(make_tiny_cnn(32), BackboneConfig())
     with pytest.raises(ConfigError, match=match):  # rank and alpha: when the recipe loads
         StagePlan.all(config_from_dict({"stages": [stage]}), bb.groups)
+
+
+@pytest.mark.parametrize("stages, match", [
+    ([{"train": "all", "peft": "lora"}, {"train": "all", "peft": "lora", "peft_base": "int8"}],
+     r"stages.1.peft_base.*stage 0 already put LoRA adapters"),
+    ([{"train": "all", "peft": "bitfit", "peft_base": "int8"}, {"train": "top:1"}],
+     r"stages.1.peft.*quantized them"),
+])
+def test_int8_base_stage_order_errors(tiny_bert_preset, stages, match):
+    from tftune.config import BackboneConfig
+    from tftune.model.backbones import load_backbone
+
+    bb = load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}", sequence_length=16))
+    StagePlan.all(config_from_dict({"stages": stages[:1]}), bb.groups)  # alone: fine
+    with pytest.raises(ConfigError, match=match):
+        StagePlan.all(config_from_dict({"stages": stages}), bb.groups)
 
 
 def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
@@ -454,3 +471,194 @@ def test_savedmodel_of_a_lora_run_has_no_lora_and_matches_the_unmerged_model(tmp
         diff = float(np.max(np.abs(got - np.asarray(model(pixels.astype("float32"))))))
         print(f"merged SavedModel (fresh process) vs {name} model: max abs diff {diff:.2e}")
         assert diff < 1e-5
+
+
+def test_bert_int8_base_trains_only_the_adapters_and_saves_a_float_model(
+        tmp_path, text_csv, tiny_bert_preset, monkeypatch):
+    """peft_base: int8 + lora: the backbone's Dense / EinsumDense kernels become int8
+    (Keras's quantize), only the adapters of the query / value projections train (every int8
+    kernel, scale and other variable stays bit-identical); model.keras is the float model
+    (dequantized kernels + merged adapters, no LoRA or int8 left), and the adapters file on
+    the base, re-quantized, rebuilds it."""
+    import tftune
+    from tftune.export import export
+
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        original(plan, backbone, head, always_frozen)
+        seen["backbone"] = backbone.model
+        seen["after_apply"] = {v.path: np.array(v.numpy()) for v in backbone.model.weights}
+        seen["trainable"] = sum(int(np.prod(v.shape)) for v in backbone.model.trainable_weights)
+        seen["targets"] = sorted(l.name for l in plan.targets)
+        seen["in_groups"] = [l for l in peft._group_layers(plan.groups) if peft.quantizable(l)]
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    recipe = text_recipe(text_csv, tiny_bert_preset, tmp_path, "lora")
+    recipe["stages"][0].update(peft_base="int8", train="all")
+    lines: list[str] = []
+    result = train(config_from_dict(recipe), echo=lines.append)
+    bb = seen["backbone"]
+    quantized = [l for l in peft.all_layers(bb) if peft.is_int8(l)]
+    assert quantized and all(peft.is_int8(l) for l in seen["in_groups"])  # (not the unused pooler)
+    assert all(l._kernel.dtype == "int8" for l in quantized)
+    assert seen["targets"] == ["query", "query", "value", "value"]
+    adapters = [v for l in peft.all_layers(bb) for v in peft.adapter_variables(l)]
+    assert seen["trainable"] == sum(int(np.prod(v.shape)) for v in adapters)
+    for v in bb.weights:
+        moved = not np.array_equal(seen["after_apply"][v.path], v.numpy())
+        assert moved == (v.name == "lora_kernel_b") or (moved and peft.is_adapter(v)), v.path
+    assert all(np.any(l.lora_kernel_b.numpy()) for l in peft.all_layers(bb)
+               if getattr(l, "lora_enabled", False))
+
+    info = json.loads((result.run_dir / peft.ADAPTERS_INFO).read_text())
+    assert info["base"]["quantization"] == {"mode": "int8", "layers": [l.path for l in quantized]}
+    sample = {"token_ids": np.array([[2, 7, 9, 22, 3, 0, 0]]),
+              "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]]), "segment_ids": np.zeros((1, 7), "int32")}
+    trained = np.asarray(result.model(sample))
+    saved = tftune.load(result.run_dir).model
+    assert not peft.has_lora(saved) and not peft.has_int8(saved)
+    assert all(v.dtype == "float32" for v in saved.weights)
+    diff = float(np.max(np.abs(np.asarray(saved(sample)) - trained)))
+    print("float model.keras vs the int8 model it trained as: max abs diff", diff)
+    assert diff < 0.05  # the int8 layers also quantize their inputs; the float model does not
+    rebuilt = tftune.load(result.run_dir, from_adapters=True).model
+    diff = float(np.max(np.abs(np.asarray(rebuilt(sample)) - np.asarray(saved(sample)))))
+    print("base re-quantized + adapters vs model.keras: max abs diff", diff)
+    assert diff < 1e-6
+    out = export(result.run_dir, "adapters", samples=6, echo=lambda _: None)
+    print(f"adapters export of the int8 run: max abs diff {out.max_abs_diff:.2e}")
+    assert out.max_abs_diff <= 1e-5 and (out.artefact / "preprocessor").is_dir()
+
+
+def test_adapters_export_writes_them_alone_and_rebuilds_the_model(tmp_path, lora_reference):
+    """`export --format adapters` of a head -> lora run: the adapters file, adapters.json
+    (the base's spec and sha256), config.yaml and classes.json, a few percent of model.keras;
+    the model rebuilt from the base + these adapters matches the run's Keras model; a
+    changed base and a run without adapters are refused."""
+    import shutil
+
+    import tftune
+    from tftune.errors import TftuneError
+    from tftune.export import ExportVerificationError, export
+    from tftune.rundir import MODEL_FILE
+
+    folder, cnn, _ = lora_reference
+    base = tmp_path / "base.keras"
+    shutil.copy2(cnn, base)
+    recipe = lora_resume_recipe(folder, base, tmp_path, name="a")
+    recipe["stages"] = recipe["stages"][:2]  # head -> lora
+    result = train(config_from_dict(recipe), echo=lambda _: None)
+    lines: list[str] = []
+    out = export(result.run_dir, "adapters", samples=6, echo=lines.append)
+    files = sorted(p.name for p in out.out_dir.rglob("*") if p.is_file())
+    assert files == sorted(["adapters.json", "adapters.weights.npz", "classes.json", "config.yaml",
+                            "verification.json"]), files
+    info = json.loads((out.artefact / peft.ADAPTERS_INFO).read_text())
+    assert info["base"]["files"] == {"base.keras": __import__("hashlib").sha256(base.read_bytes()).hexdigest()}
+    size = (out.artefact / peft.ADAPTERS_FILE).stat().st_size
+    whole = (result.run_dir / MODEL_FILE).stat().st_size
+    print(f"adapters export: {size} bytes = {100 * size / whole:.1f} % of model.keras ({whole} bytes); "
+          f"rebuilt vs Keras model max abs diff {out.max_abs_diff:.2e}")
+    assert size < whole / 2 and out.size_bytes < whole
+    assert out.max_abs_diff <= 1e-5 and out.top1_agreement == 1.0
+    assert any("% of model.keras" in note for note in out.notes) and lines
+
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    rebuilt = tftune.load(result.run_dir, from_adapters=True).model
+    assert not peft.has_lora(rebuilt)
+    diff = float(np.max(np.abs(np.asarray(rebuilt(pixels)) - np.asarray(result.model(pixels)))))
+    print("tftune.load(from_adapters=True) vs the trained model: max abs diff", diff)
+    assert 0 < np.max(np.abs(np.asarray(result.model(pixels)))) and diff < 1e-5
+
+    import keras  # the base changes: the rebuild refuses it (sha256)
+    model = keras.saving.load_model(str(base))
+    model.layers[2].kernel.assign(model.layers[2].kernel * 2)
+    model.save(str(base))
+    with pytest.raises(TftuneError, match="changed since training"):
+        export(result.run_dir, "adapters", samples=6, overwrite=True, echo=lambda _: None)
+
+    recipe = lora_resume_recipe(folder, cnn, tmp_path, name="full")  # ends with a full stage
+    full = train(config_from_dict(recipe), echo=lambda _: None)
+    with pytest.raises(TftuneError, match="has no adapters.weights.npz") as e:
+        export(full.run_dir, "adapters", samples=6, echo=lambda _: None)
+    assert not isinstance(e.value, ExportVerificationError)
+
+
+def test_sigterm_in_an_int8_lora_stage_then_resume_equals_the_uninterrupted_run(
+        tmp_path, text_csv, tiny_bert_preset, monkeypatch):
+    """head -> lora on an int8 base (2 epochs): SIGTERM inside the int8 stage, resume (the
+    base is re-quantized and the adapters re-created before the checkpoint is restored)
+    gives the uninterrupted run's weights, metrics and history, and the same model.keras."""
+    import tftune
+    from helpers import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from tftune.runtime.preemption import Preempted
+
+    stages = [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
+              {"name": "q", "train": "all", "epochs": 2, "learning_rate": 0.02, "peft": "lora_bias",
+               "peft_base": "int8", "lora": {"rank": 2}}]
+
+    def recipe(out):
+        return config_from_dict(text_recipe(text_csv, tiny_bert_preset, out, "", stages=stages))
+
+    reference = train(recipe(tmp_path / "ref"), echo=lambda _: None)
+    cfg = recipe(tmp_path / "cut")
+    sigterm_at(monkeypatch, "step", 7)  # a few steps into the int8 stage
+    with pytest.raises(Preempted, match="stopped at stage 2/2 'q', epoch 1, step"):
+        train(cfg, echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg, resume=True, echo=lambda _: None)
+    assert peft.has_int8(resumed.model)
+    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
+    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
+    print(f"int8 + lora_bias: max weight diff after resume {diff}")
+    assert diff < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+    a, b = tftune.load(resumed.run_dir).model, tftune.load(reference.run_dir).model
+    assert max_weight_difference(a.get_weights(), b.get_weights()) < 1e-6
+
+
+def test_keep_best_stage_from_before_the_int8_base(tmp_path, text_csv, tiny_bert_preset, monkeypatch):
+    """head (best) -> an int8 LoRA stage that does worse: the head stage's weights come back
+    onto the int8 model (its float kernels quantized again, the adapters at B = 0)."""
+    seen = {}
+    original = StagePlan.apply
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == 1:
+            seen["before"] = {v.path: np.array(v.numpy()) for v in seen["model"].weights}
+        original(plan, backbone, head, always_frozen)
+
+    from tftune.training import prepare
+
+    real_prepare = prepare.prepare_run
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        seen["model"] = prep.model
+        return prep
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    stages = [{"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
+              {"name": "q", "train": "all", "epochs": 1, "learning_rate": 3.0, "peft": "lora",
+               "peft_base": "int8", "lora": {"rank": 2}}]
+    lines: list[str] = []
+    result = train(config_from_dict(text_recipe(text_csv, tiny_bert_preset, tmp_path, "", stages=stages)),
+                   echo=lines.append)
+    assert any(l.startswith("The last stage did not beat stage 1") for l in lines), lines
+    model, before = result.model, seen["before"]
+    quantized = [l for l in peft.all_layers(model) if peft.is_int8(l)]
+    assert quantized
+    for layer in quantized:
+        kernel = peft.float_kernel(layer)  # B = 0: the dequantized kernel alone
+        step = np.max(np.abs(before[layer._kernel.path])) / 127
+        assert np.max(np.abs(kernel - before[layer._kernel.path])) <= step, layer.path
+    assert all(not np.any(l.lora_kernel_b.numpy()) for l in peft.all_layers(model)
+               if getattr(l, "lora_enabled", False))
+    int8_paths = {l._kernel.path for l in quantized} | {l.kernel_scale.path for l in quantized}
+    for v in model.weights:
+        if v.path in before and v.path not in int8_paths:
+            assert np.array_equal(v.numpy(), before[v.path]), v.path

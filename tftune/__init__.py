@@ -24,12 +24,13 @@ def train(config, **kwargs):
     return _train(config, **kwargs)
 
 
-def load(run_dir):
+def load(run_dir, from_adapters: bool = False):
     """The predictor of a finished run directory: `tftune.load("runs/x").predict(inputs)`
-    (see `tftune.inference.predictor.Predictor`)."""
+    (see `tftune.inference.predictor.Predictor`). `from_adapters=True` rebuilds a PEFT run's
+    model from its base and its adapters file instead of loading model.keras."""
     from tftune.inference.predictor import load as _load
 
-    return _load(run_dir)
+    return _load(run_dir, from_adapters)
 
 
 __all__ = ["load", "train", "__version__"]

@@ -304,9 +304,11 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "litert"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(["keras", "savedmodel", "litert", "adapters"]),
+              required=True,
               help="keras: a float32 .keras file; savedmodel: TF Serving, raw inputs in; "
-                   "litert: a TFLite model for phones and edge devices.")
+                   "litert: a TFLite model for phones and edge devices; adapters: a PEFT run's "
+                   "adapters and the reference to its base, on their own.")
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "float16", "int8"]), default=None,
               help="LiteRT weight / activation quantization (default: none). int8 calibrates on "
                    "200 training examples.")

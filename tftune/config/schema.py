@@ -163,7 +163,9 @@ class LoraConfig:
     This is the stage's `lora` mapping: `rank` >= 1, `alpha` > 0 (the update is scaled by
     alpha / rank), and `targets`: regexes matched against each Dense / EinsumDense / Conv /
     Embedding layer's name (full match) or path (search); None = the backbone's defaults
-    (attention query and value projections in a transformer, else every conv / dense kernel).
+    (attention query and value projections in a transformer, else the top-most conv / dense
+    layer of each selected group). `peft_base: int8` needs a PEFT mode and a backbone with
+    Dense / EinsumDense layers (Keras has no int8 convolution); see `tftune.model.peft`.
     """
 
     rank: Count = 8

@@ -12,6 +12,7 @@ Tolerances (max |difference| of a probability, minimum top-1 agreement):
 | artefact | max abs diff | top-1 agreement | why |
 |---|---|---|---|
 | keras | 1e-5 | 1.0 | the same model, saved and loaded again |
+| adapters | 1e-5 | 1.0 | the base + the adapters merged in float32 again (an int8 base: dequantized the same way) |
 | savedmodel | 1e-4 | 0.98 | same float32 weights; graph vs eager, decode / tokenise inside the graph |
 | litert none | 1e-4 | 0.98 | float32 LiteRT kernels round differently from TensorFlow's |
 | litert float16 | 0.05 | 0.98 | weights rounded to float16 (about 3 significant digits) |
@@ -42,6 +43,7 @@ from tftune.errors import TftuneError
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 TOLERANCES = {  # (max abs diff of a probability, minimum top-1 agreement); see above
     ("keras", "none"): (1e-5, 1.0),
+    ("adapters", "none"): (1e-5, 1.0),
     ("savedmodel", "none"): (1e-4, 0.98),
     ("litert", "none"): (1e-4, 0.98),
     ("litert", "float16"): (0.05, 0.98),

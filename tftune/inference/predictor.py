@@ -214,17 +214,21 @@ def _pixels(item, index: int) -> np.ndarray:
     return arr
 
 
-def load(run_dir: str | Path) -> Predictor:
-    """The predictor of the finished run in `run_dir` (see `Predictor`)."""
+def load(run_dir: str | Path, from_adapters: bool = False) -> Predictor:
+    """The predictor of the finished run in `run_dir` (see `Predictor`); `from_adapters`:
+    its model rebuilt from the base and the run's adapters file (`tftune.model.peft.rebuild`)
+    instead of loaded from model.keras."""
     from tftune.rundir.reader import open_run
 
     run = open_run(run_dir)
-    return predictor_for(run)
+    return predictor_for(run, from_adapters)
 
 
-def predictor_for(run) -> Predictor:
+def predictor_for(run, from_adapters: bool = False) -> Predictor:
     """A `Predictor` for an opened `tftune.rundir.reader.FinishedRun`."""
-    model = run.load_model()
+    from tftune.model.peft import rebuild
+
+    model = rebuild(run) if from_adapters else run.load_model()
     preprocessor = run.load_preprocessor() if run.modality == "text" else None
     return Predictor(model, run.class_names, run.modality, run.image_size, preprocessor, run.task,
                      pairs=bool(run.config.data.text_columns))

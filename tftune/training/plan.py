@@ -61,7 +61,9 @@ class StagePlan:
     @classmethod
     def all(cls, cfg: RecipeConfig, groups: Sequence) -> list["StagePlan"]:
         """Every stage's plan, so a typo in stage 3 fails before stage 1 trains."""
-        return [cls.build(cfg, i, groups) for i in range(len(cfg.stages))]
+        plans = [cls.build(cfg, i, groups) for i in range(len(cfg.stages))]
+        _check_int8_base(plans, groups)
+        return plans
 
     # -- trainability --------------------------------------------------------------------
 
@@ -70,8 +72,14 @@ class StagePlan:
         return getattr(self.stage, "peft", "none")
 
     def create_adapters(self) -> int:
-        """Creates the stage's LoRA adapters (if any are missing): `apply` does it, and a
-        resumed run does it for the stages before its checkpoint, before restoring it."""
+        """Creates the stage's variables: the int8 base (`peft_base: int8`, quantized once)
+        and the LoRA adapters (if any are missing), and marks what the stage tunes for the
+        adapters file. `apply` does it, and a resumed run does it for the stages before its
+        checkpoint, before restoring it."""
+        trained = [self.groups[i] for i in self.train_indices]
+        if self.stage.peft_base == "int8":
+            peft.quantize_base([l for g in self.groups for l in g.layers])
+        peft.mark_tuned(trained, self.peft)
         if self.peft not in peft.LORA_MODES:
             return 0
         lora = self.stage.lora
@@ -153,12 +161,14 @@ def _peft_targets(stage: StageConfig, trained: Sequence, where: str) -> list:
     """The layers a LoRA stage adapts (checked now, so a bad target fails before training)."""
     mode = getattr(stage, "peft", "none")
     if mode == "none":
+        if stage.peft_base != "none":
+            raise ConfigError(
+                f"Invalid value for '{where}.peft_base': {stage.peft_base!r} quantizes the frozen "
+                f"base under a PEFT stage, and this stage has peft: none (its kernels train). "
+                f"Expected peft: lora, lora_bias, lora_norm, bitfit or norm with peft_base: "
+                f"{stage.peft_base}, or peft_base: none."
+            )
         return []
-    if stage.peft_base != "none":
-        raise ConfigError(
-            f"Invalid value for '{where}.peft_base': {stage.peft_base!r} is not supported yet. "
-            f"Expected 'none'."
-        )
     if not trained:
         raise ConfigError(
             f"Invalid value for '{where}.peft': {mode!r} narrows what trains inside the "
@@ -174,3 +184,35 @@ def _peft_targets(stage: StageConfig, trained: Sequence, where: str) -> list:
         raise ConfigError(f"Invalid value for '{where}.lora.alpha'. Expected a number > 0. "
                           f"Received: {stage.lora.alpha!r}")
     return peft.target_layers(trained, stage.lora.targets, where)
+
+
+def _check_int8_base(plans: Sequence[StagePlan], groups: Sequence) -> None:
+    """`peft_base: int8` quantizes the base for the rest of the run: no LoRA stage may come
+    before it (its adapters would sit on float kernels), no later stage may train whole
+    kernels (`peft: none` with backbone groups), and the backbone needs Dense / EinsumDense
+    layers (Keras has no int8 convolution)."""
+    first = next((p.index for p in plans if p.stage.peft_base == "int8"), None)
+    if first is None:
+        return
+    where = f"stages.{first}.peft_base"
+    early = [p.index for p in plans[:first] if p.peft in peft.LORA_MODES]
+    if early:
+        raise ConfigError(
+            f"Invalid value for '{where}': int8 quantizes the base, and stage {early[0]} "
+            f"already put LoRA adapters on it in float. Expected peft_base: int8 on the first "
+            f"LoRA stage (it stays int8 for the rest of the run)."
+        )
+    late = [p.index for p in plans[first + 1:] if p.peft == "none" and p.train_indices]
+    if late:
+        raise ConfigError(
+            f"Invalid value for 'stages.{late[0]}.peft': none trains whole kernels, and "
+            f"'{where}: int8' quantized them for the rest of the run. Expected a PEFT mode "
+            f"(lora, lora_bias, lora_norm, bitfit, norm) or train: head after an int8 stage."
+        )
+    layers = [l for g in groups for top in g.layers for l in peft.all_layers(top)]
+    if not any(peft.quantizable(l) for l in layers):
+        raise ConfigError(
+            f"Invalid value for '{where}': int8. Keras 3.15 quantizes Dense and EinsumDense "
+            f"kernels to int8 (not convolutions), and this backbone has none. Expected "
+            f"peft_base: none for a convolutional backbone."
+        )

@@ -346,7 +346,7 @@ class Run:
         for line in self.tune_on_validation():
             self.echo(line)
         rundir.write_json(run / rundir.TASK_FILE, {"task": self.task.name, **self.task.state()})
-        rundir.save_model(self.model, run)
+        rundir.save_model(peft.saved_form(self.model), run)  # an int8 base: saved float
         faults.point("final:model_saved")
         self.save_adapters()
         rundir.write_json(run / rundir.METRICS_FILE, metrics)

@@ -11,9 +11,9 @@
   boundaries, inside checkpoint writes, at random times, twice in a row), resume each, and
   compare with an uninterrupted run. TFTUNE_KILL_TRIALS=N runs N trials (default 10),
   TFTUNE_KILL_JOBS=J runs J at a time (default 2). Run with -s to see the table.
-- The kill test also runs on three variants (`KILL_CASES`), with fewer kills
-  (TFTUNE_KILL_TRIALS_VARIANTS, default 2) aimed at their second stage, stage boundary and
-  checkpoint writes: `lora` (head -> a `peft: lora` stage, whose run directory keeps
+- The kill test also runs on three variants (`KILL_CASES`), with 2-3 kills each
+  (`VARIANT_CATEGORIES`; TFTUNE_KILL_TRIALS_VARIANTS=N runs N) aimed at their second stage,
+  stage boundary, checkpoint writes or end: `lora` (head -> a `peft: lora` stage, whose run directory keeps
   `adapters.weights.npz` + `adapters.json`; the real SIGTERM test runs on it too), and the
   text tasks `multilabel` (thresholds tuned at the end) and `regression` (a standardised
   target; their in-process SIGTERM test is in test_tasks.py). Each must end exactly as its
@@ -422,7 +422,12 @@ def output(proc) -> str:
 # The kill -9 and SIGTERM tests' recipes: the image run (10 kills), and variants with fewer
 # kills aimed at their second stage: a LoRA stage, and the multi-label and regression tasks.
 KILL_CASES = ("image", "lora", "multilabel", "regression")
-VARIANT_CATEGORIES = ("second stage", "stage boundary", "checkpoint write")
+# A variant's kills, one trial each (TFTUNE_KILL_TRIALS_VARIANTS=N: N trials, the later ones
+# of a random kind): inside the second stage, at the stage boundary, and for LoRA also at the
+# end (right before adapters.weights.npz is written).
+VARIANT_CATEGORIES = {"lora": ("second stage", "stage boundary", "end of run"),
+                      "multilabel": ("second stage", "checkpoint write"),
+                      "regression": ("stage boundary", "second stage")}
 
 
 def case_recipe(case: str, data, request, base: Path) -> dict:
@@ -672,6 +677,29 @@ def integrity_problems(run: Path, recipe_path: Path) -> list[str]:
     return problems
 
 
+def test_integrity_check_reads_the_adapters_whole(tmp_path):
+    """The kill test's check of adapters.weights.npz: a whole file passes, one cut short or
+    with a flipped byte in an array does not, nor one that adapters.json counts otherwise."""
+    run = tmp_path / "r"
+    run.mkdir()
+    arrays = {f"layer/lora_kernel_{k}": np.arange(64.0).reshape(8, 8) for k in "ab"}
+    with open(run / peft.ADAPTERS_FILE, "wb") as f:
+        np.savez(f, **arrays)
+    (run / peft.ADAPTERS_INFO).write_text(json.dumps({"variables": 2}))
+    whole = (run / peft.ADAPTERS_FILE).read_bytes()
+    assert integrity_problems(run, tmp_path / "unused.yaml") == []
+
+    (run / peft.ADAPTERS_INFO).write_text(json.dumps({"variables": 3}))
+    problems = integrity_problems(run, tmp_path / "unused.yaml")
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{peft.ADAPTERS_FILE}: AssertionError: adapters.json counts other arrays"), problems
+    (run / peft.ADAPTERS_INFO).unlink()
+    for damaged in (whole[: len(whole) * 2 // 3], whole[:200] + bytes([whole[200] ^ 0xFF]) + whole[201:]):
+        (run / peft.ADAPTERS_FILE).write_bytes(damaged)
+        problems = integrity_problems(run, tmp_path / "unused.yaml")
+        assert len(problems) == 1 and problems[0].startswith(peft.ADAPTERS_FILE), problems
+
+
 def describe_landing(trace: list[str], planned: tuple) -> str:
     """Where the kill landed, from the killed process's trace: its last point, and the
     stage / epoch / step of its last training step."""
@@ -759,8 +787,9 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, cli_references, case):
         trials = int(os.environ.get("TFTUNE_KILL_TRIALS", "10"))
         plans = kill_plans(trials, cli_reference["trace"], seed=seed)
     else:
-        trials = int(os.environ.get("TFTUNE_KILL_TRIALS_VARIANTS", "2"))
-        plans = kill_plans(trials, cli_reference["trace"], seed=seed, categories=VARIANT_CATEGORIES)
+        categories = VARIANT_CATEGORIES[case]
+        trials = int(os.environ.get("TFTUNE_KILL_TRIALS_VARIANTS", len(categories)))
+        plans = kill_plans(trials, cli_reference["trace"], seed=seed, categories=categories)
     jobs = int(os.environ.get("TFTUNE_KILL_JOBS", "2"))
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         rows = list(pool.map(

@@ -12,8 +12,8 @@ Nothing here imports TensorFlow / Keras at module level: conftest.py quiets thei
 - Models: `build_tiny_cnn`, `save_tiny_cnn` (seeded `.keras` file), `save_bert_preset`
   (a KerasHub preset folder of a tiny BERT and its tokenizer).
 - Recipes: `image_recipe`, `text_recipe` (dicts), `write_recipe` (to YAML).
-- Resume: `resume_recipe` (image, optionally with a LoRA stage), `task_resume_recipe` (text,
-  regression or multi-label), `history_rows`, `max_weight_difference`, `metric_difference`,
+- Resume: `resume_recipe` (image), `task_resume_recipe` (text, regression or multi-label,
+  optionally with a LoRA stage), `history_rows`, `max_weight_difference`, `metric_difference`,
   `recording_steps`, `sigterm_at`.
 - Runs: `train_eagerly` (a recipe dict through `tftune.training.runner.train`), `copy_run`.
 - CLI: `invoke` (`tftune ...` through Click's CliRunner), `assert_one_line_error`.
@@ -375,13 +375,10 @@ def sigterm_at(monkeypatch, event: str, n: int) -> None:
     monkeypatch.setattr(faults, "point", point)
 
 
-def resume_recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", *,
-                  lora: bool = False, **train) -> dict:
+def resume_recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", **train) -> dict:
     """Head (2 epochs, feature cache, dropout 0.3: the dropout RNG must resume too), then
-    top:1 (2 epochs, warmup + cosine: the schedule must resume at its step), AdamW. With
-    `lora`, the second stage is `lora` (top:1 with `peft: lora`, rank 2: seeded adapters on
-    the block's convolution, created again before a resumed run restores them)."""
-    recipe = {
+    top:1 (2 epochs, warmup + cosine: the schedule must resume at its step), AdamW."""
+    return {
         "recipe": "image_classification", "name": name, "output_dir": str(output_dir),
         "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
         "backbone": {"spec": f"keras:{cnn}"},
@@ -395,18 +392,16 @@ def resume_recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", *,
         ],
         "train": {"batch_size": 8, "verbose": "quiet", **train},
     }
-    if lora:
-        recipe["stages"][1].update(name="lora", peft="lora", lora={"rank": 2, "alpha": 4.0},
-                                   learning_rate=2e-2)
-    return recipe
 
 
 def task_resume_recipe(csv_path: Path, preset: Path, output_dir: Path, task: str,
-                       name: str = "r", **train) -> dict:
+                       name: str = "r", *, lora: bool = False, **train) -> dict:
     """A text run of `task` (`regression` on `score`, `multilabel` on `tags`) on a tiny BERT
     preset: head (2 epochs, dropout 0.3), then top:1 (2 epochs, linear schedule), each
-    early-stopped on the task's own monitor."""
-    return {
+    early-stopped on the task's own monitor. With `lora`, the second stage is `lora` (top:1
+    with `peft: lora`, rank 2: seeded adapters on the block's attention query / value,
+    created again before a resumed run restores them)."""
+    recipe = {
         "recipe": "text_classification", "task": task, "name": name,
         "output_dir": str(output_dir),
         "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2,
@@ -422,3 +417,7 @@ def task_resume_recipe(csv_path: Path, preset: Path, output_dir: Path, task: str
         ],
         "train": {"batch_size": 8, "verbose": "quiet", **train},
     }
+    if lora:
+        recipe["stages"][1].update(name="lora", peft="lora", lora={"rank": 2, "alpha": 4.0},
+                                   learning_rate=3e-2)
+    return recipe

@@ -11,13 +11,14 @@
   boundaries, inside checkpoint writes, at random times, twice in a row), resume each, and
   compare with an uninterrupted run. TFTUNE_KILL_TRIALS=N runs N trials (default 10),
   TFTUNE_KILL_JOBS=J runs J at a time (default 2). Run with -s to see the table.
-- The kill test also runs on three variants (`KILL_CASES`), with 2-3 kills each
-  (`VARIANT_CATEGORIES`; TFTUNE_KILL_TRIALS_VARIANTS=N runs N) aimed at their second stage,
-  stage boundary, checkpoint writes or end: `lora` (head -> a `peft: lora` stage, whose run directory keeps
-  `adapters.weights.npz` + `adapters.json`; the real SIGTERM test runs on it too), and the
-  text tasks `multilabel` (thresholds tuned at the end) and `regression` (a standardised
-  target; their in-process SIGTERM test is in test_tasks.py). Each must end exactly as its
-  uninterrupted run: the same history, metrics, weights and task / adapter files.
+- The kill test also runs on two text variants (`KILL_CASES`, tiny BERT), with 2 kills each
+  (`VARIANT_CATEGORIES`; TFTUNE_KILL_TRIALS_VARIANTS=N runs N): `multilabel` (thresholds
+  tuned at the end) and `regression` with a LoRA stage (head -> `peft: lora` on the
+  attention query / value; a standardised target; the run directory keeps
+  `adapters.weights.npz` + `adapters.json`). Each must end exactly as its uninterrupted run:
+  the same history, metrics, bit-for-bit weights, task.json and adapters. Their SIGTERM
+  resume tests run in-process (cheaper): test_tasks.py (regression, multi-label) and
+  test_peft.py (head -> lora -> full).
 """
 
 from __future__ import annotations
@@ -419,29 +420,30 @@ def output(proc) -> str:
     return proc.logs[0].read_text() + proc.logs[1].read_text()
 
 
-# The kill -9 and SIGTERM tests' recipes: the image run (10 kills), and variants with fewer
-# kills aimed at their second stage: a LoRA stage, and the multi-label and regression tasks.
-KILL_CASES = ("image", "lora", "multilabel", "regression")
+# The kill -9 tests' recipes: the image run (10 kills), and text variants with fewer kills:
+# multi-label, and regression with a LoRA stage.
+KILL_CASES = ("image", "multilabel", "regression-lora")
 # A variant's kills, one trial each (TFTUNE_KILL_TRIALS_VARIANTS=N: N trials, the later ones
-# of a random kind): inside the second stage, at the stage boundary, and for LoRA also at the
-# end (right before adapters.weights.npz is written).
-VARIANT_CATEGORIES = {"lora": ("second stage", "stage boundary", "end of run"),
-                      "multilabel": ("second stage", "checkpoint write"),
-                      "regression": ("stage boundary", "second stage")}
+# of a random kind): inside the second stage (the LoRA stage: its adapters restored), at the
+# stage boundary (adapters created by the resumed run), at the end (thresholds tuned again).
+VARIANT_CATEGORIES = {"multilabel": ("second stage", "end of run"),
+                      "regression-lora": ("second stage", "stage boundary")}
 
 
 def case_recipe(case: str, data, request, base: Path) -> dict:
     """The recipe of a kill case, its runs in `base/runs` (checkpoints every 3 steps; every 2
     for the text runs, whose epochs are 3 steps)."""
     root, folder, cnn = data
-    if case in ("image", "lora"):
-        return recipe(folder, cnn, base / "runs", lora=case == "lora", checkpoint_steps=3)
-    write = multilabel_csv if case == "multilabel" else regression_csv
-    csv_path = root / f"{case}.csv"
+    if case == "image":
+        return recipe(folder, cnn, base / "runs", checkpoint_steps=3)
+    task = case.split("-")[0]
+    write = multilabel_csv if task == "multilabel" else regression_csv
+    csv_path = root / f"{task}.csv"
     if not csv_path.exists():
         write(csv_path, n=40)
     return task_resume_recipe(csv_path, request.getfixturevalue("tiny_bert_preset"),
-                              base / "runs", case, checkpoint_steps=2)
+                              base / "runs", task, lora=case.endswith("-lora"),
+                              checkpoint_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -468,7 +470,7 @@ def cli_references(data, request):
             "history": history_rows(run), "weights": model_weights(run / "model.keras"),
             "files": result_files(run),
         }
-        assert (case == "lora") == (peft.ADAPTERS_FILE in made[case]["files"]), sorted(made[case]["files"])
+        assert case.endswith("-lora") == (peft.ADAPTERS_FILE in made[case]["files"]), sorted(made[case]["files"])
         return made[case]
 
     return get
@@ -528,12 +530,12 @@ def trace_steps(trace: list[str]) -> list[tuple]:
     return out
 
 
-# The text tasks' SIGTERM resume runs in this process, in test_tasks.py (the signal handling
-# here is the same for every task): subprocesses of the tiny BERT cost the suite a minute each.
-@pytest.mark.parametrize("case", ["image", "lora"])
+# The signal's way into a run is the same for every task and stage mode: the variants' SIGTERM
+# resume tests run in this process (test_tasks.py, test_peft.py), cheaper than subprocesses.
+@pytest.mark.parametrize("case", ["image"])
 def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path, cli_references, case):
     """A real SIGTERM to `tftune train` (sent while it is paused right after a step: step 6
-    of the image run, in its first stage; the first step of the LoRA stage): it
+    of the image run, in its first stage; for a variant, its second stage's first step): it
     checkpoints at the next step boundary (the end of that step, or of the next one when
     Python runs the handler only after the check), prints one line saying how to resume and
     exits 75; the printed command finishes the run with the uninterrupted run's result."""

@@ -5,11 +5,16 @@ Fixtures live in conftest.py and are never imported; what a test calls by name l
 Nothing here imports TensorFlow / Keras at module level: conftest.py quiets their logging first.
 
 - Texts: `VOCAB` (the tiny BERT's word vocabulary), `make_sentence`, `write_text_csv`,
-  `write_sentiment_csv` (30 `pos` + 30 `neg` sentences, shuffled).
+  `write_sentiment_csv` (30 `pos` + 30 `neg` sentences, shuffled); for the other tasks
+  `scored_sentence` / `regression_csv` (a numeric `score`) and `tagged_sentence` /
+  `multilabel_csv` (`tags` as `a|b`).
 - Images: `IMAGE_CLASSES`, `write_png`, `make_image_folder` (noisy 32x32 PNGs, told apart by colour).
 - Models: `build_tiny_cnn`, `save_tiny_cnn` (seeded `.keras` file), `save_bert_preset`
   (a KerasHub preset folder of a tiny BERT and its tokenizer).
 - Recipes: `image_recipe`, `text_recipe` (dicts), `write_recipe` (to YAML).
+- Resume: `resume_recipe` (image), `task_resume_recipe` (text, regression or multi-label,
+  optionally with a LoRA stage), `history_rows`, `max_weight_difference`, `metric_difference`,
+  `recording_steps`, `sigterm_at`.
 - Runs: `train_eagerly` (a recipe dict through `tftune.training.runner.train`), `copy_run`.
 - CLI: `invoke` (`tftune ...` through Click's CliRunner), `assert_one_line_error`.
 - Assets: `assets_available(name)` / `requires_asset(name)` for `@pytest.mark.assets` tests.
@@ -62,6 +67,45 @@ def write_sentiment_csv(path: Path, per_class: int = 30, seed: int = 0) -> Path:
     rows = [(make_sentence(rng, label), label) for label in ("pos", "neg") for _ in range(per_class)]
     rng.shuffle(rows)
     return write_text_csv(path, rows)
+
+
+def scored_sentence(rng: random.Random) -> tuple[str, float]:
+    """A sentence and its score: (#positive - #negative words), in 'stars' 0..10-ish."""
+    n = rng.randint(3, 7)
+    words, score = [], 5.0
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.3:
+            words.append(rng.choice(POSITIVE_WORDS))
+            score += 1.0
+        elif r < 0.6:
+            words.append(rng.choice(NEGATIVE_WORDS))
+            score -= 1.0
+        else:
+            words.append(rng.choice(NEUTRAL_WORDS))
+    return " ".join(words), score
+
+
+def regression_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """A `text,score` CSV of `n` scored sentences (a regression target)."""
+    rng = random.Random(seed)
+    return write_text_csv(path, [scored_sentence(rng) for _ in range(n)], ("text", "score"))
+
+
+def tagged_sentence(rng: random.Random) -> tuple[str, str]:
+    """A sentence and its tags: pos (a positive word), neg (a negative word), film."""
+    n = rng.randint(3, 6)
+    words = [rng.choice(POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS) for _ in range(n)]
+    tags = [t for t, hit in (("pos", any(w in POSITIVE_WORDS for w in words)),
+                             ("neg", any(w in NEGATIVE_WORDS for w in words)),
+                             ("film", any(w in ("film", "movie") for w in words))) if hit]
+    return " ".join(words), "|".join(tags)
+
+
+def multilabel_csv(path: Path, n: int = 40, seed: int = 2) -> Path:
+    """A `text,tags` CSV of `n` tagged sentences (multi-label, `a|b`)."""
+    rng = random.Random(seed)
+    return write_text_csv(path, [tagged_sentence(rng) for _ in range(n)], ("text", "tags"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,7 +334,14 @@ def max_weight_difference(a: list, b: list) -> float:
 
 
 def metric_difference(a: dict, b: dict) -> float:
-    return max(abs(a[s][k] - b[s][k]) for s in ("val", "test") for k in ("loss", "accuracy"))
+    """The largest difference between two runs' validation and test metrics: every number
+    the task reports (loss and accuracy; rmse, r2...; micro_f1, map...); both must report
+    the same ones."""
+    diffs = []
+    for s in ("val", "test"):
+        assert a[s].keys() == b[s].keys(), (s, sorted(a[s]), sorted(b[s]))
+        diffs += [abs(a[s][k] - b[s][k]) for k, v in b[s].items() if isinstance(v, (int, float))]
+    return max(diffs)
 
 
 def recording_steps(monkeypatch, run):
@@ -341,3 +392,32 @@ def resume_recipe(folder: Path, cnn: Path, output_dir: Path, name: str = "r", **
         ],
         "train": {"batch_size": 8, "verbose": "quiet", **train},
     }
+
+
+def task_resume_recipe(csv_path: Path, preset: Path, output_dir: Path, task: str,
+                       name: str = "r", *, lora: bool = False, **train) -> dict:
+    """A text run of `task` (`regression` on `score`, `multilabel` on `tags`) on a tiny BERT
+    preset: head (2 epochs, dropout 0.3), then top:1 (2 epochs, linear schedule), each
+    early-stopped on the task's own monitor. With `lora`, the second stage is `lora` (top:1
+    with `peft: lora`, rank 2: seeded adapters on the block's attention query / value,
+    created again before a resumed run restores them)."""
+    recipe = {
+        "recipe": "text_classification", "task": task, "name": name,
+        "output_dir": str(output_dir),
+        "data": {"source": "csv", "path": str(csv_path), "val_fraction": 0.2,
+                 "test_fraction": 0.2,
+                 "label_column": "score" if task == "regression" else "tags"},
+        "backbone": {"spec": f"keras_hub:{preset}", "sequence_length": 16},
+        "head": {"dropout": 0.3},
+        "stages": [
+            {"name": "head", "train": "head", "epochs": 2, "learning_rate": 1e-2,
+             "early_stopping": {"monitor": "auto", "patience": 5}},
+            {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 1e-2,
+             "schedule": "linear", "early_stopping": {"monitor": "auto", "patience": 5}},
+        ],
+        "train": {"batch_size": 8, "verbose": "quiet", **train},
+    }
+    if lora:
+        recipe["stages"][1].update(name="lora", peft="lora", lora={"rank": 2, "alpha": 4.0},
+                                   learning_rate=3e-2)
+    return recipe

@@ -12,31 +12,9 @@ import pytest
 import yaml
 
 from helpers import (NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, invoke, make_image_folder,
-                     write_recipe, write_text_csv)
+                     regression_csv, tagged_sentence, write_recipe, write_text_csv)
 from helpers import assert_one_line_error as one_line_error
 from tftune.errors import ConfigError, DataError
-
-
-def scored_sentence(rng: random.Random) -> tuple[str, float]:
-    """A sentence and its score: (#positive - #negative words), in 'stars' 0..10-ish."""
-    n = rng.randint(3, 7)
-    words, score = [], 5.0
-    for _ in range(n):
-        r = rng.random()
-        if r < 0.3:
-            words.append(rng.choice(POSITIVE_WORDS))
-            score += 1.0
-        elif r < 0.6:
-            words.append(rng.choice(NEGATIVE_WORDS))
-            score -= 1.0
-        else:
-            words.append(rng.choice(NEUTRAL_WORDS))
-    return " ".join(words), score
-
-
-def regression_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    return write_text_csv(path, [scored_sentence(rng) for _ in range(n)], ("text", "score"))
 
 
 def tiny_text_recipe(tmp: Path, csv_path: Path, preset: Path, name: str, task: str, **data) -> dict:
@@ -250,16 +228,6 @@ def test_multilabel_labels_from_a_list_column_or_from_01_columns(tmp_path):
 
 # ------------------------------------------------------------------------------------------
 # Multi-label: end to end
-
-
-def tagged_sentence(rng: random.Random) -> tuple[str, str]:
-    """A sentence and its tags: pos (a positive word), neg (a negative word), film."""
-    n = rng.randint(3, 6)
-    words = [rng.choice(POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS) for _ in range(n)]
-    tags = [t for t, hit in (("pos", any(w in POSITIVE_WORDS for w in words)),
-                             ("neg", any(w in NEGATIVE_WORDS for w in words)),
-                             ("film", any(w in ("film", "movie") for w in words))) if hit]
-    return " ".join(words), "|".join(tags)
 
 
 @pytest.fixture(scope="module")
@@ -506,13 +474,14 @@ def test_balanced_sampling_is_for_classification(tmp_path, tiny_bert_preset):
 
 
 # ------------------------------------------------------------------------------------------
-# Resume: a regression and a multi-label run stopped mid-stage continue exactly
+# Resume: a regression and a multi-label run stopped mid-stage continue exactly (their kill -9
+# trials are in test_resume.py)
 
 
 @pytest.mark.usefixtures("eager")
 @pytest.mark.parametrize("task", ["regression", "multilabel"])
 def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_preset, monkeypatch, task):
-    from helpers import recording_steps, sigterm_at
+    from helpers import history_rows, max_weight_difference, recording_steps, sigterm_at
     from tftune.config import config_from_dict
     from tftune.runtime.preemption import Preempted
     from tftune.training.runner import train
@@ -554,6 +523,12 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_pr
     saved = [json.loads((r.run_dir / "task.json").read_text()) for r in (resumed, reference)]
     assert saved[0] == pytest.approx(saved[1]) if task == "regression" else (
         saved[0]["thresholds"] == pytest.approx(saved[1]["thresholds"], abs=1e-6))
+    # Exact: the same epochs' numbers, bit-for-bit weights, the same task state and metrics.
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+    assert max_weight_difference(resumed.model.get_weights(), reference.model.get_weights()) == 0.0
+    assert saved[0] == saved[1]
+    assert {s: resumed.metrics[s] for s in ("val", "test")} == {
+        s: reference.metrics[s] for s in ("val", "test")}
 
 
 # ------------------------------------------------------------------------------------------

@@ -332,10 +332,14 @@ def export(run_dir: str, fmt: str, quantize, output, overwrite: bool, samples, d
 
     Writes RUN_DIR/export/<format>[-<quantize>]/ with the artefact, classes.json and
     verification.json: N test examples run through the Keras model and the export, with the
-    largest probability difference and the top-1 agreement. Past the tolerance the command
-    fails (exit 2) and writes nothing. The SavedModel takes raw inputs (encoded image bytes
-    or texts) and is checked from a fresh Python process; LiteRT text models take token ids
-    (TOKENIZE.md and the vocabulary are written beside them).
+    largest output difference and the agreement of the decisions (top-1 class; labels past
+    the run's thresholds for multi-label; for regression the difference is in standard
+    deviations of the target). Past the tolerance the command fails (exit 2) and writes
+    nothing. The SavedModel takes raw inputs (encoded image bytes, texts, or two texts
+    `text_a` / `text_b` for pair runs) and is checked from a fresh Python process; LiteRT
+    text models take token ids (TOKENIZE.md and the vocabulary are written beside them).
+    `--format adapters` writes a run's LoRA / BitFit adapters on their own, verified by
+    rebuilding the model from its base.
     """
     _import_tensorflow_quietly()
     from tftune.export import export as run_export

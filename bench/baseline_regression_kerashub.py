@@ -41,6 +41,7 @@ def main() -> None:
     import keras_hub
     import numpy as np
 
+    from budget import budget_callback
     from tftune.assets import asset_path
     from tftune.config import load_recipe
     from tftune.data import load_data
@@ -61,16 +62,8 @@ def main() -> None:
 
     train = packed(splits.train.shuffle(20_000, seed=cfg.train.seed))
 
-    class Budget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if time.perf_counter() - self.start > args.budget:
-                self.model.stop_training = True
-
     start = time.perf_counter()
-    model.fit(train, epochs=args.epochs, callbacks=[Budget()], verbose=2)
+    model.fit(train, epochs=args.epochs, callbacks=[budget_callback(args.budget)], verbose=2)
     seconds = time.perf_counter() - start
     y = np.concatenate([np.asarray(b) for _, b in splits.test.batch(256)])
     p = model.predict(packed(splits.test), verbose=0)[:, 0]

@@ -26,6 +26,7 @@ def main() -> None:
     import keras
     import keras_hub
 
+    from budget import budget_callback
     from tftune.assets import asset_path
     from tftune.config import load_recipe
     from tftune.data import load_data
@@ -44,16 +45,8 @@ def main() -> None:
     train = splits.train.shuffle(20_000, seed=cfg.train.seed).batch(32)
     test = splits.test.batch(32)
 
-    class Budget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if time.perf_counter() - self.start > args.budget:
-                self.model.stop_training = True
-
     start = time.perf_counter()
-    model.fit(train, epochs=args.epochs, callbacks=[Budget()], verbose=2)
+    model.fit(train, epochs=args.epochs, callbacks=[budget_callback(args.budget)], verbose=2)
     seconds = time.perf_counter() - start
     acc = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
     print(f"plain KerasHub fine-tune: test accuracy {acc:.4f} after {seconds:.0f}s of training")

@@ -102,6 +102,28 @@ def tagged_sentence(rng: random.Random) -> tuple[str, str]:
     return " ".join(words), "|".join(tags)
 
 
+def polar_phrase(rng: random.Random, positive: bool, min_words: int = 1) -> str:
+    """`min_words`..3 positive (or negative) words with one neutral word somewhere among them."""
+    words = [rng.choice(POSITIVE_WORDS if positive else NEGATIVE_WORDS)
+             for _ in range(rng.randint(min_words, 3))]
+    words.insert(rng.randrange(len(words) + 1), rng.choice(NEUTRAL_WORDS))
+    return " ".join(words)
+
+
+def sentiment_pairs(n: int, seed: int, label_of: int = 0, min_words: int = 1) -> list[tuple[str, str, str]]:
+    """(first, second, pos|neg) with each text's sentiment drawn independently and the label
+    the sentiment of text `label_of` (0 or 1). Concatenated into one text, half the examples
+    hold both kinds of words: only the segment a word is in (the pair's packing) tells the
+    label."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        polar = rng.random() < 0.5, rng.random() < 0.5
+        rows.append((polar_phrase(rng, polar[0], min_words), polar_phrase(rng, polar[1], min_words),
+                     "pos" if polar[label_of] else "neg"))
+    return rows
+
+
 def multilabel_csv(path: Path, n: int = 40, seed: int = 2) -> Path:
     """A `text,tags` CSV of `n` tagged sentences (multi-label, `a|b`)."""
     rng = random.Random(seed)
@@ -342,6 +364,17 @@ def metric_difference(a: dict, b: dict) -> float:
         assert a[s].keys() == b[s].keys(), (s, sorted(a[s]), sorted(b[s]))
         diffs += [abs(a[s][k] - b[s][k]) for k, v in b[s].items() if isinstance(v, (int, float))]
     return max(diffs)
+
+
+def assert_same_run(resumed, reference, label: str = "resume") -> None:
+    """A resumed (or otherwise re-made) run equals the uninterrupted one: the same variables,
+    every weight within 1e-6, every val / test metric within 1e-6, the same history rows."""
+    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
+    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
+    print(f"{label}: max weight diff after resume {diff}")
+    assert diff < 1e-6
+    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
+    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
 
 
 def recording_steps(monkeypatch, run):

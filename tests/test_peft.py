@@ -313,6 +313,27 @@ def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
 # resume: a LoRA stage's adapters are re-created before the checkpoint is restored
 
 
+def call_before_stage(monkeypatch, index: int, fn) -> None:
+    """Calls `fn(model)` with the run's model just before stage `index` is set up (each time
+    it is: a resumed run sets it up again)."""
+    from tftune.training import prepare
+
+    model, real_prepare, real_apply = {}, prepare.prepare_run, StagePlan.apply
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        model["m"] = prep.model
+        return prep
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == index:
+            fn(model["m"])
+        real_apply(plan, backbone, head, always_frozen)
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+
+
 def lora_resume_recipe(folder, cnn, out, name="r") -> dict:
     """test_resume's recipe with head -> lora (top:2, warmup + cosine) -> full top:1 (which
     merges the adapters first)."""
@@ -349,7 +370,7 @@ def lora_reference(tmp_path_factory):
 ], ids=["before-lora", "mid-lora", "lora-epoch-end", "after-lora", "mid-full"])
 def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
         tmp_path, lora_reference, monkeypatch, event, n, where):
-    from helpers import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from helpers import assert_same_run, sigterm_at
     from tftune.runtime.preemption import Preempted
 
     folder, cnn, reference = lora_reference
@@ -361,12 +382,7 @@ def test_sigterm_in_a_lora_run_then_resume_equals_the_uninterrupted_run(
     lines: list[str] = []
     resumed = train(cfg, resume=True, echo=lines.append)
     assert any(l.startswith("Resuming from") and l.endswith(where) for l in lines), lines
-    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
-    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
-    print(f"{where}: max weight diff after resume {diff}")
-    assert diff < 1e-6
-    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
-    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+    assert_same_run(resumed, reference, where)
 
 
 def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_reference, monkeypatch):
@@ -384,24 +400,12 @@ def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_referen
     ]
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     seen = {}
-    original = StagePlan.apply
 
-    def apply(plan, backbone, head, always_frozen=()):
-        if plan.index == 1 and "head_out" not in seen:
-            seen["head_out"] = np.asarray(seen["model"](images))
-        original(plan, backbone, head, always_frozen)
+    def before_stage_1(model):
+        if "head_out" not in seen:
+            seen["head_out"] = np.asarray(model(images))
 
-    from tftune.training import prepare
-
-    real_prepare = prepare.prepare_run
-
-    def spy_prepare(*a, **k):
-        prep = real_prepare(*a, **k)
-        seen["model"] = prep.model
-        return prep
-
-    monkeypatch.setattr(StagePlan, "apply", apply)
-    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    call_before_stage(monkeypatch, 1, before_stage_1)
     lines: list[str] = []
     result = train(config_from_dict(recipe), echo=lines.append)
     assert any(l.startswith("The last stage did not beat stage 1") for l in lines), lines
@@ -592,7 +596,7 @@ def test_sigterm_in_an_int8_lora_stage_then_resume_equals_the_uninterrupted_run(
     base is re-quantized and the adapters re-created before the checkpoint is restored)
     gives the uninterrupted run's weights, metrics and history, and the same model.keras."""
     import tftune
-    from helpers import history_rows, max_weight_difference, metric_difference, sigterm_at
+    from helpers import assert_same_run, max_weight_difference, sigterm_at
     from tftune.runtime.preemption import Preempted
 
     stages = [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
@@ -610,12 +614,7 @@ def test_sigterm_in_an_int8_lora_stage_then_resume_equals_the_uninterrupted_run(
     monkeypatch.undo()
     resumed = train(cfg, resume=True, echo=lambda _: None)
     assert peft.has_int8(resumed.model)
-    assert [v.path for v in resumed.model.weights] == [v.path for v in reference.model.weights]
-    diff = max_weight_difference(resumed.model.get_weights(), reference.model.get_weights())
-    print(f"int8 + lora_bias: max weight diff after resume {diff}")
-    assert diff < 1e-6
-    assert metric_difference(resumed.metrics, reference.metrics) < 1e-6
-    assert history_rows(resumed.run_dir) == history_rows(reference.run_dir)
+    assert_same_run(resumed, reference, "int8 + lora_bias")
     a, b = tftune.load(resumed.run_dir).model, tftune.load(reference.run_dir).model
     assert max_weight_difference(a.get_weights(), b.get_weights()) < 1e-6
 
@@ -624,24 +623,11 @@ def test_keep_best_stage_from_before_the_int8_base(tmp_path, text_csv, tiny_bert
     """head (best) -> an int8 LoRA stage that does worse: the head stage's weights come back
     onto the int8 model (its float kernels quantized again, the adapters at B = 0)."""
     seen = {}
-    original = StagePlan.apply
 
-    def apply(plan, backbone, head, always_frozen=()):
-        if plan.index == 1:
-            seen["before"] = {v.path: np.array(v.numpy()) for v in seen["model"].weights}
-        original(plan, backbone, head, always_frozen)
+    def before_stage_1(model):
+        seen["before"] = {v.path: np.array(v.numpy()) for v in model.weights}
 
-    from tftune.training import prepare
-
-    real_prepare = prepare.prepare_run
-
-    def spy_prepare(*a, **k):
-        prep = real_prepare(*a, **k)
-        seen["model"] = prep.model
-        return prep
-
-    monkeypatch.setattr(StagePlan, "apply", apply)
-    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+    call_before_stage(monkeypatch, 1, before_stage_1)
     stages = [{"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
               {"name": "q", "train": "all", "epochs": 1, "learning_rate": 3.0, "peft": "lora",
                "peft_base": "int8", "lora": {"rank": 2}}]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import (NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, assert_one_line_error, invoke,
-                     write_recipe, write_text_csv)
+                     sentiment_pairs, write_recipe, write_text_csv)
 
 
 def verification(folder: Path) -> dict:
@@ -75,28 +75,10 @@ HEAD_THEN_ALL = [
 # Text pairs: a task only the pair's packing can learn
 
 
-def opinion(rng: random.Random, positive: bool) -> str:
-    words = [rng.choice(POSITIVE_WORDS if positive else NEGATIVE_WORDS) for _ in range(rng.randint(1, 3))]
-    words.insert(rng.randrange(len(words) + 1), rng.choice(NEUTRAL_WORDS))
-    return " ".join(words)
-
-
-def review_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(review, reply, label): the label is the *review*'s sentiment; the reply's is drawn
-    independently. As one bag of words, half the pairs hold both kinds of words: only which
-    segment a word is in tells the label."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.random() < 0.5, rng.random() < 0.5
-        rows.append((opinion(rng, a), opinion(rng, b), "pos" if a else "neg"))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def pair_run(tmp_path_factory, tiny_bert_preset):
     tmp = tmp_path_factory.mktemp("pair_exports")
-    path = write_text_csv(tmp / "pairs.csv", review_pairs(240, 5), ("review", "reply", "label"))
+    path = write_text_csv(tmp / "pairs.csv", sentiment_pairs(240, 5), ("review", "reply", "label"))
     run = train_text_run(tmp, tiny_bert_preset, path, "pairs", "classification", HEAD_THEN_ALL,
                          text_columns=["review", "reply"])
     return tmp, run
@@ -107,7 +89,7 @@ def test_a_pair_task_is_learnt_on_held_out_pairs(pair_run):
 
     tmp, run = pair_run
     metrics = json.loads((run / "metrics.json").read_text())
-    held_out = review_pairs(100, 99)  # pairs the run never saw, drawn afresh
+    held_out = sentiment_pairs(100, 99)  # pairs the run never saw, drawn afresh
     predictor = tftune.load(run)
     labels = predictor.predict_labels([(a, b) for a, b, _ in held_out])
     accuracy = float(np.mean([p == y for p, (_, _, y) in zip(labels, held_out)]))
@@ -129,7 +111,7 @@ def test_pair_savedmodel_takes_two_strings_in_a_fresh_process(pair_run, tmp_path
     serving = (out / "SERVING.md").read_text()
     assert "`text_a` (the run's 'review' column)" in serving and "`[CLS] text_a [SEP] text_b [SEP]`" in serving
 
-    pairs = [(a, b) for a, b, _ in review_pairs(20, 7)]
+    pairs = [(a, b) for a, b, _ in sentiment_pairs(20, 7)]
     answer = serve_in_fresh_python(out / "saved_model", {"text_a": [a for a, _ in pairs],
                                                          "text_b": [b for _, b in pairs]}, tmp_path)
     predictor = tftune.load(run)

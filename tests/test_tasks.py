@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import (NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, invoke, make_image_folder,
-                     regression_csv, tagged_sentence, write_recipe, write_text_csv)
+from helpers import (invoke, make_image_folder, regression_csv, sentiment_pairs, tagged_sentence,
+                     write_recipe, write_text_csv)
 from helpers import assert_one_line_error as one_line_error
 from tftune.errors import ConfigError, DataError
 
@@ -535,24 +535,6 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_bert_pr
 # Text pairs
 
 
-def polar_sentence(rng: random.Random, positive: bool) -> str:
-    words = [rng.choice(POSITIVE_WORDS if positive else NEGATIVE_WORDS) for _ in range(rng.randint(2, 3))]
-    words.insert(rng.randrange(len(words) + 1), rng.choice(NEUTRAL_WORDS))
-    return " ".join(words)
-
-
-def pair_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(first, second, pos|neg): the second sentence's sentiment, the first's drawn
-    independently. Concatenated into one text, half the examples hold both kinds of words:
-    only the segment a word is in (the pair's packing) tells the label."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.random() < 0.5, rng.random() < 0.5
-        rows.append((polar_sentence(rng, a), polar_sentence(rng, b), "pos" if b else "neg"))
-    return rows
-
-
 def test_pairs_are_packed_with_segment_ids(tmp_path, tiny_bert_preset):
     from tftune.config import DataConfig
     from tftune.data import load_data
@@ -582,7 +564,8 @@ def pair_run(tmp_path_factory, tiny_bert_preset):
     tf.config.run_functions_eagerly(True)
     try:
         tmp = tmp_path_factory.mktemp("pairs")
-        path = write_text_csv(tmp / "pairs.csv", pair_rows(240, 3), ("first", "second", "label"))
+        path = write_text_csv(tmp / "pairs.csv", sentiment_pairs(240, 3, label_of=1, min_words=2),
+                              ("first", "second", "label"))
         recipe = tiny_text_recipe(tmp, path, tiny_bert_preset, "pairs", "classification",
                                   text_columns=["first", "second"])
         recipe["stages"] = [

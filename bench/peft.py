@@ -38,7 +38,7 @@ LEARNING_RATES = {"full": {"image": 1e-3, "text": 5e-5}, "peft": {"image": 1e-2,
 def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: list) -> dict:
     """Trains one mode for `budget` seconds in this process and returns its figures."""
     from speed import plan_stage, setup
-    from tftune.model import peft
+    from tftune.model import adapters, peft
     from tftune.rundir import save_model
     from tftune.runtime.preemption import Preempted
     from tftune.training import loop
@@ -55,7 +55,7 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
         elif mode != "full":
             stage.update(peft=mode, lora={"rank": rank, "alpha": 2 * rank})
         plan, one = plan_stage(cfg, backbone, prep, **stage)
-        if mode == "int8_lora" and not peft.has_int8(model):
+        if mode == "int8_lora" and not adapters.has_int8(model):
             return {"kind": kind, "mode": mode, "skipped": "no Dense / EinsumDense layer to "
                     "quantize (Keras has no int8 convolution)"}
         trainable = count_trainable(model)
@@ -81,10 +81,10 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
             trained_s = time.perf_counter() - started
             accuracy = loop.Steps(model, prep.task).evaluate(prep.test_ds).get("accuracy")
             run = Path(tmp)
-            model_bytes = save_model(peft.saved_form(model), run).stat().st_size
+            model_bytes = save_model(adapters.saved_form(model), run).stat().st_size
             adapter_bytes = None
             if mode != "full":
-                adapter_bytes = peft.save_adapters(model, backbone.model, run, backbone.spec,
+                adapter_bytes = adapters.save_adapters(model, backbone.model, run, backbone.spec,
                                                    cfg.backbone.weights).stat().st_size
         times = [b - a for a, b in zip(stamps, stamps[1:])]
         times = times[3:] or times or [float("nan")]
@@ -106,7 +106,7 @@ def adapter_share(train: str, rank: int, mode: str = "lora") -> str:
     targets, without training (the file's size does not depend on the values)."""
     from speed import REPO
     from tftune.config import config_from_dict, load_recipe, to_dict
-    from tftune.model import peft
+    from tftune.model import adapters, peft
     from tftune.model.backbones import load_backbone
     from tftune.model.heads import build_classifier, head_layers
     from tftune.rundir import save_model
@@ -120,8 +120,8 @@ def adapter_share(train: str, rank: int, mode: str = "lora") -> str:
     plan = StagePlan.all(config_from_dict({**to_dict(cfg), "stages": [stage]}), backbone.groups)[0]
     plan.apply(backbone, head_layers(model))
     with tempfile.TemporaryDirectory() as tmp:
-        whole = save_model(peft.saved_form(model), Path(tmp)).stat().st_size
-        part = peft.save_adapters(model, backbone.model, Path(tmp), backbone.spec,
+        whole = save_model(adapters.saved_form(model), Path(tmp)).stat().st_size
+        part = adapters.save_adapters(model, backbone.model, Path(tmp), backbone.spec,
                                   cfg.backbone.weights).stat().st_size
     return (f"MobileNetV2 {size[0]} px, peft: {mode}, train: {train}, rank {rank}: "
             f"{len(plan.targets)} layers adapted; adapters {part / 1e6:.3f} MB / model.keras "

@@ -14,7 +14,7 @@ import pytest
 
 from tftune.config import config_from_dict
 from tftune.errors import ConfigError
-from tftune.model import peft
+from tftune.model import adapters, peft
 from tftune.training.plan import StagePlan
 from tftune.training.runner import train
 
@@ -215,7 +215,7 @@ def test_head_lora_all_merges_the_adapters_then_trains_the_kernels(tmp_path, tex
     # a full stage came after the LoRA one: no adapters file (the base kernels changed)
     assert not (result.run_dir / peft.ADAPTERS_FILE).exists()
     loaded = tftune.load(result.run_dir).model
-    assert not peft.has_lora(loaded) and not any("lora" in v.path for v in loaded.weights)
+    assert not adapters.has_lora(loaded) and not any("lora" in v.path for v in loaded.weights)
     diff = float(np.max(np.abs(np.asarray(loaded(SAMPLE)) - np.asarray(result.model(SAMPLE)))))
     print("tftune.load (merged) vs trained model: max abs diff", diff)
     assert diff < 1e-5
@@ -238,7 +238,7 @@ def test_adapters_stored_on_their_own_and_loaded_onto_the_base(tmp_path, text_cs
     expected = np.asarray(result.model(sample))
 
     merged = tftune.load(run).model
-    assert not peft.has_lora(merged)
+    assert not adapters.has_lora(merged)
     diff = float(np.max(np.abs(np.asarray(merged(sample)) - expected)))
     print("merged model.keras vs unmerged model: max abs diff", diff)
     assert diff < 1e-5
@@ -253,12 +253,12 @@ def test_adapters_stored_on_their_own_and_loaded_onto_the_base(tmp_path, text_cs
     backbone = load_backbone(BackboneConfig(spec=f"keras_hub:{tiny_bert_preset}", sequence_length=16))
     rebuilt = build_classifier(backbone, 2, HeadConfig(dropout=0.0))
     assert not np.allclose(np.asarray(rebuilt(sample)), expected)
-    peft.load_adapters(rebuilt, backbone.model, run)
+    adapters.load_adapters(rebuilt, backbone.model, run)
     diff = float(np.max(np.abs(np.asarray(rebuilt(sample)) - expected)))
     print("base + adapters vs trained model: max abs diff", diff)
     assert diff < 1e-6
-    plain = peft.merge_lora(rebuilt)
-    assert not peft.has_lora(plain) and isinstance(plain, keras.Model)
+    plain = adapters.merge_lora(rebuilt)
+    assert not adapters.has_lora(plain) and isinstance(plain, keras.Model)
     assert float(np.max(np.abs(np.asarray(plain(sample)) - expected))) < 1e-5
 
 
@@ -461,12 +461,12 @@ def test_savedmodel_of_a_lora_run_has_no_lora_and_matches_the_unmerged_model(tmp
     adapted = [l for l in peft.all_layers(result.model) if getattr(l, "lora_enabled", False)]
     assert len(adapted) == 2 and all(np.any(l.lora_kernel_b.numpy()) for l in adapted)
     unmerged = open_run(result.run_dir).load_model(merge=False)
-    assert peft.has_lora(unmerged)
+    assert adapters.has_lora(unmerged)
     out = export(result.run_dir, "savedmodel", samples=6, echo=lambda _: None)
     saved = [k for k, _ in tf.train.list_variables(str(out.artefact / "variables" / "variables"))
              if k.startswith("weights/")]
     merged = open_run(result.run_dir).load_model()
-    assert not peft.has_lora(merged)
+    assert not adapters.has_lora(merged)
     # the SavedModel holds the merged model's variables: none of the adapters
     assert len(saved) == len(merged.variables) == len(unmerged.variables) - 4  # A, B of 2 convs
     pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
@@ -508,8 +508,8 @@ def test_bert_int8_base_trains_only_the_adapters_and_saves_a_float_model(
     assert quantized and all(peft.is_int8(l) for l in seen["in_groups"])  # (not the unused pooler)
     assert all(l._kernel.dtype == "int8" for l in quantized)
     assert seen["targets"] == ["query", "query", "value", "value"]
-    adapters = [v for l in peft.all_layers(bb) for v in peft.adapter_variables(l)]
-    assert seen["trainable"] == sum(int(np.prod(v.shape)) for v in adapters)
+    adapter_vars = [v for l in peft.all_layers(bb) for v in peft.adapter_variables(l)]
+    assert seen["trainable"] == sum(int(np.prod(v.shape)) for v in adapter_vars)
     for v in bb.weights:
         moved = not np.array_equal(seen["after_apply"][v.path], v.numpy())
         assert moved == (v.name == "lora_kernel_b") or (moved and peft.is_adapter(v)), v.path
@@ -522,7 +522,7 @@ def test_bert_int8_base_trains_only_the_adapters_and_saves_a_float_model(
               "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0]]), "segment_ids": np.zeros((1, 7), "int32")}
     trained = np.asarray(result.model(sample))
     saved = tftune.load(result.run_dir).model
-    assert not peft.has_lora(saved) and not peft.has_int8(saved)
+    assert not adapters.has_lora(saved) and not adapters.has_int8(saved)
     assert all(v.dtype == "float32" for v in saved.weights)
     diff = float(np.max(np.abs(np.asarray(saved(sample)) - trained)))
     print("float model.keras vs the int8 model it trained as: max abs diff", diff)
@@ -571,7 +571,7 @@ def test_adapters_export_writes_them_alone_and_rebuilds_the_model(tmp_path, lora
 
     pixels = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3)).astype("float32")
     rebuilt = tftune.load(result.run_dir, from_adapters=True).model
-    assert not peft.has_lora(rebuilt)
+    assert not adapters.has_lora(rebuilt)
     diff = float(np.max(np.abs(np.asarray(rebuilt(pixels)) - np.asarray(result.model(pixels)))))
     print("tftune.load(from_adapters=True) vs the trained model: max abs diff", diff)
     assert 0 < np.max(np.abs(np.asarray(result.model(pixels)))) and diff < 1e-5
@@ -613,7 +613,7 @@ def test_sigterm_in_an_int8_lora_stage_then_resume_equals_the_uninterrupted_run(
         train(cfg, echo=lambda _: None)
     monkeypatch.undo()
     resumed = train(cfg, resume=True, echo=lambda _: None)
-    assert peft.has_int8(resumed.model)
+    assert adapters.has_int8(resumed.model)
     assert_same_run(resumed, reference, "int8 + lora_bias")
     a, b = tftune.load(resumed.run_dir).model, tftune.load(reference.run_dir).model
     assert max_weight_difference(a.get_weights(), b.get_weights()) < 1e-6

@@ -9,7 +9,7 @@ and input settings a rebuild needs; `classes.json` is written beside it by `expo
 for text, the run's preprocessor (tokenizer) folder.
 
 Verification: the base is loaded from the spec (its files checked against the sha256),
-the adapters written here go on it (`tftune.model.peft.rebuild`, the rebuild path of
+the adapters written here go on it (`tftune.model.adapters.rebuild`, the rebuild path of
 `tftune.load(run, from_adapters=True)`), and the rebuilt model's probabilities are
 compared with the run's Keras model (model.keras).
 """
@@ -32,7 +32,7 @@ class AdaptersExporter:
     def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
               calibration: Calibration) -> Exported:
         from tftune.inference.predictor import Predictor
-        from tftune.model import peft
+        from tftune.model import adapters, peft
 
         if not (run.path / peft.ADAPTERS_FILE).is_file():
             raise TftuneError(
@@ -47,13 +47,13 @@ class AdaptersExporter:
             shutil.copy2(run.path / name, artefact / name)
         if run.modality == "text":
             shutil.copytree(run.path / rundir.PREPROCESSOR_DIR, artefact / rundir.PREPROCESSOR_DIR)
-        rebuilt = peft.rebuild(run, artefact)
+        rebuilt = adapters.rebuild(run, artefact)
         again = Predictor(rebuilt, run.class_names, run.modality, run.image_size,
                           predictor.preprocessor, run.task)
         share = (artefact / peft.ADAPTERS_FILE).stat().st_size / (run.path / rundir.MODEL_FILE).stat().st_size
         return Exported(
-            artefact=artefact, converter="tftune.model.peft.save_adapters (float32 arrays, npz)",
-            runtime="base from its spec + adapters (tftune.model.peft.rebuild)",
+            artefact=artefact, converter="tftune.model.adapters.save_adapters (float32 arrays, npz)",
+            runtime="base from its spec + adapters (tftune.model.adapters.rebuild)",
             outputs=reference(again, inputs), reference=reference(predictor, inputs),
             notes=[f"the adapters file is {100 * share:.2f} % of model.keras"],
         )

@@ -216,7 +216,7 @@ def _pixels(item, index: int) -> np.ndarray:
 
 def load(run_dir: str | Path, from_adapters: bool = False) -> Predictor:
     """The predictor of the finished run in `run_dir` (see `Predictor`); `from_adapters`:
-    its model rebuilt from the base and the run's adapters file (`tftune.model.peft.rebuild`)
+    its model rebuilt from the base and the run's adapters file (`tftune.model.adapters.rebuild`)
     instead of loaded from model.keras."""
     from tftune.rundir.reader import open_run
 
@@ -226,7 +226,7 @@ def load(run_dir: str | Path, from_adapters: bool = False) -> Predictor:
 
 def predictor_for(run, from_adapters: bool = False) -> Predictor:
     """A `Predictor` for an opened `tftune.rundir.reader.FinishedRun`."""
-    from tftune.model.peft import rebuild
+    from tftune.model.adapters import rebuild
 
     model = rebuild(run) if from_adapters else run.load_model()
     preprocessor = run.load_preprocessor() if run.modality == "text" else None

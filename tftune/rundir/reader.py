@@ -78,7 +78,7 @@ class FinishedRun:
             ) from None
         mixed = {l.dtype_policy.name for l in _all_layers(model) if l.dtype_policy.name.startswith("mixed_")}
         self.trained_policy = sorted(mixed)[0] if mixed else "float32"
-        from tftune.model.peft import merge_lora
+        from tftune.model.adapters import merge_lora
 
         model = float32_copy(model)
         return merge_lora(model) if merge else model  # merged: no LoRA ops or variables

@@ -18,7 +18,7 @@ from tftune.config.loading import resolve_monitors
 from tftune.data import DataSplits
 from tftune.errors import ConfigError, TftuneError
 from tftune.evaluation import plots
-from tftune.model import peft
+from tftune.model import adapters, peft
 from tftune import rundir
 from tftune.rundir import checkpoint as ckpt
 from tftune.rundir import plan as run_plan
@@ -251,7 +251,7 @@ class Run:
             or self.task.better(result.monitor, result.best_value, self.best["value"])
         ):
             self.best = {"monitor": result.monitor, "value": result.best_value, "stage": i,
-                         "adapted": peft.adapted_layers(self.model)}
+                         "adapted": adapters.adapted_layers(self.model)}
             self.best_weights = self.model.get_weights()
         self.save(i + 1)  # the stage boundary
         faults.point("stage_end", f"stage {i + 1}")
@@ -313,7 +313,7 @@ class Run:
                 f"({stages[best['stage']].name!r}) on {best['monitor']}; keeping that stage's "
                 f"weights."
             )
-            peft.set_weights(self.model, self.best_weights, best.get("adapted", []))
+            adapters.set_weights(self.model, self.best_weights, best.get("adapted", []))
 
     def save_adapters(self) -> None:
         """`adapters.weights.npz` + `adapters.json` beside model.keras when the run is its base
@@ -323,7 +323,7 @@ class Run:
                 p.peft == "none" and p.train_indices for p in plans):
             return
         b = self.cfg.backbone
-        path = peft.save_adapters(self.model, self.backbone.model, self.run, self.backbone.spec,
+        path = adapters.save_adapters(self.model, self.backbone.model, self.run, self.backbone.spec,
                                   b.weights)
         self.echo(f"   adapters: {path.name} ({path.stat().st_size / 2**20:.2f} MiB), base "
                   f"{self.backbone.spec}")
@@ -346,7 +346,7 @@ class Run:
         for line in self.tune_on_validation():
             self.echo(line)
         rundir.write_json(run / rundir.TASK_FILE, {"task": self.task.name, **self.task.state()})
-        rundir.save_model(peft.saved_form(self.model), run)  # an int8 base: saved float
+        rundir.save_model(adapters.saved_form(self.model), run)  # an int8 base: saved float
         faults.point("final:model_saved")
         self.save_adapters()
         rundir.write_json(run / rundir.METRICS_FILE, metrics)

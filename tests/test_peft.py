@@ -79,6 +79,30 @@ class Spy:
         monkeypatch.setattr(StagePlan, "apply", apply)
 
 
+def around_stage(monkeypatch, index: int, before=None, after=None) -> None:
+    """Calls `before(model)` with the run's model just before stage `index` is set up, and
+    `after(model, plan, backbone)` just after (each time it is: a resumed run sets it up
+    again)."""
+    from tftune.training import prepare
+
+    model, real_prepare, real_apply = {}, prepare.prepare_run, StagePlan.apply
+
+    def spy_prepare(*a, **k):
+        prep = real_prepare(*a, **k)
+        model["m"] = prep.model
+        return prep
+
+    def apply(plan, backbone, head, always_frozen=()):
+        if plan.index == index and before is not None:
+            before(model["m"])
+        real_apply(plan, backbone, head, always_frozen)
+        if plan.index == index and after is not None:
+            after(model["m"], plan, backbone)
+
+    monkeypatch.setattr(StagePlan, "apply", apply)
+    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
+
+
 def image_recipe(folder, out, mode, name="cnn", **extra) -> dict:
     return {
         "recipe": "image_classification", "name": name, "output_dir": str(out),
@@ -169,23 +193,19 @@ def test_head_lora_all_merges_the_adapters_then_trains_the_kernels(tmp_path, tex
     import tftune
 
     seen = {}
-    original = StagePlan.apply
 
-    def apply(plan, backbone, head, always_frozen=()):
-        if plan.index == 2:
-            x = {k: np.asarray(v) for k, v in SAMPLE.items()}
-            before = np.asarray(seen["model"](x))
-            original(plan, backbone, head, always_frozen)
-            after = np.asarray(seen["model"](x))
-            seen["diff"] = float(np.max(np.abs(before - after)))
-            lora = [l for l in peft.all_layers(backbone.model) if getattr(l, "lora_enabled", False)]
-            seen["b_zero"] = all(not np.any(l.lora_kernel_b.numpy()) for l in lora)
-            seen["trainable"] = {v.path for v in backbone.model.trainable_weights}
-            seen["lora_layers"] = [l.path for l in lora]
-        else:
-            original(plan, backbone, head, always_frozen)
+    def before(model):
+        seen["before"] = np.asarray(model({k: np.asarray(v) for k, v in SAMPLE.items()}))
 
-    monkeypatch.setattr(StagePlan, "apply", apply)
+    def after(model, plan, backbone):
+        out = np.asarray(model({k: np.asarray(v) for k, v in SAMPLE.items()}))
+        seen["diff"] = float(np.max(np.abs(seen["before"] - out)))
+        lora = [l for l in peft.all_layers(backbone.model) if getattr(l, "lora_enabled", False)]
+        seen["b_zero"] = all(not np.any(l.lora_kernel_b.numpy()) for l in lora)
+        seen["trainable"] = {v.path for v in backbone.model.trainable_weights}
+        seen["lora_layers"] = [l.path for l in lora]
+
+    around_stage(monkeypatch, 2, before, after)
     import keras
 
     SAMPLE = {"token_ids": np.array([[2, 5, 6, 20, 3, 0]]), "padding_mask": np.array([[1, 1, 1, 1, 1, 0]]),
@@ -194,16 +214,6 @@ def test_head_lora_all_merges_the_adapters_then_trains_the_kernels(tmp_path, tex
     stages = [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05},
               {"name": "lora", "train": "all", "epochs": 1, "learning_rate": 0.05, "peft": "lora"},
               {"name": "all", "train": "all", "epochs": 1, "learning_rate": 1e-3}]
-    from tftune.training import prepare
-
-    real_prepare = prepare.prepare_run
-
-    def spy_prepare(*a, **k):
-        prep = real_prepare(*a, **k)
-        seen["model"] = prep.model
-        return prep
-
-    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
     lines: list[str] = []
     result = train(config_from_dict(text_recipe(text_csv, tiny_bert_preset, tmp_path, "", stages=stages)),
                    echo=lines.append)
@@ -313,27 +323,6 @@ def test_lora_targets_pick_layers_by_name_or_path(make_tiny_cnn):
 # resume: a LoRA stage's adapters are re-created before the checkpoint is restored
 
 
-def call_before_stage(monkeypatch, index: int, fn) -> None:
-    """Calls `fn(model)` with the run's model just before stage `index` is set up (each time
-    it is: a resumed run sets it up again)."""
-    from tftune.training import prepare
-
-    model, real_prepare, real_apply = {}, prepare.prepare_run, StagePlan.apply
-
-    def spy_prepare(*a, **k):
-        prep = real_prepare(*a, **k)
-        model["m"] = prep.model
-        return prep
-
-    def apply(plan, backbone, head, always_frozen=()):
-        if plan.index == index:
-            fn(model["m"])
-        real_apply(plan, backbone, head, always_frozen)
-
-    monkeypatch.setattr(StagePlan, "apply", apply)
-    monkeypatch.setattr("tftune.training.runner.prepare_run", spy_prepare)
-
-
 def lora_resume_recipe(folder, cnn, out, name="r") -> dict:
     """test_resume's recipe with head -> lora (top:2, warmup + cosine) -> full top:1 (which
     merges the adapters first)."""
@@ -405,7 +394,7 @@ def test_keep_best_stage_from_before_the_adapters_existed(tmp_path, lora_referen
         if "head_out" not in seen:
             seen["head_out"] = np.asarray(model(images))
 
-    call_before_stage(monkeypatch, 1, before_stage_1)
+    around_stage(monkeypatch, 1, before=before_stage_1)
     lines: list[str] = []
     result = train(config_from_dict(recipe), echo=lines.append)
     assert any(l.startswith("The last stage did not beat stage 1") for l in lines), lines
@@ -627,7 +616,7 @@ def test_keep_best_stage_from_before_the_int8_base(tmp_path, text_csv, tiny_bert
     def before_stage_1(model):
         seen["before"] = {v.path: np.array(v.numpy()) for v in model.weights}
 
-    call_before_stage(monkeypatch, 1, before_stage_1)
+    around_stage(monkeypatch, 1, before=before_stage_1)
     stages = [{"name": "head", "train": "head", "epochs": 8, "learning_rate": 0.3},
               {"name": "q", "train": "all", "epochs": 1, "learning_rate": 3.0, "peft": "lora",
                "peft_base": "int8", "lora": {"rank": 2}}]

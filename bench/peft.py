@@ -85,7 +85,7 @@ def one_mode(kind: str, mode: str, budget: float, lr: float, rank: int, extra: l
             adapter_bytes = None
             if mode != "full":
                 adapter_bytes = adapters.save_adapters(model, backbone.model, run, backbone.spec,
-                                                   cfg.backbone.weights).stat().st_size
+                                                       cfg.backbone.weights).stat().st_size
         times = [b - a for a, b in zip(stamps, stamps[1:])]
         times = times[3:] or times or [float("nan")]
         return {
@@ -122,7 +122,7 @@ def adapter_share(train: str, rank: int, mode: str = "lora") -> str:
     with tempfile.TemporaryDirectory() as tmp:
         whole = save_model(adapters.saved_form(model), Path(tmp)).stat().st_size
         part = adapters.save_adapters(model, backbone.model, Path(tmp), backbone.spec,
-                                  cfg.backbone.weights).stat().st_size
+                                      cfg.backbone.weights).stat().st_size
     return (f"MobileNetV2 {size[0]} px, peft: {mode}, train: {train}, rank {rank}: "
             f"{len(plan.targets)} layers adapted; adapters {part / 1e6:.3f} MB / model.keras "
             f"{whole / 1e6:.3f} MB = {100 * part / whole:.2f} %")

@@ -17,14 +17,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def side(kind: str, mode: str, rank: int):
+def side(kind: str, mode: str, rank: int, targets=None):
     """One model set up for a `mode` stage: (Steps, an endless batch iterator, trainable)."""
     from speed import plan_stage, setup
     from tftune.training import loop
@@ -34,7 +33,8 @@ def side(kind: str, mode: str, rank: int):
     cfg, splits, backbone, prep, ctx = setup(kind)
     stage = {"name": mode, "train": "all", "epochs": 1, "learning_rate": 1e-4}
     if mode != "full":
-        stage.update(peft=mode, lora={"rank": rank, "alpha": 2 * rank})
+        stage.update(peft=mode, lora={"rank": rank, "alpha": 2 * rank,
+                                      **({"targets": targets} if targets else {})})
     plan, one = plan_stage(cfg, backbone, prep, **stage)
     compile_model(prep.model, prep.task, plan.optimizer(prep.steps_per_epoch), False)
     steps = loop.Steps(prep.model, prep.task)
@@ -42,33 +42,23 @@ def side(kind: str, mode: str, rank: int):
     return steps, steps.batches(prep.train_ds.repeat()), count_trainable(prep.model), ctx
 
 
-def bootstrap_median(values, rounds=2000, seed=0):
-    import numpy as np
+def measure(kind: str, mode: str, pairs: int, warmup: int, rank: int, targets=None) -> None:
+    from paired import interleave, load_average, ratio
+    from speed import stepper
 
-    rng = np.random.default_rng(seed)
-    a = np.asarray(values)
-    medians = np.median(rng.choice(a, size=(rounds, len(a)), replace=True), axis=1)
-    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
-
-
-def measure(kind: str, mode: str, pairs: int, warmup: int, rank: int) -> None:
     full_steps, full_it, full_n, ctx_a = side(kind, "full", rank)
-    peft_steps, peft_it, peft_n, ctx_b = side(kind, mode, rank)
+    peft_steps, peft_it, peft_n, ctx_b = side(kind, mode, rank, targets)
     try:
-        times = {"full": [], mode: []}
-        for i in range(warmup + pairs):
-            order = [("full", full_steps, full_it), (mode, peft_steps, peft_it)]
-            for name, steps, it in (order if i % 2 == 0 else order[::-1]):
-                t = time.perf_counter()
-                steps.train_batch(it)
-                times[name].append(time.perf_counter() - t)
-        full_t, peft_t = times["full"][warmup:], times[mode][warmup:]
-        ratios = [p / f for p, f in zip(peft_t, full_t)]
-        low, high = bootstrap_median(ratios)
+        seconds = interleave({
+            "full": stepper(lambda k: full_steps.train_batch(full_it)),
+            mode: stepper(lambda k: peft_steps.train_batch(peft_it)),
+        }, pairs, warmup=warmup)
+        full_t, peft_t = seconds["full"], seconds[mode]
+        r = ratio(peft_t, full_t)
         print(f"{kind}: {mode} (trainable {peft_n:,}) vs full (trainable {full_n:,}), {pairs} "
               f"interleaved pairs after {warmup} warm-up: median step {1000 * statistics.median(peft_t):.1f} "
-              f"ms vs {1000 * statistics.median(full_t):.1f} ms; median ratio "
-              f"{statistics.median(ratios):.3f} (95% interval {low:.3f}-{high:.3f})", flush=True)
+              f"ms vs {1000 * statistics.median(full_t):.1f} ms; ratio {r} -> {r.at_most(0.8)}; "
+              f"{load_average()}", flush=True)
     finally:
         ctx_b.__exit__(None, None, None)
         ctx_a.__exit__(None, None, None)
@@ -81,9 +71,11 @@ def main():
     parser.add_argument("--pairs", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--targets", nargs="+", default=None,
+                        help="LoRA target layer names (regexes; default: the backbone's)")
     args = parser.parse_args()
     for kind in [args.only] if args.only else ["image", "text"]:
-        measure(kind, args.mode, args.pairs, args.warmup, args.rank)
+        measure(kind, args.mode, args.pairs, args.warmup, args.rank, args.targets)
 
 
 if __name__ == "__main__":

@@ -1,77 +1,82 @@
-"""Speed ratios of tftune's training machinery, each measured side by side in one run:
+"""Speed ratios of tftune's training machinery, every one measured paired and interleaved
+(`bench/paired.py`: the systems take turns step by step, each ratio is the median of the
+per-round ratios with a bootstrap 95 % interval, printed with the load average):
 
-1. stage overhead: one tftune stage (GroupLR AdamW with layer decay, warmup + cosine,
-   EarlyStopping, HistoryCSV, NaN check) vs the hand-written `model.compile(); model.fit()`
-   on the same model, data pipeline and batch size; per-epoch time ratio (target <= 1.02);
-2. feature cache: epochs of a head-only and of a `top:2` stage with and without the
-   frozen-prefix cache (targets >= 20x and >= 2x), plus the one-off cost of filling it;
-3. input pipeline: share of step time spent waiting for data (target < 5%): an epoch on the
-   real pipeline vs the same batches replayed from memory.
+1. stage overhead: tftune's stage step (its own loop and callbacks, GroupLR AdamW with layer
+   decay, warmup + cosine, early stopping, history, NaN check) vs `model.fit`'s own train
+   function and callbacks (plain AdamW, same schedule and weight decay) on an identical model
+   and the same batches. Target <= 1.02 with the interval's upper end <= 1.05. `--profile`
+   adds arms that locate any overhead: fit with tftune's optimizer (the multipliers' cost),
+   and tftune's step without the per-batch callbacks (the loop's Python);
+2. feature cache: a head-only and a `top:2` stage's step on the cached boundary activations
+   vs on input batches, next to its FLOP ceiling (`bench/flops.py`: the uncached training
+   step's FLOPs / the cached one's, from the traced graphs). Target >= 90 % of the ceiling;
+3. input wait: blocks of training steps on the real pipeline vs the same batches replayed
+   from memory, alternating; the share of step time spent waiting for data (target < 5 %);
+4. text only: the frozen part's cache fill and a validation pass, in the split's order vs
+   grouped by length (whole passes alternating).
 
 Run on demand (minutes, not CI):
 
-    python bench/speed.py                 # MobileNetV2 on Fashion-MNIST and MiniLM on Rotten Tomatoes
-    python bench/speed.py --only image    # or --only text
+    python bench/speed.py                          # MobileNetV2 / Fashion-MNIST and MiniLM / Rotten Tomatoes
+    python bench/speed.py --only image --profile   # or --only text
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired import interleave, load_average, ratio  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SETUPS = {
-    # (recipe file, overrides): subsets so each measurement takes a minute or two here.
+    # (recipe file, overrides): subsets, so that every set-up loads in seconds.
     "image": ("recipes/image_fashion_mnist_mobilenetv2.yaml",
               ["data.max_train_examples=3000", "data.max_test_examples=500"]),
     "text": ("recipes/text_sentiment_minilm.yaml",
              ["data.max_train_examples=1500", "data.max_test_examples=200"]),
 }
-
-
-class EpochTimer:
-    """Wall-clock seconds of each epoch (a keras callback built lazily, keras is imported late)."""
-
-    def __new__(cls):
-        import keras
-
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds = []
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._t)
-
-        return _Timer()
-
-
-def steady(seconds):
-    """Epoch time without the first epoch (tracing, cache filling): the fastest of the rest.
-    On a shared machine other load only ever adds time (epochs of one run were seen to vary
-    from 20 s to 44 s here), so the minimum is the figure that compares code, not neighbours."""
-    return min(seconds[1:]) if len(seconds) > 1 else seconds[0]
+ALL = {"name": "all", "train": "all", "epochs": 3, "learning_rate": 1e-4, "layer_decay": 0.8,
+       "warmup": 0.1, "schedule": "cosine"}
 
 
 def setup(kind, extra=()):
+    """The task's subset loaded and prepared: (config, splits, backbone, Prepared, the open
+    context of its inputs, for the caller to close)."""
     from tftune.config import load_recipe
     from tftune.training.prepare import loaded_inputs, prepare_run
 
     recipe, overrides = SETUPS[kind]
     cfg = load_recipe(REPO / recipe, [*overrides, *extra])
     ctx = loaded_inputs(cfg)
-    splits, backbone, policy = ctx.__enter__()
-    prep = prepare_run(cfg, splits, backbone, echo=lambda _: None)
-    return cfg, splits, backbone, prep, ctx
+    splits, backbone, _ = ctx.__enter__()
+    return cfg, splits, backbone, prepare_run(cfg, splits, backbone, echo=lambda _: None), ctx
+
+
+class Setups:
+    """Independent copies of a task's classifier (one per arm), closed together."""
+
+    def __init__(self):
+        self._open = []
+
+    def new(self, kind, extra=()):
+        cfg, splits, backbone, prep, ctx = setup(kind, extra)
+        self._open.append(ctx)
+        return cfg, splits, backbone, prep
+
+    def close(self):
+        while self._open:
+            self._open.pop().__exit__(None, None, None)
 
 
 def plan_stage(cfg, backbone, prep, **stage):
@@ -87,180 +92,254 @@ def plan_stage(cfg, backbone, prep, **stage):
     return plan, one
 
 
-def stage_overhead(kind, epochs):
+def stepper(fn):
+    """An arm: `arm(n)` calls `fn(k)` for the next n step numbers k."""
+    counter = itertools.count()
+
+    def arm(n):
+        for _ in range(n):
+            fn(next(counter))
+
+    return arm
+
+
+# -- 1. stage overhead -----------------------------------------------------------------------
+
+
+def fit_arm(setups, kind, group_lr: bool):
+    """`model.fit`'s per-step work: its train function between its callbacks' batch hooks
+    (a History, as fit adds; verbose=0), on fit's distributed iterator."""
     import keras
+    import tensorflow as tf
 
+    from tftune.training.optim import WarmupDecay, warmup_steps
+    from tftune.training.stage import compile_model
+
+    cfg, _, backbone, prep = setups.new(kind)
+    plan, _ = plan_stage(cfg, backbone, prep, **ALL)
+    stage, model = plan.stage, prep.model
+    if group_lr:
+        optimizer = plan.optimizer(prep.steps_per_epoch)
+    else:
+        total = stage.epochs * prep.steps_per_epoch
+        optimizer = keras.optimizers.AdamW(
+            WarmupDecay(stage.learning_rate, total, warmup_steps(stage, total), stage.schedule),
+            weight_decay=stage.weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
+    compile_model(model, prep.task, optimizer, False)
+    model.make_train_function()
+    callbacks = keras.callbacks.CallbackList(None, add_history=True, add_progbar=False,
+                                             verbose=0, epochs=1, steps=prep.steps_per_epoch,
+                                             model=model)
+    callbacks.on_train_begin()
+    iterator = iter(model.distribute_strategy.experimental_distribute_dataset(
+        prep.train_ds.repeat()))
+
+    def step(k):
+        callbacks.on_train_batch_begin(k)
+        logs = model.train_function(iterator)
+        callbacks.on_train_batch_end(k, logs)
+
+    return stepper(step)
+
+
+def tftune_arm(setups, kind, callbacks: bool = True):
+    """tftune's per-step work in a stage: `loop.one_step` with the stage's callbacks
+    (`stage.open_stage`: early stopping, plus the runner's history and NaN check)."""
+    from tftune.training import loop
     from tftune.training.callbacks import HistoryCSV, StopOnNaN
-    from tftune.training.stage import run_stage
+    from tftune.training.stage import open_stage
 
-    cfg, splits, backbone, prep, ctx = setup(kind)
+    cfg, _, backbone, prep = setups.new(kind)
+    plan, _ = plan_stage(cfg, backbone, prep, **ALL)
+    history = Path(tempfile.mkdtemp(prefix="tftune-bench-")) / "history.csv"
+    steps, _, callback_list = open_stage(
+        prep.model, plan, prep.task, prep.steps_per_epoch,
+        [HistoryCSV(history, 0, "all", []), StopOnNaN("all", "stages.0.learning_rate")], False, 0)
+    callback_list.on_train_begin()
+    iterator = steps.batches(prep.train_ds.repeat())
+    if callbacks:
+        return stepper(lambda k: loop.one_step(steps, callback_list, iterator, k))
+    return stepper(lambda k: steps.train_batch(iterator))
+
+
+def stage_overhead(kind, rounds, profile):
+    setups = Setups()
     try:
-        model = prep.model
-        initial = model.get_weights()
-        plan, _ = plan_stage(cfg, backbone, prep, name="all", train="all", epochs=epochs,
-                             learning_rate=1e-4, layer_decay=0.8, warmup=0.1, schedule="cosine")
-        times = {"hand": [], "tftune": []}
-        for round_ in range(2):
-            for who in ("hand", "tftune") if round_ == 0 else ("tftune", "hand"):
-                model.set_weights(initial)
-                timer = EpochTimer()
-                if who == "hand":
-                    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
-                                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                                  metrics=["accuracy"], jit_compile=False)
-                    model.fit(prep.train_ds, validation_data=prep.val_ds, epochs=epochs,
-                              callbacks=[timer], verbose=0)
-                else:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        run_stage(
-                            model, plan, prep.task, prep.train_ds, prep.val_ds,
-                            prep.steps_per_epoch,
-                            [timer, HistoryCSV(Path(tmp) / "h.csv", 0, "all"),
-                             StopOnNaN("all", "lr")], False, 0,
-                        )
-                times[who] += timer.seconds[1:]
-        hand, tft = min(times["hand"]), min(times["tftune"])
-        return {"hand_epoch_s": hand, "tftune_epoch_s": tft, "ratio": tft / hand,
-                "epochs_measured": len(times["hand"])}
+        arms = {"fit": fit_arm(setups, kind, False), "tftune": tftune_arm(setups, kind)}
+        if profile:
+            arms["fit + tftune optimizer"] = fit_arm(setups, kind, True)
+            arms["tftune without callbacks"] = tftune_arm(setups, kind, callbacks=False)
+        seconds = interleave(arms, rounds, warmup=5)
     finally:
-        ctx.__exit__(None, None, None)
+        setups.close()
+    r = ratio(seconds["tftune"], seconds["fit"])
+    print(f"[{kind}] stage overhead, tftune step / fit step: {r} -> {r.at_most(1.02, 1.05)}; "
+          f"median step {_ms(seconds['tftune'])} vs {_ms(seconds['fit'])}; {load_average()}",
+          flush=True)
+    if profile:
+        for name in ("fit + tftune optimizer", "tftune without callbacks"):
+            print(f"[{kind}]   profile: {name} / fit: {ratio(seconds[name], seconds['fit'])}; "
+                  f"median step {_ms(seconds[name])}", flush=True)
+        print(f"[{kind}]   profile: tftune / tftune without callbacks: "
+              f"{ratio(seconds['tftune'], seconds['tftune without callbacks'])}", flush=True)
 
 
-def feature_cache(kind, train, epochs):
-    from tftune.training.stage import run_stage
+def _ms(values):
+    import statistics
+
+    return f"{1000 * statistics.median(values):.1f} ms"
+
+
+# -- 2. feature cache ------------------------------------------------------------------------
+
+
+def feature_cache(kind, train, rounds, block):
+    import tensorflow as tf
+
+    from flops import function_flops
+    from tftune.training import cache, loop
+    from tftune.training.stage import compile_model
     from tftune.training.stage_data import stage_data
 
-    cfg, splits, backbone, prep, ctx = setup(kind)
+    setups = Setups()
     try:
-        model = prep.model
-        plan, one = plan_stage(cfg, backbone, prep, name=train, train=train, epochs=epochs,
+        cfg, _, backbone, prep = setups.new(kind)
+        plan, one = plan_stage(cfg, backbone, prep, name=train, train=train, epochs=1,
                                learning_rate=1e-3)
-        initial = model.get_weights()
-
-        timer = EpochTimer()
-        run_stage(model, plan, prep.task, prep.train_ds, prep.val_ds, prep.steps_per_epoch,
-                  [timer], False, 0)
-        uncached = timer.seconds
-
-        model.set_weights(initial)
-        start = time.perf_counter()
-        data = stage_data(one, model, backbone, prep, 0, echo=lambda _: None)
+        data = stage_data(one, prep.model, backbone, prep, 0, echo=lambda _: None)
         assert data.cached, f"the {train} stage was not cached"
-        fill = time.perf_counter() - start
-        timer = EpochTimer()
-        run_stage(data.model, plan, prep.task, data.train, data.val, prep.steps_per_epoch,
-                  [timer], False, 0)
+        sides = {}
+        for name, model, batches in (("uncached", prep.model, prep.train_ds),
+                                     ("cached", data.model, data.train(0))):
+            compile_model(model, prep.task, plan.optimizer(prep.steps_per_epoch), False)
+            steps = loop.Steps(model, prep.task)
+            steps.build()
+            sides[name] = steps, steps.batches(batches.repeat())
+        # FLOPs of both training steps on the same batch (fixed shapes).
+        x, y = next(iter(prep.train_ds))
+        cut, _ = cache.plan_cache(prep.model, backbone.model)
+        features = cut.prefix(x)
+        flops_uncached = function_flops(
+            lambda a, b: sides["uncached"][0]._replica_train(a, b), x, y)
+        flops_cached = function_flops(
+            lambda a, b: sides["cached"][0]._replica_train(a, b), features, y)
+        arms = {name: stepper(lambda k, s=s, it=it: s.train_batch(it))
+                for name, (s, it) in sides.items()}
+        seconds = interleave(arms, rounds, warmup=3, block=block)
         data.close()
-        cached = timer.seconds
-        return {"uncached_epoch_s": steady(uncached), "cached_epoch_s": steady(cached),
-                "ratio": steady(uncached) / steady(cached), "fill_s": fill,
-                "whole_stage_ratio": sum(uncached) / (fill + sum(cached)),
-                "boundary": data.boundary, "epochs": epochs}
     finally:
-        ctx.__exit__(None, None, None)
+        setups.close()
+    r = ratio(seconds["uncached"], seconds["cached"])
+    ceiling = flops_uncached / max(flops_cached, 1)
+    share = ratio([s / ceiling for s in seconds["uncached"]], seconds["cached"])
+    print(f"[{kind}] feature cache, {train} stage (cut at the {data.boundary}): uncached / "
+          f"cached step {r}; FLOP ceiling {ceiling:,.1f}x ({flops_uncached / 1e9:.2f} vs "
+          f"{flops_cached / 1e9:.4f} GFLOP a step) -> {100 * share.median:.1f}% of the ceiling "
+          f"(95% interval {100 * share.low:.1f}-{100 * share.high:.1f}%), "
+          f"{share.at_least(0.9)}; median step {_ms(seconds['uncached'])} vs "
+          f"{_ms(seconds['cached'])}; {load_average()}", flush=True)
 
 
-def text_inference_batching(reps=2):
-    """Text only: the frozen part's cache fill and a validation pass, each in the split's
-    order (batches padded to their longest text) and grouped by length, side by side."""
+# -- 3. input wait ---------------------------------------------------------------------------
+
+
+def input_wait(kind, rounds, block):
+    import tensorflow as tf
+
+    from tftune.training import loop
+    from tftune.training.stage import compile_model
+
+    setups = Setups()
+    try:
+        cfg, _, backbone, prep = setups.new(kind)
+        plan, _ = plan_stage(cfg, backbone, prep, **ALL)
+        compile_model(prep.model, prep.task, plan.optimizer(prep.steps_per_epoch), False)
+        steps = loop.Steps(prep.model, prep.task)
+        steps.build()
+        # The same batches held in memory by tf.data: no decoding, tokenising, shuffling,
+        # bucketing or casting left to do.
+        replay = prep.train_ds.take(prep.steps_per_epoch).cache()
+        for _ in replay:
+            pass
+        iterators = {"real": steps.batches(prep.train_ds.repeat()),
+                     "replay": steps.batches(replay.repeat().prefetch(tf.data.AUTOTUNE))}
+        arms = {name: stepper(lambda k, it=it: steps.train_batch(it))
+                for name, it in iterators.items()}
+        seconds = interleave(arms, rounds, warmup=2, block=block)
+    finally:
+        setups.close()
+    r = ratio(seconds["real"], seconds["replay"])
+    wait = [1 - 1 / v for v in (r.median, r.low, r.high)]
+    verdict = ("meets < 5%" if wait[2] < 0.05 else
+               "MISSES < 5%" if wait[1] >= 0.05 else "interval too wide to judge < 5%")
+    print(f"[{kind}] input wait: real pipeline / replayed from memory, blocks of {block} steps: "
+          f"{r} -> {100 * wait[0]:.1f}% of step time waiting for data (95% interval "
+          f"{100 * wait[1]:.1f}-{100 * wait[2]:.1f}%), {verdict}; {load_average()}", flush=True)
+
+
+# -- 4. text: inference passes in length order -----------------------------------------------
+
+
+def text_inference_batching(rounds):
+    """The frozen part's cache fill and a validation pass, each in the split's order (batches
+    padded to their longest text) and grouped by length; whole passes alternating."""
     from tftune.training import cache
     from tftune.training.loop import Steps
     from tftune.training.stage import compile_model
 
-    cfg, splits, backbone, prep, ctx = setup("text", ["data.max_train_examples=3000"])
+    setups = Setups()
     try:
+        cfg, splits, backbone, prep = setups.new("text", ["data.max_train_examples=3000"])
         model, pipe = prep.model, prep.pipe
         plan_stage(cfg, backbone, prep, name="head", train="head")
         compile_model(model, prep.task, "adam", False)
-        plan, why = cache.plan_cache(model, backbone.model)
-        assert plan is not None, why
+        cut, why = cache.plan_cache(model, backbone.model)
+        assert cut is not None, why
         steps = Steps(model, prep.task)
         in_order = pipe.batches(pipe.source(splits.val), False)
-        times = {"fill_order": [], "fill_length": [], "val_order": [], "val_length": []}
-        for _ in range(reps):
-            for key, run in (
-                ("fill_order", lambda: cache.FeatureCache(2**31).fill(
-                    plan, pipe.prepare(splits.train, False), pipe.length_fn)),
-                ("fill_length", lambda: cache.FeatureCache(2**31).fill(
-                    plan, pipe.blocks(pipe.source(splits.train), cache.FILL_BLOCK * pipe.batch_size),
-                    pipe.length_fn, sub_batch=pipe.batch_size)),
-                ("val_order", lambda: steps.evaluate(in_order)),
-                ("val_length", lambda: steps.evaluate(prep.val_ds)),
-            ):
-                start = time.perf_counter()
-                run()
-                times[key].append(time.perf_counter() - start)
-        best = {k: min(v) for k, v in times.items()}
-        return {**best, "fill_ratio": best["fill_order"] / best["fill_length"],
-                "val_ratio": best["val_order"] / best["val_length"],
-                "n_train": splits.sizes["train"], "n_val": splits.sizes["val"]}
+        arms = {
+            "fill_order": lambda n: cache.FeatureCache(2**31).fill(
+                cut, pipe.prepare(splits.train, False), pipe.length_fn),
+            "fill_length": lambda n: cache.FeatureCache(2**31).fill(
+                cut, pipe.blocks(pipe.source(splits.train), cache.FILL_BLOCK * pipe.batch_size),
+                pipe.length_fn, sub_batch=pipe.batch_size),
+            "val_order": lambda n: steps.evaluate(in_order),
+            "val_length": lambda n: steps.evaluate(prep.val_ds),
+        }
+        seconds = interleave(arms, rounds, warmup=1)
     finally:
-        ctx.__exit__(None, None, None)
-
-
-def input_wait(kind, epochs):
-    import keras
-    import tensorflow as tf
-
-    cfg, splits, backbone, prep, ctx = setup(kind)
-    try:
-        model = prep.model
-        plan_stage(cfg, backbone, prep, name="all", train="all")
-        model.compile(optimizer=keras.optimizers.AdamW(1e-5),
-                      loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
-        # The same batches, held in memory by tf.data: no decoding, tokenising, shuffling,
-        # bucketing or casting left to do.
-        replay = prep.train_ds.cache().prefetch(tf.data.AUTOTUNE)
-        for _ in replay:
-            pass
-        real, mem = [], []
-        for _ in range(epochs):
-            for ds, out in ((prep.train_ds, real), (replay, mem)):
-                t = EpochTimer()
-                model.fit(ds, epochs=1, callbacks=[t], verbose=0)
-                out.append(t.seconds[0])
-        r, m = steady(real), steady(mem)
-        return {"real_epoch_s": r, "replay_epoch_s": m, "wait_share": max(0.0, (r - m) / r)}
-    finally:
-        ctx.__exit__(None, None, None)
+        setups.close()
+    print(f"[text] frozen-part cache fill over {splits.sizes['train']:,} reviews, split's order "
+          f"/ by length: {ratio(seconds['fill_order'], seconds['fill_length'])}; validation pass "
+          f"over {splits.sizes['val']:,}: {ratio(seconds['val_order'], seconds['val_length'])}; "
+          f"{load_average()}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["image", "text"], default=None)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=150,
+                        help="interleaved rounds of the stage-overhead steps (others scale from it)")
+    parser.add_argument("--profile", action="store_true",
+                        help="add arms that locate the stage overhead")
     args = parser.parse_args()
 
     import tensorflow as tf
 
     kinds = [args.only] if args.only else ["image", "text"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip() or "unknown"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"TF {tf.__version__}; subsets: "
+          f"TF {tf.__version__}, commit {commit}; subsets: "
           + "; ".join(f"{k}: {' '.join(SETUPS[k][1])}" for k in kinds), flush=True)
     for kind in kinds:
-        o = stage_overhead(kind, args.epochs)
-        print(f"[{kind}] stage overhead: tftune {o['tftune_epoch_s']:.1f}s vs hand-written "
-              f"{o['hand_epoch_s']:.1f}s per epoch -> ratio {o['ratio']:.3f} (target <= 1.02; "
-              f"fastest of {o['epochs_measured']} epochs each)", flush=True)
+        stage_overhead(kind, args.rounds, args.profile)
         for train in ("head", "top:2"):
-            c = feature_cache(kind, train, args.epochs)
-            print(f"[{kind}] feature cache, {train} stage: uncached {c['uncached_epoch_s']:.2f}s vs "
-                  f"cached {c['cached_epoch_s']:.3f}s per epoch -> {c['ratio']:.1f}x "
-                  f"(target {'>= 20x' if train == 'head' else '>= 2x'}); filling the cache took "
-                  f"{c['fill_s']:.1f}s, so the whole {c['epochs']}-epoch stage ran "
-                  f"{c['whole_stage_ratio']:.1f}x faster (cut at the {c['boundary']})", flush=True)
-        w = input_wait(kind, args.epochs)
-        print(f"[{kind}] input pipeline: epoch {w['real_epoch_s']:.1f}s on the real pipeline vs "
-              f"{w['replay_epoch_s']:.1f}s replaying the same batches from memory -> "
-              f"{100 * w['wait_share']:.1f}% of step time waiting for data (target < 5%)",
-              flush=True)
+            feature_cache(kind, train, max(20, args.rounds // 3), block=4)
+        input_wait(kind, max(10, args.rounds // 6), block=8)
         if kind == "text":
-            b = text_inference_batching()
-            print(f"[text] frozen-part cache fill over {b['n_train']:,} reviews: "
-                  f"{b['fill_order']:.1f}s in the split's order vs {b['fill_length']:.1f}s by "
-                  f"length -> {b['fill_ratio']:.2f}x; validation pass over {b['n_val']:,}: "
-                  f"{b['val_order']:.2f}s vs {b['val_length']:.2f}s -> {b['val_ratio']:.2f}x "
-                  f"(best of 2, the first of each traced)", flush=True)
+            text_inference_batching(max(4, args.rounds // 30))
 
 
 if __name__ == "__main__":

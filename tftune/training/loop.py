@@ -208,6 +208,18 @@ class Hooks:
     every_steps: int = 0
 
 
+def one_step(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
+             batch_index: int) -> bool:
+    """One training step with its callbacks, as `run_epochs` takes it (and `bench/speed.py`
+    times it against `model.fit`'s); False when the iterator is exhausted."""
+    callbacks.on_train_batch_begin(batch_index)
+    logs = steps.train_batch(iterator)
+    if logs is None:
+        return False
+    callbacks.on_train_batch_end(batch_index, logs)
+    return True
+
+
 def run_epochs(
     steps: Steps,
     epochs: int,
@@ -241,11 +253,8 @@ def run_epochs(
             dataset = dataset.skip(first)
         iterator = steps.batches(dataset)
         for batch_index in itertools.count(first):
-            callbacks.on_train_batch_begin(batch_index)
-            logs = steps.train_batch(iterator)
-            if logs is None:
+            if not one_step(steps, callbacks, iterator, batch_index):
                 break
-            callbacks.on_train_batch_end(batch_index, logs)
             global_step += 1
             faults.point("step", f"epoch {epoch + 1} step {batch_index + 1}")
             here = Position(epoch, batch_index + 1)

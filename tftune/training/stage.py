@@ -74,6 +74,39 @@ class StageRun:
         self.seconds_before = float(state.get("seconds", 0.0))
 
 
+def open_stage(model, plan, task, steps_per_epoch: int, callbacks: list, jit_compile,
+               verbose: int, distribution=None):
+    """What a stage trains with, before its first step: `model` compiled with the stage's
+    fresh optimizer, its `loop.Steps` (optimizer variables built), its early stopping and the
+    `CallbackList` around them. Returns (steps, early stopping, callback list)."""
+    from tftune.training import loop
+
+    stage = plan.stage
+    es = stage.early_stopping
+    task.check_monitor(es.monitor, f"stages.{plan.index}.early_stopping.monitor")
+    compile_model(model, task, plan.optimizer(steps_per_epoch), jit_compile)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=es.monitor,
+        patience=es.patience,
+        min_delta=es.min_delta,
+        mode=task.mode(es.monitor),
+        restore_best_weights=True,
+        verbose=0,
+    )
+    steps = loop.Steps(model, task, distribution)
+    steps.build()
+    callback_list = keras.callbacks.CallbackList(
+        [stopper, *callbacks],
+        add_history=False,
+        add_progbar=verbose != 0,
+        verbose=verbose,
+        epochs=stage.epochs,
+        steps=stage.steps_per_epoch or steps_per_epoch,
+        model=model,
+    )
+    return steps, stopper, callback_list
+
+
 def run_stage(
     model,
     plan,
@@ -106,28 +139,8 @@ def run_stage(
     from tftune.training import loop
 
     stage = plan.stage
-    task.check_monitor(stage.early_stopping.monitor, f"stages.{plan.index}.early_stopping.monitor")
-    compile_model(model, task, plan.optimizer(steps_per_epoch), jit_compile)
-    es = stage.early_stopping
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=es.monitor,
-        patience=es.patience,
-        min_delta=es.min_delta,
-        mode=task.mode(es.monitor),
-        restore_best_weights=True,
-        verbose=0,
-    )
-    steps = loop.Steps(model, task, distribution)
-    steps.build()
-    callback_list = keras.callbacks.CallbackList(
-        [stopper, *callbacks],
-        add_history=False,
-        add_progbar=verbose != 0,
-        verbose=verbose,
-        epochs=stage.epochs,
-        steps=stage.steps_per_epoch or steps_per_epoch,
-        model=model,
-    )
+    steps, stopper, callback_list = open_stage(
+        model, plan, task, steps_per_epoch, callbacks, jit_compile, verbose, distribution)
     run = StageRun(model, steps, stopper, [])
     callback_list.on_train_begin()
     start = resume(run) if resume is not None else loop.Position()
@@ -144,7 +157,7 @@ def run_stage(
         epochs_run=len(logs),
         best_epoch=stopper.best_epoch + 1,
         best_value=float(stopper.best) if stopper.best is not None else None,
-        monitor=es.monitor,
+        monitor=stage.early_stopping.monitor,
         trainable_params=count_trainable(model),
         seconds=round(run.seconds_before + time.perf_counter() - run._started, 1),
     )

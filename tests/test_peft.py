@@ -33,14 +33,15 @@ def category(layer, v) -> str:
     return "bias" if v.name == "bias" else "other"
 
 
-# What each mode may change inside the trained groups (BatchNorm statistics move when a
-# BatchNorm layer trains); `none` with train_bn: false leaves BatchNorm alone.
+# What each mode may change inside the trained groups (under train_bn: false a BatchNorm
+# layer whose scale / shift train keeps its moving statistics); `none` with train_bn: false
+# leaves BatchNorm alone.
 MAY_CHANGE = {
     "lora": {"adapter"},
-    "lora_bias": {"adapter", "bias", "shift", "stat"},
-    "lora_norm": {"adapter", "scale", "shift", "stat"},
-    "bitfit": {"bias", "shift", "stat"},
-    "norm": {"scale", "shift", "stat"},
+    "lora_bias": {"adapter", "bias", "shift"},
+    "lora_norm": {"adapter", "scale", "shift"},
+    "bitfit": {"bias", "shift"},
+    "norm": {"scale", "shift"},
 }
 # ... and what it trains (counted in the trainable parameters).
 TRAINS = {
@@ -174,6 +175,70 @@ def test_cnn_modes_train_only_what_they_say(tmp_path, image_folder, monkeypatch,
     result = train(config_from_dict(image_recipe(image_folder, tmp_path, mode)), echo=lines.append)
     check_mode(spy, mode, lines)
     assert (result.run_dir / peft.ADAPTERS_FILE).is_file() == (mode != "none")
+
+
+def test_bitfit_with_train_bn_moves_the_batchnorm_statistics(tmp_path, image_folder, monkeypatch):
+    spy = Spy(monkeypatch)
+    train(config_from_dict({**image_recipe(image_folder, tmp_path, "bitfit"),
+                            "backbone": {"spec": "keras_applications:MobileNetV2",
+                                         "weights": "none", "train_bn": True}}),
+          echo=lambda _: None)
+    trained = [spy.plan.groups[i] for i in spy.plan.train_indices]
+    stats = [v for l, v in variables_by_layer([l for g in trained for l in g.layers])
+             if v.name in BN_STATS]
+    assert stats and any(not np.array_equal(spy.before[id(v)], v.numpy()) for v in stats)
+
+
+def test_batchnorm_shift_trains_on_moving_statistics():
+    import keras
+    import tensorflow as tf
+
+    bn = keras.layers.BatchNormalization()
+    x = tf.random.stateless_normal((16, 4), seed=(1, 2)) * 3.0 + 5.0
+    bn.build(x.shape)
+    peft.use_moving_statistics(bn, True)
+    with tf.GradientTape() as tape:
+        y = bn(x, training=True)
+        loss = tf.reduce_sum(y * tf.range(4, dtype=tf.float32))
+    grads = tape.gradient(loss, [bn.gamma, bn.beta])
+    np.testing.assert_allclose(y.numpy(), bn(x, training=False).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(4))  # no update
+    assert all(g is not None and np.any(g.numpy() != 0) for g in grads)
+    peft.use_moving_statistics(bn, False)  # Keras's own behaviour back: batch statistics
+    bn(x, training=True)
+    assert np.any(bn.moving_mean.numpy() != 0)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda k: k.layers.Dense(6, activation="gelu"), (3, 4, 5)),
+    (lambda k: k.layers.EinsumDense("abc,cde->abde", output_shape=(None, 3, 4), bias_axes="de"), (2, 7, 5)),
+    (lambda k: k.layers.EinsumDense("abcd,cde->abe", output_shape=(None, 6), bias_axes="e"), (2, 7, 3, 4)),
+])
+def test_factored_lora_computes_what_keras_lora_computes(make, shape):
+    """x W + s (x A) B against Keras's x (W + s A B): outputs and every gradient."""
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    ours, keras_own = make(keras), make(keras)
+    for layer in (ours, keras_own):
+        layer.build(shape)
+        layer.enable_lora(2, lora_alpha=4.0)
+    weights = [rng.normal(size=v.shape).astype("float32") for v in keras_own.weights]
+    ours.set_weights(weights)
+    keras_own.set_weights(weights)
+    assert peft.factor(ours) and not peft.factor(keras.layers.Dense(2))
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    out, grads = [], []
+    for layer in (ours, keras_own):
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        out.append(y.numpy())
+        grads.append(tape.gradient(loss, layer.trainable_variables))
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * np.abs(b.numpy()).max())
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -19,8 +19,9 @@ fully; everything outside the groups stays frozen):
 A layer left with nothing to train is frozen as a whole (a BatchNormalization layer then
 runs in inference mode, and the feature cache sees it frozen); normalization layers whose
 parameters the mode trains (`bitfit`, `lora_bias`: the shift; `norm`, `lora_norm`: both)
-train even with `backbone.train_bn: false`, in training mode (batch statistics), since a
-BatchNorm CNN has no other biases.
+train even with `backbone.train_bn: false`, since a BatchNorm CNN has no other biases; a
+BatchNormalization layer then keeps normalizing with its moving statistics (batch
+statistics with `train_bn: true`).
 
 Default LoRA targets: KerasHub's attention query / value projections in a transformer;
 otherwise the top-most Dense / Conv layer of each selected group (`default_targets`).
@@ -169,11 +170,81 @@ def enable(layers: Sequence, rank: int, alpha: float, seed: int, stage_index: in
     made = 0
     for layer in layers:
         if getattr(layer, "lora_enabled", False):
+            factor(layer)
             continue
         init = keras.initializers.HeUniform(seed=_seed(seed, stage_index, layer.path))
         layer.enable_lora(int(rank), lora_alpha=float(alpha), a_initializer=init)
+        factor(layer)
         made += 1
     return made
+
+
+# -- the factored forward pass ----------------------------------------------------------------
+
+
+def _factored_equations(equation: str) -> Optional[tuple[str, str]]:
+    """For an EinsumDense `x, kernel -> y` whose kernel's last axis is an output axis only:
+    (`x, A -> y'`, `y', B -> y`), y' being y with that axis replaced by the rank's."""
+    inputs, out = equation.replace(" ", "").split("->")
+    x_spec, k_spec = inputs.split(",")
+    last = k_spec[-1]
+    rank = next(c for c in "rstuvwxyzqponm" if c not in equation)
+    if last in x_spec or out.count(last) != 1 or "." in equation:
+        return None
+    mid = out.replace(last, rank)
+    return f"{x_spec},{k_spec[:-1]}{rank}->{mid}", f"{mid},{rank}{last}->{out}"
+
+
+def _dense_call(self, inputs, training=None):
+    from keras import ops
+
+    dt = self.compute_dtype
+    x = ops.matmul(inputs, ops.cast(self._kernel, dt))
+    low = ops.matmul(ops.matmul(inputs, ops.cast(self.lora_kernel_a, dt)),
+                     ops.cast(self.lora_kernel_b, dt))
+    return _finish(self, ops.add(x, ops.multiply(low, self.lora_alpha / self.lora_rank)))
+
+
+def _einsum_call(self, inputs, training=None):
+    from keras import ops
+
+    dt = self.compute_dtype
+    first, second = self._tftune_equations
+    x = ops.einsum(self.equation, inputs, ops.cast(self._kernel, dt))
+    low = ops.einsum(second, ops.einsum(first, inputs, ops.cast(self.lora_kernel_a, dt)),
+                     ops.cast(self.lora_kernel_b, dt))
+    return _finish(self, ops.add(x, ops.multiply(low, self.lora_alpha / self.lora_rank)))
+
+
+def _finish(layer, x):
+    from keras import ops
+
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    return layer.activation(x) if layer.activation is not None else x
+
+
+def factor(layer) -> bool:
+    """Makes a float LoRA Dense / EinsumDense layer compute `x W + s (x A) B` instead of
+    Keras's `x (W + s A B)`: the same function (to rounding), but the backward pass no
+    longer forms the full kernel's gradient only to project it onto A and B, so an adapted
+    layer costs a frozen layer's backward plus rank-sized products. Other layers (int8,
+    convolutions, embeddings, subclasses) keep Keras's own path. Returns whether it did."""
+    import keras
+
+    if not getattr(layer, "lora_enabled", False) or is_int8(layer):
+        return False
+    if type(layer) is keras.layers.Dense:
+        object.__setattr__(layer, "call", types.MethodType(_dense_call, layer))
+        return True
+    if type(layer) is keras.layers.EinsumDense:
+        equations = _factored_equations(layer.equation)
+        if equations is None:
+            return False
+        object.__setattr__(layer, "_tftune_equations", equations)
+        object.__setattr__(layer, "call", types.MethodType(_einsum_call, layer))
+        return True
+    return False
 
 
 def merge_in_place(layer) -> None:
@@ -274,17 +345,42 @@ def _kept(layer, v, mode: str, adapting: bool) -> bool:
     return v.name == "bias" and mode in BIAS_MODES
 
 
-def apply_mode(groups: Sequence, mode: str, targets: Sequence = ()) -> None:
+def _moving_statistics_call(self, inputs, training=None, mask=None):
+    return type(self).call(self, inputs, training=False, mask=mask)
+
+
+def use_moving_statistics(layer, on: bool) -> None:
+    """A BatchNormalization layer that trains its scale / shift but normalizes with its
+    moving statistics, never batch statistics, and leaves them unchanged (`on`), or Keras's
+    own behaviour back (not `on`)."""
+    import keras
+
+    if not isinstance(layer, keras.layers.BatchNormalization):
+        return
+    if on:
+        object.__setattr__(layer, "call", types.MethodType(_moving_statistics_call, layer))
+    else:
+        layer.__dict__.pop("call", None)
+
+
+def apply_mode(groups: Sequence, mode: str, targets: Sequence = (), train_bn: bool = False) -> None:
     """Sets the variables of the (already unfrozen) `groups` for `mode`; `targets` are the
     LoRA layers that train. Call after `trainable.set_trainable`, which leaves every variable
     of a trainable layer trainable.
 
     In the PEFT modes a leaf layer left with nothing to train is frozen as a whole (so a
-    BatchNormalization layer runs in inference mode, and the feature cache sees it frozen);
-    normalization layers whose parameters the mode trains train even under
-    `backbone.train_bn: false`. "Bias" follows BitFit: Dense / EinsumDense / Conv biases
-    and normalization layers' shifts (`beta`)."""
+    BatchNormalization layer runs in inference mode, and the feature cache sees it frozen).
+    Normalization layers whose parameters the mode trains train even under
+    `backbone.train_bn: false`; a BatchNormalization layer then normalizes with its moving
+    statistics, as a frozen one does, and only its scale / shift learn (with batch
+    statistics, the statistics a short PEFT stage sees differ from those inference uses:
+    MobileNetV2's `bitfit` / `norm` / `lora_bias` stages stayed near chance on
+    Fashion-MNIST in `bench/peft.py`). With `train_bn: true` they use batch statistics.
+    "Bias" follows BitFit: Dense / EinsumDense / Conv biases and normalization layers'
+    shifts (`beta`)."""
     layers = _group_layers(groups)
+    for layer in layers:
+        use_moving_statistics(layer, False)
     training = {id(l) for l in targets} if mode in LORA_MODES else set()
     for layer in layers:
         if getattr(layer, "lora_enabled", False) and id(layer) not in training:
@@ -299,6 +395,7 @@ def apply_mode(groups: Sequence, mode: str, targets: Sequence = ()) -> None:
         leaf = not getattr(layer, "_layers", None)  # a container's sublayers come on their own
         if leaf and is_norm(layer) and mode in NORM_MODES + BIAS_MODES:
             layer.trainable = True  # also BatchNormalization under train_bn: false
+            use_moving_statistics(layer, not train_bn)
         if not layer.trainable:
             continue
         kept = 0

@@ -92,7 +92,8 @@ class StagePlan:
         self.create_adapters()
         set_trainable(backbone.model, self.groups, self.train_indices, head, self.train_bn,
                       always_frozen)
-        peft.apply_mode([self.groups[i] for i in self.train_indices], self.peft, self.targets)
+        peft.apply_mode([self.groups[i] for i in self.train_indices], self.peft, self.targets,
+                        self.train_bn)
         for layer in always_frozen:
             layer.trainable = False
 

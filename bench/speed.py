@@ -11,8 +11,9 @@ per-round ratios with a bootstrap 95 % interval, printed with the load average):
 2. feature cache: a head-only and a `top:2` stage's step on the cached boundary activations
    vs on input batches, next to its FLOP ceiling (`bench/flops.py`: the uncached training
    step's FLOPs / the cached one's, from the traced graphs). Target >= 90 % of the ceiling;
-3. input wait: blocks of training steps on the real pipeline vs the same batches replayed
-   from memory, alternating; the share of step time spent waiting for data (target < 5 %);
+3. input wait: blocks of training steps on the real pipeline vs the same batches, in the
+   same order, replayed from memory, alternating; the share of step time spent waiting for
+   data (target < 5 %);
 4. text only: the frozen part's cache fill and a validation pass, in the split's order vs
    grouped by length (whole passes alternating).
 
@@ -20,6 +21,7 @@ Run on demand (minutes, not CI):
 
     python bench/speed.py                          # MobileNetV2 / Fashion-MNIST and MiniLM / Rotten Tomatoes
     python bench/speed.py --only image --profile   # or --only text
+    python bench/speed.py --parts wait,cache       # some measurements only
 """
 
 from __future__ import annotations
@@ -247,6 +249,7 @@ def feature_cache(kind, train, rounds, block):
 def input_wait(kind, rounds, block):
     import tensorflow as tf
 
+    from tftune.data import pipeline
     from tftune.training import loop
     from tftune.training.stage import compile_model
 
@@ -257,15 +260,26 @@ def input_wait(kind, rounds, block):
         compile_model(prep.model, prep.task, plan.optimizer(prep.steps_per_epoch), False)
         steps = loop.Steps(prep.model, prep.task)
         steps.build()
-        # The same batches held in memory by tf.data: no decoding, tokenising, shuffling,
-        # bucketing or casting left to do.
-        replay = prep.train_ds.take(prep.steps_per_epoch).cache()
+        seed = pipeline.epoch_seed(cfg.train.seed, 0, 0)
+
+        def epoch():  # one epoch of the real pipeline, in the order a run's first epoch has
+            return prep.pipe.batches(prep.train_source, True, seed)
+
+        # The same batches in the same order, held in memory by tf.data: no decoding,
+        # tokenising, shuffling, bucketing or casting left to do.
+        replay = epoch().cache()
         for _ in replay:
             pass
-        iterators = {"real": steps.batches(prep.train_ds.repeat()),
+        iterators = {"real": steps.batches(epoch()),
                      "replay": steps.batches(replay.repeat().prefetch(tf.data.AUTOTUNE))}
-        arms = {name: stepper(lambda k, it=it: steps.train_batch(it))
-                for name, it in iterators.items()}
+
+        def real(k):  # a new epoch (the same order) when one ends, as a run starts one
+            if steps.train_batch(iterators["real"]) is None:
+                iterators["real"] = steps.batches(epoch())
+                steps.train_batch(iterators["real"])
+
+        arms = {"real": stepper(real),
+                "replay": stepper(lambda k: steps.train_batch(iterators["replay"]))}
         seconds = interleave(arms, rounds, warmup=2, block=block)
     finally:
         setups.close()
@@ -273,9 +287,10 @@ def input_wait(kind, rounds, block):
     wait = [1 - 1 / v for v in (r.median, r.low, r.high)]
     verdict = ("meets < 5%" if wait[2] < 0.05 else
                "MISSES < 5%" if wait[1] >= 0.05 else "interval too wide to judge < 5%")
-    print(f"[{kind}] input wait: real pipeline / replayed from memory, blocks of {block} steps: "
-          f"{r} -> {100 * wait[0]:.1f}% of step time waiting for data (95% interval "
-          f"{100 * wait[1]:.1f}-{100 * wait[2]:.1f}%), {verdict}; {load_average()}", flush=True)
+    print(f"[{kind}] input wait: real pipeline / the same batches replayed from memory, blocks "
+          f"of {block} steps: {r} -> {100 * wait[0]:.1f}% of step time waiting for data (95% "
+          f"interval {100 * wait[1]:.1f}-{100 * wait[2]:.1f}%), {verdict}; {load_average()}",
+          flush=True)
 
 
 # -- 4. text: inference passes in length order -----------------------------------------------
@@ -323,6 +338,8 @@ def main():
                         help="interleaved rounds of the stage-overhead steps (others scale from it)")
     parser.add_argument("--profile", action="store_true",
                         help="add arms that locate the stage overhead")
+    parser.add_argument("--parts", default="overhead,cache,wait,batching",
+                        help="comma-separated measurements to run (default: all)")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -333,12 +350,16 @@ def main():
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"TF {tf.__version__}, commit {commit}; subsets: "
           + "; ".join(f"{k}: {' '.join(SETUPS[k][1])}" for k in kinds), flush=True)
+    parts = set(args.parts.split(","))
     for kind in kinds:
-        stage_overhead(kind, args.rounds, args.profile)
-        for train in ("head", "top:2"):
-            feature_cache(kind, train, max(20, args.rounds // 3), block=4)
-        input_wait(kind, max(10, args.rounds // 6), block=8)
-        if kind == "text":
+        if "overhead" in parts:
+            stage_overhead(kind, args.rounds, args.profile)
+        if "cache" in parts:
+            for train in ("head", "top:2"):
+                feature_cache(kind, train, max(20, args.rounds // 3), block=4)
+        if "wait" in parts:
+            input_wait(kind, max(10, args.rounds // 6), block=8)
+        if kind == "text" and "batching" in parts:
             text_inference_batching(max(4, args.rounds // 30))
 
 

@@ -112,9 +112,8 @@ def fit_arm(setups, kind, group_lr: bool):
     """`model.fit`'s per-step work: its train function between its callbacks' batch hooks
     (a History, as fit adds; verbose=0), on fit's distributed iterator."""
     import keras
-    import tensorflow as tf
 
-    from tftune.training.optim import WarmupDecay, warmup_steps
+    from tftune.training.optim import NO_WEIGHT_DECAY, WarmupDecay, warmup_steps
     from tftune.training.stage import compile_model
 
     cfg, _, backbone, prep = setups.new(kind)
@@ -127,7 +126,7 @@ def fit_arm(setups, kind, group_lr: bool):
         optimizer = keras.optimizers.AdamW(
             WarmupDecay(stage.learning_rate, total, warmup_steps(stage, total), stage.schedule),
             weight_decay=stage.weight_decay)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     compile_model(model, prep.task, optimizer, False)
     model.make_train_function()
     callbacks = keras.callbacks.CallbackList(None, add_history=True, add_progbar=False,
@@ -197,8 +196,6 @@ def _ms(values):
 
 
 def feature_cache(kind, train, rounds, block):
-    import tensorflow as tf
-
     from flops import function_flops
     from tftune.training import cache, loop
     from tftune.training.stage import compile_model

@@ -39,6 +39,7 @@ gives the same variables as in the uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import zlib
@@ -169,13 +170,11 @@ def enable(layers: Sequence, rank: int, alpha: float, seed: int, stage_index: in
 
     made = 0
     for layer in layers:
-        if getattr(layer, "lora_enabled", False):
-            factor(layer)
-            continue
-        init = keras.initializers.HeUniform(seed=_seed(seed, stage_index, layer.path))
-        layer.enable_lora(int(rank), lora_alpha=float(alpha), a_initializer=init)
+        if not getattr(layer, "lora_enabled", False):
+            init = keras.initializers.HeUniform(seed=_seed(seed, stage_index, layer.path))
+            layer.enable_lora(int(rank), lora_alpha=float(alpha), a_initializer=init)
+            made += 1
         factor(layer)
-        made += 1
     return made
 
 
@@ -195,33 +194,17 @@ def _factored_equations(equation: str) -> Optional[tuple[str, str]]:
     return f"{x_spec},{k_spec[:-1]}{rank}->{mid}", f"{mid},{rank}{last}->{out}"
 
 
-def _dense_call(self, inputs, training=None):
+def _factored_call(self, inputs, training=None):
     from keras import ops
 
     dt = self.compute_dtype
-    x = ops.matmul(inputs, ops.cast(self._kernel, dt))
-    low = ops.matmul(ops.matmul(inputs, ops.cast(self.lora_kernel_a, dt)),
-                     ops.cast(self.lora_kernel_b, dt))
-    return _finish(self, ops.add(x, ops.multiply(low, self.lora_alpha / self.lora_rank)))
-
-
-def _einsum_call(self, inputs, training=None):
-    from keras import ops
-
-    dt = self.compute_dtype
-    first, second = self._tftune_equations
-    x = ops.einsum(self.equation, inputs, ops.cast(self._kernel, dt))
-    low = ops.einsum(second, ops.einsum(first, inputs, ops.cast(self.lora_kernel_a, dt)),
-                     ops.cast(self.lora_kernel_b, dt))
-    return _finish(self, ops.add(x, ops.multiply(low, self.lora_alpha / self.lora_rank)))
-
-
-def _finish(layer, x):
-    from keras import ops
-
-    if layer.bias is not None:
-        x = ops.add(x, layer.bias)
-    return layer.activation(x) if layer.activation is not None else x
+    full, first, second = self._tftune_products
+    x = full(inputs, ops.cast(self._kernel, dt))
+    low = second(first(inputs, ops.cast(self.lora_kernel_a, dt)), ops.cast(self.lora_kernel_b, dt))
+    x = ops.add(x, ops.multiply(low, self.lora_alpha / self.lora_rank))
+    if self.bias is not None:
+        x = ops.add(x, self.bias)
+    return self.activation(x) if self.activation is not None else x
 
 
 def factor(layer) -> bool:
@@ -234,17 +217,19 @@ def factor(layer) -> bool:
 
     if not getattr(layer, "lora_enabled", False) or is_int8(layer):
         return False
+    from keras import ops
+
     if type(layer) is keras.layers.Dense:
-        object.__setattr__(layer, "call", types.MethodType(_dense_call, layer))
-        return True
-    if type(layer) is keras.layers.EinsumDense:
-        equations = _factored_equations(layer.equation)
-        if equations is None:
-            return False
-        object.__setattr__(layer, "_tftune_equations", equations)
-        object.__setattr__(layer, "call", types.MethodType(_einsum_call, layer))
-        return True
-    return False
+        products = (ops.matmul, ops.matmul, ops.matmul)
+    elif type(layer) is keras.layers.EinsumDense and _factored_equations(layer.equation):
+        first, second = _factored_equations(layer.equation)
+        products = (functools.partial(ops.einsum, layer.equation),
+                    functools.partial(ops.einsum, first), functools.partial(ops.einsum, second))
+    else:
+        return False
+    object.__setattr__(layer, "_tftune_products", products)
+    object.__setattr__(layer, "call", types.MethodType(_factored_call, layer))
+    return True
 
 
 def merge_in_place(layer) -> None:

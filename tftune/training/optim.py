@@ -19,6 +19,8 @@ from tftune.config import StageConfig
 from tftune.errors import ConfigError, did_you_mean
 
 SCHEDULES = ("constant", "cosine", "linear", "slanted_triangular", "one_cycle")
+# Decay weights only: not biases, norms' scales and shifts, or BatchNorm statistics.
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "moving_"]
 
 
 @keras.saving.register_keras_serializable(package="tftune")
@@ -232,6 +234,5 @@ def build_optimizer(
     opt = GroupLRAdamW(
         learning_rate=lr, weight_decay=stage.weight_decay, lr_multipliers=multipliers
     )
-    # Decay weights only: not biases, norms' scales and shifts, or embeddings' norms.
-    opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "moving_"])
+    opt.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return opt

@@ -189,15 +189,19 @@ def stage_overhead(kind, rounds, profile):
 def _ms(values):
     import statistics
 
-    return f"{1000 * statistics.median(values):.1f} ms"
+    return f"{1000 * statistics.median(values):.2f} ms"
 
 
 # -- 2. feature cache ------------------------------------------------------------------------
 
 
 def feature_cache(kind, train, rounds, block):
+    """A `train` stage's step on input batches vs on the cached boundary activations, one step
+    per call and as a run takes them (`train.steps_per_execution: auto`, 32 steps a call for a
+    head on the cache: per step, the call's seconds / 32)."""
     from flops import function_flops
     from tftune.training import cache, loop
+    from tftune.training.device import steps_per_execution
     from tftune.training.stage import compile_model
     from tftune.training.stage_data import stage_data
 
@@ -208,11 +212,12 @@ def feature_cache(kind, train, rounds, block):
                                learning_rate=1e-3)
         data = stage_data(one, prep.model, backbone, prep, 0, echo=lambda _: None)
         assert data.cached, f"the {train} stage was not cached"
+        per_call = steps_per_execution("auto", plan, data)
         sides = {}
         for name, model, batches in (("uncached", prep.model, prep.train_ds),
                                      ("cached", data.model, data.train(0))):
             compile_model(model, prep.task, plan.optimizer(prep.steps_per_epoch), False)
-            steps = loop.Steps(model, prep.task)
+            steps = loop.Steps(model, prep.task, steps_per_execution=per_call)
             steps.build()
             sides[name] = steps, steps.batches(batches.repeat())
         # FLOPs of both training steps on the same batch (fixed shapes).
@@ -225,19 +230,31 @@ def feature_cache(kind, train, rounds, block):
             lambda a, b: sides["cached"][0]._replica_train(a, b), features, y)
         arms = {name: stepper(lambda k, s=s, it=it: s.train_batch(it))
                 for name, (s, it) in sides.items()}
+        if per_call > 1:  # arm(n) runs n calls of `per_call` steps: seconds / per_call a step
+            s, it = sides["cached"]
+            arms["cached, calls"] = stepper(lambda k: s.train_steps(it, per_call))
         seconds = interleave(arms, rounds, warmup=3, block=block)
+        if per_call > 1:
+            seconds["cached"] = [t / per_call for t in seconds.pop("cached, calls")]
+            seconds["cached, 1 a call"] = seconds.pop("cached")
         data.close()
     finally:
         setups.close()
     r = ratio(seconds["uncached"], seconds["cached"])
     ceiling = flops_uncached / max(flops_cached, 1)
     share = ratio([s / ceiling for s in seconds["uncached"]], seconds["cached"])
-    print(f"[{kind}] feature cache, {train} stage (cut at the {data.boundary}): uncached / "
-          f"cached step {r}; FLOP ceiling {ceiling:,.1f}x ({flops_uncached / 1e9:.2f} vs "
-          f"{flops_cached / 1e9:.4f} GFLOP a step) -> {100 * share.median:.1f}% of the ceiling "
+    print(f"[{kind}] feature cache, {train} stage (cut at the {data.boundary}; {per_call} "
+          f"step(s) a call): uncached / cached step {r}; FLOP ceiling {ceiling:,.1f}x "
+          f"({flops_uncached / 1e9:.2f} vs {flops_cached / 1e9:.4f} GFLOP a step) -> "
+          f"{100 * share.median:.1f}% of the ceiling "
           f"(95% interval {100 * share.low:.1f}-{100 * share.high:.1f}%), "
           f"{share.at_least(0.9)}; median step {_ms(seconds['uncached'])} vs "
           f"{_ms(seconds['cached'])}; {load_average()}", flush=True)
+    if per_call > 1:
+        one = seconds["cached, 1 a call"]
+        print(f"[{kind}]   one step a call instead: uncached / cached "
+              f"{ratio(seconds['uncached'], one)}; {per_call} a call / 1 a call "
+              f"{ratio(seconds['cached'], one)}; median step {_ms(one)}", flush=True)
 
 
 # -- 3. input wait ---------------------------------------------------------------------------

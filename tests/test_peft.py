@@ -416,7 +416,7 @@ def lora_reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("event, n, where", [
-    ("step", 2, "stage 1/3 'head', epoch 1, step 2"),
+    ("step", 2, "stage 1/3 'head', epoch 1, step 4"),  # the cached head: 4 steps, one call
     ("step", 6, "stage 2/3 'lora', epoch 1, step 2"),
     ("epoch_end", 2, "stage 2/3 'lora', epoch 2, start"),
     ("stage_end", 2, "stage 3/3 'full', epoch 1, start"),

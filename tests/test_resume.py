@@ -93,13 +93,15 @@ def reference(data):
 @pytest.mark.parametrize(
     "event, n, where",
     [
-        ("step", 2, "stage 1/2 'head', epoch 1, step 2"),
+        # The head trains on the cache, 32 steps a call (`steps_per_execution: auto`): a
+        # SIGTERM during step 2 stops where that call ends, after the epoch's 4th batch.
+        ("step", 2, "stage 1/2 'head', epoch 1, step 4"),
         ("epoch_end", 1, "stage 1/2 'head', epoch 2, start"),
         ("stage_end", 1, "stage 2/2 'top', epoch 1, start"),
         ("step", 11, "stage 2/2 'top', epoch 1, step 3"),
         ("step", 15, "stage 2/2 'top', epoch 2, step 3"),
     ],
-    ids=["mid-epoch-1", "epoch-end", "stage-boundary", "mid-stage-2", "last-epoch"],
+    ids=["head-call-end", "epoch-end", "stage-boundary", "mid-stage-2", "last-epoch"],
 )
 def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, data, reference,
                                                           monkeypatch, event, n, where):
@@ -260,20 +262,20 @@ def test_cli_resume_rules(tmp_path, data, monkeypatch):
 
     assert_one_line_error(invoke("train", str(path), "--resume"), "Nothing to resume", "without --resume")
 
-    sigterm_at(monkeypatch, "step", 6)
+    sigterm_at(monkeypatch, "step", 6)  # the head's calls are whole epochs of 4 steps
     result = invoke("train", str(path), "--set", "train.verbose=epoch")
     monkeypatch.undo()
     assert result.exit_code == 75, result.output
     last = result.output.strip().splitlines()[-1]
     assert last == (
-        f"SIGTERM received: stopped at stage 1/2 'head', epoch 2, step 2 with a checkpoint in "
+        f"SIGTERM received: stopped at stage 1/2 'head', epoch 2, step 4 with a checkpoint in "
         f"{run / 'checkpoint'}. Resume with: tftune train {path} --set train.verbose=epoch --resume"
     ), last
     assert "Traceback" not in result.output
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
 
     assert_one_line_error(invoke("train", str(path)), "unfinished run with a checkpoint (stage 1/2 'head', "
-                          "epoch 2, step 2)", "--resume", "--overwrite")
+                          "epoch 2, step 4)", "--resume", "--overwrite")
     assert_one_line_error(invoke("train", str(path), "--resume", "--set", "stages.1.epochs=3"),
                           "differ from the run's config.yaml in 1 setting(s) (stages.1.epochs: run 2, now 3)")
     assert_one_line_error(invoke("train", str(path), "--resume", "--overwrite"), "not both")
@@ -281,8 +283,9 @@ def test_cli_resume_rules(tmp_path, data, monkeypatch):
                           "train.checkpoint_steps", ">= 0", "Received: -1")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
-    # Where and how it computes may change: verbosity, the strategy.
-    result = invoke("train", str(path), "--resume", "--distribute", "default")
+    # Where and how it computes may change: verbosity, the strategy, steps per call.
+    result = invoke("train", str(path), "--resume", "--distribute", "default",
+                    "--set", "train.steps_per_execution=1")
     assert result.exit_code == 0, result.output
     assert "Resuming from checkpoint/ckpt-" in result.output
     rows = history_rows(run)
@@ -531,8 +534,9 @@ def trace_steps(trace: list[str]) -> list[tuple]:
 # resume tests run in this process (test_tasks.py, test_peft.py), cheaper than subprocesses.
 @pytest.mark.parametrize("case", ["image"])
 def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path, cli_references, case):
-    """A real SIGTERM to `tftune train` (sent while it is paused right after a step: step 6
-    of the image run, in its first stage; for a variant, its second stage's first step): it
+    """A real SIGTERM to `tftune train` (sent while it is paused right after a step: the
+    second stage's first step with a next one in its epoch; the head stage before it runs
+    whole epochs in one call, see `test_sigterm_then_resume_equals_the_uninterrupted_run`): it
     checkpoints at the next step boundary (the end of that step, or of the next one when
     Python runs the handler only after the check), prints one line saying how to resume and
     exits 75; the printed command finishes the run with the uninterrupted run's result."""
@@ -541,10 +545,7 @@ def test_sigterm_checkpoints_and_prints_how_to_resume(tmp_path, cli_references, 
     reference = cli_references(case)
     recipe_path = reference["recipe"]
     steps = trace_steps(reference["trace"])
-    if case == "image":
-        n = 6
-    else:  # in the second stage, with a next step in the same epoch
-        n = next(k for k, stage, _, _, mid in steps if stage == 2 and mid and steps[k][4])
+    n = next(k for k, stage, _, _, mid in steps if stage == 2 and mid and steps[k][4])
     _, stage, epoch, step, _ = steps[n - 1]
     name = yaml.safe_load(recipe_path.read_text())["stages"][stage - 1]["name"]
     trace = tmp_path / "trace"

@@ -119,6 +119,7 @@ RULES = {
     "train.seed": "an integer in [0, 4294967295]",
     "train.cache_memory_mb": "an integer >= 0",
     "train.checkpoint_steps": "an integer >= 0",
+    "train.steps_per_execution": "one of: 'auto' or an integer >= 1",
     "train.huber_delta": "a number > 0",
     "train.label_smoothing": "a number in [0, 1)",
     "train.class_weight.g": "a number > 0",

@@ -234,6 +234,10 @@ class TrainConfig:
     distribute: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: Optional[str] = None
     checkpoint_steps: NonNegativeInt = 0
+    # Training steps per `tf.function` call: `auto` runs 32 in one call in a stage that trains
+    # only the head on cached features (a step there costs less than Python's per-call work),
+    # and 1 elsewhere. Callbacks, stop requests (SIGTERM) and step checkpoints act per call.
+    steps_per_execution: Union[Literal["auto"], Count] = "auto"
     # What the task optimises (see `tftune.tasks`): `auto` is the task's own (cross-entropy;
     # MSE for regression); `focal` (classification, multilabel); `mse` / `huber` (regression).
     loss: Literal["auto", "crossentropy", "focal", "mse", "huber"] = "auto"

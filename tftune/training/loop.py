@@ -19,14 +19,18 @@ the metrics. Training multiplies them by the task's per-example weights
 (`Task.example_weights`: `train.class_weight`), computed from the labels in the step, so
 they are the same on cached features; validation is unweighted, as in Keras.
 
+`steps_per_execution` > 1 runs that many steps in one `tf.function` call (a `tf.while_loop`
+over the iterator's optionals, as Keras's own multi-step function does): the callbacks see one
+batch per call, and stop requests and checkpoints fall on call boundaries. It pays where a
+step is so cheap that Python's per-call work dominates it: a head trained on cached features.
+
 Not supported here: a `sample_weight` column in the data, models whose `train_step` is
-customised (it is not called), steps_per_execution > 1.
+customised (it is not called).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Callable, Optional
 
 import keras
@@ -49,7 +53,7 @@ class Steps:
     strategy, with the `task`'s per-example loss and its own metrics (the loss's mean and the
     task's metrics, created in the strategy's scope)."""
 
-    def __init__(self, model, task, distribution=None):
+    def __init__(self, model, task, distribution=None, steps_per_execution: int = 1):
         import tensorflow as tf
 
         self.model = model
@@ -63,10 +67,11 @@ class Steps:
         kind = distribution.kind if distribution else "default"
         jit = bool(getattr(model, "jit_compile", False)) and kind != "tpu"
         eager = bool(getattr(model, "run_eagerly", False))
-        self._train_fn = self._train_batch if eager else tf.function(
-            self._train_batch, jit_compile=jit, reduce_retracing=True)
+        self._train_fn = self._train_many if eager else tf.function(
+            self._train_many, jit_compile=jit, reduce_retracing=True)
         self._test_fn = self._test_batch if eager else tf.function(
             self._test_batch, jit_compile=jit, reduce_retracing=True)
+        self.steps_per_execution = max(1, int(steps_per_execution))
 
     @property
     def metric_variables(self) -> list:
@@ -148,9 +153,26 @@ class Steps:
     # The step functions take the iterator, as Keras' own do: traced once for the dataset's
     # element spec (None batch and length dimensions), not once per batch shape.
 
-    def _train_batch(self, iterator):
-        self.strategy.run(self._replica_train, args=tuple(iterator.get_next()))
-        return {k: m.result() for k, m in self.train_metrics.items()}
+    def _train_many(self, iterator, n):
+        """Up to `n` training steps on `iterator`'s next batches; returns how many ran (fewer
+        than `n` when the iterator ran out) and the epoch's running metrics.
+
+        The batches are taken as optionals, never with `get_next()` past the end: a step
+        traced on `get_next()` that fails at the end of the data has by then run the
+        optimizer's `iterations += 1` (it does not depend on the batch), so each epoch would
+        move the step count, the schedule and Adam's bias correction one step on."""
+        import tensorflow as tf
+
+        def more(i, batch):
+            return tf.logical_and(i < n, batch.has_value())
+
+        def step(i, batch):
+            self.strategy.run(self._replica_train, args=tuple(batch.get_value()))
+            # The next batch is taken only while there are steps left to run on it.
+            return i + 1, tf.cond(i + 1 < n, iterator.get_next_as_optional, lambda: batch)
+
+        count, _ = tf.while_loop(more, step, [tf.constant(0), iterator.get_next_as_optional()])
+        return count, {k: m.result() for k, m in self.train_metrics.items()}
 
     def _test_batch(self, iterator):
         self.strategy.run(self._replica_test, args=tuple(iterator.get_next()))
@@ -162,13 +184,16 @@ class Steps:
     def train_batch(self, iterator) -> Optional[dict]:
         """One step on the next batch of `iterator`; returns the epoch's running loss and
         metrics, or None when the iterator is exhausted."""
+        return self.train_steps(iterator, 1)[1]
+
+    def train_steps(self, iterator, n: int) -> tuple[int, Optional[dict]]:
+        """Up to `n` steps on the next batches of `iterator` in one call: (steps run, the
+        epoch's running loss and metrics); (0, None) when the iterator is exhausted."""
         import tensorflow as tf
 
-        try:
-            logs = self._train_fn(iterator)
-        except (StopIteration, tf.errors.OutOfRangeError):
-            return None
-        return {k: float(v) for k, v in logs.items()}
+        count, logs = self._train_fn(iterator, tf.constant(n, tf.int32))
+        count = int(count)
+        return (count, {k: float(v) for k, v in logs.items()}) if count else (0, None)
 
     def train_results(self) -> dict:
         return {k: float(m.result()) for k, m in self.train_metrics.items()}
@@ -210,14 +235,21 @@ class Hooks:
 
 def one_step(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
              batch_index: int) -> bool:
-    """One training step with its callbacks, as `run_epochs` takes it (and `bench/speed.py`
-    times it against `model.fit`'s); False when the iterator is exhausted."""
+    """One training step with its callbacks (`bench/speed.py` times it against `model.fit`'s);
+    False when the iterator is exhausted."""
+    return one_call(steps, callbacks, iterator, batch_index, 1) == 1
+
+
+def one_call(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
+             batch_index: int, n: int) -> int:
+    """Up to `n` training steps in one call, with the callbacks around them (as `model.fit`
+    calls them with steps_per_execution: begin at the first batch, end at the last), as
+    `run_epochs` takes them; returns the number of steps run (0: the iterator is exhausted)."""
     callbacks.on_train_batch_begin(batch_index)
-    logs = steps.train_batch(iterator)
-    if logs is None:
-        return False
-    callbacks.on_train_batch_end(batch_index, logs)
-    return True
+    count, logs = steps.train_steps(iterator, n)
+    if count:
+        callbacks.on_train_batch_end(batch_index + count - 1, logs)
+    return count
 
 
 def run_epochs(
@@ -239,6 +271,7 @@ def run_epochs(
     logs_per_epoch = epoch_logs if epoch_logs is not None else []
     model.stop_training = start.stopped
     global_step = 0
+    every = hooks.every_steps if hooks.checkpoint is not None else 0
     for epoch in range(start.epoch, epochs):
         if model.stop_training:
             break
@@ -252,18 +285,24 @@ def run_epochs(
         if first:
             dataset = dataset.skip(first)
         iterator = steps.batches(dataset)
-        for batch_index in itertools.count(first):
-            if not one_step(steps, callbacks, iterator, batch_index):
+        batch_index = first
+        while True:
+            n = steps.steps_per_execution
+            if every:  # a call ends where a step checkpoint falls
+                n = min(n, every - global_step % every)
+            count = one_call(steps, callbacks, iterator, batch_index, n)
+            for i in range(batch_index, batch_index + count):
+                faults.point("step", f"epoch {epoch + 1} step {i + 1}")
+            global_step += count
+            batch_index += count
+            if count:
+                here = Position(epoch, batch_index)
+                if hooks.stop_requested():
+                    _stop(hooks, here)
+                if every and global_step % every == 0:
+                    hooks.checkpoint(here)
+            if count < n:  # the epoch's batches ran out
                 break
-            global_step += 1
-            faults.point("step", f"epoch {epoch + 1} step {batch_index + 1}")
-            here = Position(epoch, batch_index + 1)
-            if hooks.stop_requested():
-                _stop(hooks, here)
-            if hooks.every_steps and hooks.checkpoint is not None and (
-                global_step % hooks.every_steps == 0
-            ):
-                hooks.checkpoint(here)
         logs = steps.train_results()
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in steps.evaluate(val_data).items()})

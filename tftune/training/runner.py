@@ -24,7 +24,7 @@ from tftune.rundir import checkpoint as ckpt
 from tftune.rundir import plan as run_plan
 from tftune.runtime import distribute, faults
 from tftune.runtime.preemption import Preempted, StopRequest, watch
-from tftune.training.device import jit_setting, verbosity
+from tftune.training.device import jit_setting, steps_per_execution, verbosity
 from tftune.training.prepare import describe, loaded_inputs, prepare_run
 
 
@@ -233,6 +233,8 @@ class Run:
             result = run_stage(
                 data.model, plan, self.task, data.train, data.val, self.prep.steps_per_epoch,
                 self._callbacks(plan), self.jit, self.verbose, distribution=self.dist,
+                steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
+                                                        plan, data),
                 resume=self._resume_stage if resuming else None, hooks=self._hooks(i),
             )
         except Preempted:

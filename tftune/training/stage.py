@@ -75,10 +75,11 @@ class StageRun:
 
 
 def open_stage(model, plan, task, steps_per_epoch: int, callbacks: list, jit_compile,
-               verbose: int, distribution=None):
+               verbose: int, distribution=None, steps_per_execution: int = 1):
     """What a stage trains with, before its first step: `model` compiled with the stage's
-    fresh optimizer, its `loop.Steps` (optimizer variables built), its early stopping and the
-    `CallbackList` around them. Returns (steps, early stopping, callback list)."""
+    fresh optimizer, its `loop.Steps` (optimizer variables built; `steps_per_execution` steps
+    per call), its early stopping and the `CallbackList` around them. Returns (steps, early
+    stopping, callback list)."""
     from tftune.training import loop
 
     stage = plan.stage
@@ -93,7 +94,7 @@ def open_stage(model, plan, task, steps_per_epoch: int, callbacks: list, jit_com
         restore_best_weights=True,
         verbose=0,
     )
-    steps = loop.Steps(model, task, distribution)
+    steps = loop.Steps(model, task, distribution, steps_per_execution)
     steps.build()
     callback_list = keras.callbacks.CallbackList(
         [stopper, *callbacks],
@@ -119,6 +120,7 @@ def run_stage(
     verbose: int,
     *,
     distribution=None,
+    steps_per_execution: int = 1,
     resume: Optional[Callable[[StageRun], Any]] = None,
     hooks: Optional[Callable[[StageRun], Any]] = None,
 ) -> StageResult:
@@ -127,7 +129,7 @@ def run_stage(
 
     `plan` is the stage's `tftune.training.plan.StagePlan` (its optimizer, with the groups'
     learning-rate multipliers); `model` is the classifier, or the feature cache's suffix
-    sharing its weights. `train_ds` is a dataset (each epoch is one pass over it) or a
+    sharing its weights; `steps_per_execution` steps run in one call (see `loop`). `train_ds` is a dataset (each epoch is one pass over it) or a
     function epoch -> dataset (so each epoch's order can be fixed, see
     `pipeline.epoch_seed`). `task` (a `tftune.tasks.Task`) gives the loss, the metrics and
     the monitor's direction.
@@ -140,7 +142,8 @@ def run_stage(
 
     stage = plan.stage
     steps, stopper, callback_list = open_stage(
-        model, plan, task, steps_per_epoch, callbacks, jit_compile, verbose, distribution)
+        model, plan, task, steps_per_epoch, callbacks, jit_compile, verbose, distribution,
+        steps_per_execution)
     run = StageRun(model, steps, stopper, [])
     callback_list.on_train_begin()
     start = resume(run) if resume is not None else loop.Position()

@@ -235,8 +235,8 @@ def feature_cache(kind, train, rounds, block):
             arms["cached, calls"] = stepper(lambda k: s.train_steps(it, per_call))
         seconds = interleave(arms, rounds, warmup=3, block=block)
         if per_call > 1:
-            seconds["cached"] = [t / per_call for t in seconds.pop("cached, calls")]
             seconds["cached, 1 a call"] = seconds.pop("cached")
+            seconds["cached"] = [t / per_call for t in seconds.pop("cached, calls")]
         data.close()
     finally:
         setups.close()

@@ -12,7 +12,8 @@ def train(config, **kwargs):
     """Trains a recipe (a `RecipeConfig`, a recipe file's path, or a bundled recipe's name)
     and writes its run directory; returns the `RunResult` (run_dir, metrics, model,
     class_names). Keyword arguments: see `tftune.training.runner.train` (`overrides`,
-    `datasets`, `backbone_model`, `output_dir`, `overwrite`, `resume`, `echo`)."""
+    `datasets`, `backbone_model`, `output_dir`, `overwrite`, `resume`, `echo`, `callbacks`:
+    Keras callbacks added to every stage)."""
     from pathlib import Path
 
     from tftune.training.runner import train as _train

@@ -238,6 +238,12 @@ class TrainConfig:
     # only the head on cached features (a step there costs less than Python's per-call work),
     # and 1 elsewhere. Callbacks, stop requests (SIGTERM) and step checkpoints act per call.
     steps_per_execution: Union[Literal["auto"], Count] = "auto"
+    # TensorBoard event files in runs/<name>/tensorboard: per-epoch metrics, each trained
+    # group's learning rate, the stage boundaries (`tensorboard --logdir runs/<name>/tensorboard`).
+    tensorboard: bool = False
+    # Extra Keras callbacks in every stage: "package.module:factory" entries, each called with
+    # no arguments to make a keras.callbacks.Callback.
+    callbacks: tuple[str, ...] = ()
     # What the task optimises (see `tftune.tasks`): `auto` is the task's own (cross-entropy;
     # MSE for regression); `focal` (classification, multilabel); `mse` / `huber` (regression).
     loss: Literal["auto", "crossentropy", "focal", "mse", "huber"] = "auto"

@@ -15,6 +15,7 @@ METRICS_FILE = "metrics.json"
 CLASSES_FILE = "classes.json"
 VERSIONS_FILE = "versions.json"
 PREPROCESSOR_DIR = "preprocessor"
+TENSORBOARD_DIR = "tensorboard"  # train.tensorboard's event files
 
 TASK_FILE = "task.json"
 

@@ -16,7 +16,8 @@ from tftune.rundir import io, layout
 
 # Settings that say where and how a run computes, not what: a resume may change them.
 RESUME_FREE = ("output_dir", "train.distribute", "train.tpu", "train.verbose",
-               "train.checkpoint_steps", "train.steps_per_execution")
+               "train.checkpoint_steps", "train.steps_per_execution", "train.tensorboard",
+               "train.callbacks")
 
 
 def comparable(cfg: RecipeConfig) -> dict:

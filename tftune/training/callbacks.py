@@ -95,3 +95,103 @@ class EpochLine(keras.callbacks.Callback):
             f"  [{self.stage_name}] epoch {epoch + 1}/{self.epochs} "
             f"({time.perf_counter() - self._start:.0f}s) {parts}"
         )
+
+
+class TensorBoardLog(keras.callbacks.Callback):
+    """`train.tensorboard`: TensorBoard event files in `logdir` (`runs/<name>/tensorboard`),
+    laid out as Keras's own TensorBoard callback lays them out (`train/` and `validation/`
+    writers, `epoch_<metric>` tags), so the two curves of a metric share a chart.
+
+    The step is the run's epoch count over all stages (`rows`: the history rows, shared with
+    `HistoryCSV`, which appends the epoch's row first), so stages follow each other on one
+    axis. Per epoch also: the learning rate each trained group stepped with at the epoch's
+    end (`learning_rate/<group>`: the stage's rate times the group's multiplier; the head's is
+    the stage's) and the stage number (`stage`); at each stage's start, a text summary
+    (`stage_start`: the stage's banner, what it trains and how)."""
+
+    def __init__(self, logdir: Path, stage_index: int, stage_name: str, description: str,
+                 multipliers: dict, rows: list):
+        super().__init__()
+        self.logdir = Path(logdir)
+        self.stage_index, self.stage_name = stage_index, stage_name
+        self.description = description
+        self.multipliers = dict(multipliers)
+        self.rows = rows
+        self._writers: dict = {}
+
+    def _writer(self, name: str):
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.logdir / name))
+        return self._writers[name]
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        if any(int(r["stage"]) == self.stage_index for r in self.rows):
+            return  # a stage resumed after some of its epochs: its start is written already
+        with self._writer("train").as_default():
+            tf.summary.text("stage_start", self.description, step=len(self.rows))
+        self._writer("train").flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        step = len(self.rows)
+        row = self.rows[-1] if self.rows else {}
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        with self._writer("train").as_default():
+            for k, v in sorted(train.items()):
+                tf.summary.scalar(f"epoch_{k}", float(v), step=step)
+            lr = row.get("learning_rate")
+            if isinstance(lr, (int, float)):
+                tf.summary.scalar("learning_rate/head", float(lr), step=step)
+                for group, m in self.multipliers.items():
+                    tf.summary.scalar(f"learning_rate/{group}", float(lr) * m, step=step)
+            tf.summary.scalar("stage", float(self.stage_index + 1), step=step)
+        if val:
+            with self._writer("validation").as_default():
+                for k, v in sorted(val.items()):
+                    tf.summary.scalar(f"epoch_{k}", float(v), step=step)
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+        self._writers = {}
+
+
+def load_callbacks(names, where: str = "train.callbacks") -> list:
+    """The callbacks of `train.callbacks`: each "package.module:factory" is imported and
+    called with no arguments, and must return a `keras.callbacks.Callback` (a class works
+    too). Raises ConfigError naming the entry when it cannot be imported or is not one."""
+    import importlib
+
+    from tftune.errors import ConfigError
+
+    out = []
+    for i, name in enumerate(names):
+        module_name, sep, attr = str(name).partition(":")
+        if not sep or not module_name or not attr:
+            raise ConfigError(
+                f"Invalid value for '{where}.{i}'. Expected 'package.module:factory' (a "
+                f"function or class returning a keras.callbacks.Callback). Received: {name!r}")
+        try:
+            factory = importlib.import_module(module_name)
+            for part in attr.split("."):
+                factory = getattr(factory, part)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(
+                f"Invalid value for '{where}.{i}': cannot import {name!r} ({e}). Check the "
+                f"name, and that its package is installed or on PYTHONPATH.") from None
+        callback = factory()
+        if not isinstance(callback, keras.callbacks.Callback):
+            raise ConfigError(
+                f"Invalid value for '{where}.{i}': {name!r} returned "
+                f"{type(callback).__name__}, not a keras.callbacks.Callback.")
+        out.append(callback)
+    return out

@@ -11,7 +11,7 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from tftune.config import RecipeConfig, config_from_dict, load_recipe, to_dict
 from tftune.config.loading import resolve_monitors
@@ -48,6 +48,7 @@ def train(
     overwrite: bool = False,
     resume: bool = False,
     echo: Callable[[str], None] = print,
+    callbacks: Sequence = (),
 ) -> RunResult:
     """Trains a recipe and writes its run directory.
 
@@ -63,6 +64,10 @@ def train(
         resume: continue the unfinished run in the run directory from its checkpoint (the
             config must be the one it started with, up to `rundir.plan.RESUME_FREE` settings).
         echo: where progress lines go.
+        callbacks: `keras.callbacks.Callback`s added to every stage, after the recipe's
+            `train.callbacks`. Their `self.model` is the model the stage fits: the classifier,
+            or in a stage on cached features the part that trains (sharing the classifier's
+            weights); setting `self.model.stop_training` ends the stage after the epoch.
 
     Raises `tftune.runtime.preemption.Preempted` when SIGTERM stopped the run at a checkpoint.
     """
@@ -77,6 +82,7 @@ def train(
             "it again), not both."
         )
     cfg = config
+    user_callbacks = _user_callbacks(cfg, callbacks)
     started = time.perf_counter()
     run_path = Path(output_dir or cfg.output_dir).expanduser() / cfg.name
     # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs ops.
@@ -98,8 +104,8 @@ def train(
                 distribute.agree_to_start(dist, error, loaded)
             try:
                 describe(splits, backbone, policy, echo)
-                return Run(cfg, splits, backbone, run, dist, stop, echo, loaded).train(
-                    started, run_path)
+                return Run(cfg, splits, backbone, run, dist, stop, echo, loaded,
+                           user_callbacks).train(started, run_path)
             except Preempted as e:
                 raise Preempted(
                     f"{stop.signal_name or 'A stop request'} received: stopped at {e.where} with a "
@@ -108,6 +114,22 @@ def train(
             finally:
                 if scratch:
                     shutil.rmtree(run, ignore_errors=True)
+
+
+def _user_callbacks(cfg: RecipeConfig, callbacks: Sequence) -> list:
+    """The recipe's `train.callbacks`, made, then `callbacks` from Python (checked to be
+    Keras callbacks), before anything loads."""
+    import keras
+
+    from tftune.training.callbacks import load_callbacks
+
+    out = load_callbacks(cfg.train.callbacks)
+    for c in callbacks:
+        if not isinstance(c, keras.callbacks.Callback):
+            raise ConfigError(f"callbacks= takes keras.callbacks.Callback instances. Received: "
+                              f"{type(c).__name__}")
+        out.append(c)
+    return out
 
 
 def _plan(cfg, run_path: Path, resume: bool, overwrite: bool, dist, echo):
@@ -138,9 +160,10 @@ class Run:
     plan and its optimizer, epoch metric sums and early stopping from the checkpoint."""
 
     def __init__(self, cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, dist,
-                 stop: Optional[StopRequest], echo, loaded=None):
+                 stop: Optional[StopRequest], echo, loaded=None, user_callbacks=()):
         self.cfg, self.splits, self.backbone, self.run = cfg, splits, backbone, run
         self.dist, self.echo, self.loaded = dist, echo, loaded
+        self.user_callbacks = list(user_callbacks)
         self.stop = stop if stop is not None else StopRequest()
         if dist.kind != "default":
             echo(f"Distribution: {dist.describe(cfg.train.batch_size)}")
@@ -261,14 +284,18 @@ class Run:
             raise self.stopped_here()
 
     def _callbacks(self, plan) -> list:
-        from tftune.training.callbacks import EpochLine, HistoryCSV, StopOnNaN
+        from tftune.training.callbacks import EpochLine, HistoryCSV, StopOnNaN, TensorBoardLog
 
         i, stage = plan.index, plan.stage
         callbacks = [HistoryCSV(self.history_path, i, stage.name, self.history),
                      StopOnNaN(stage.name, f"stages.{i}.learning_rate")]
         if self.epoch_lines:
             callbacks.append(EpochLine(stage.name, stage.epochs, self.echo))
-        return callbacks
+        if self.cfg.train.tensorboard:
+            callbacks.append(TensorBoardLog(
+                self.run / rundir.TENSORBOARD_DIR, i, stage.name,
+                plan.banner(self.model).strip("= "), plan.multipliers, self.history))
+        return callbacks + self.user_callbacks
 
     def _resume_stage(self, srun):
         """Loads the checkpointed state of the stage into the freshly compiled `srun`."""

@@ -213,6 +213,27 @@ def save_bert_preset(folder: Path, *, num_layers: int = 2,
     return folder
 
 
+def save_resnet_preset(folder: Path, seed: int = 0) -> Path:
+    """A KerasHub image preset folder (loadable as `keras_hub:<folder>`): a ResNet of three
+    one-block stacks (64 filters, strides 1, 2, 2: the narrowest ResNetBackbone takes) and
+    its image converter (scale 1/255 and a per-channel offset), written with
+    `save_to_preset`."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 64, 64], stackwise_num_blocks=[1, 1, 1],
+        stackwise_num_strides=[1, 2, 2], block_type="basic_block", use_pre_activation=False,
+    )
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(32, 32), scale=1 / 255.0, offset=[-0.5, -0.4, -0.3])
+    backbone.save_to_preset(str(folder))
+    converter.save_to_preset(str(folder))
+    return folder
+
+
 # ------------------------------------------------------------------------------------------
 # Recipes
 

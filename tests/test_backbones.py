@@ -9,7 +9,7 @@ import pytest
 from helpers import invoke
 from tftune.model.backbones import load_backbone, parse_spec
 from tftune.model.backbones.groups import _spatial, layer_groups
-from tftune.config import BackboneConfig, GroupPattern
+from tftune.config import BackboneConfig, GroupPattern, HeadConfig
 from tftune.errors import BackboneError
 
 
@@ -356,3 +356,98 @@ def test_efficientnet_groups_follow_resolution_despite_squeeze_excitation():
                 owner.setdefault(layer.name[:7], set()).add(g.name)
     assert all(len(names) == 1 for names in owner.values()), owner
     assert "normalization" in [l.name for l in groups[0].layers]
+
+
+# ------------------------------------------------------------------------------------------
+# KerasHub image presets
+
+
+@pytest.fixture(scope="module")
+def resnet_preset(tmp_path_factory):
+    from helpers import save_resnet_preset
+
+    return save_resnet_preset(tmp_path_factory.mktemp("resnet") / "preset")
+
+
+def test_keras_hub_image_preset_loads_with_its_converter_normalisation(resnet_preset):
+    import keras
+    import numpy as np
+
+    from tftune.model.heads import build_classifier
+
+    b = load_backbone(BackboneConfig(spec=f"keras_hub:{resnet_preset}"), (32, 32))
+    assert b.modality == "image" and b.preprocessor is None
+    # CNN stages by resolution (built at 32 px): the stem (16 px), then the three one-block
+    # stacks (8, 4, 2 px).
+    assert [g.name for g in b.groups] == ["stem", "stage_1", "stage_2", "stage_3"]
+    assert b.image_preprocessing == "affine"
+    model = build_classifier(b, 3, HeadConfig(dropout=0.0), (32, 32))
+    prep = model.get_layer("preprocessing")
+    x = np.full((1, 32, 32, 3), 255.0, "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(prep(x))[0, 0, 0], [0.5, 0.6, 0.7],
+                               rtol=1e-6)
+    assert any("image converter" in n for n in b.notes)
+
+
+def test_keras_hub_text_preset_without_preprocessor_is_a_clear_error(tmp_path):
+    import keras_hub
+
+    folder = tmp_path / "bare"
+    keras_hub.models.BertBackbone(vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=4,
+                                  intermediate_dim=8, max_sequence_length=8).save_to_preset(str(folder))
+    with pytest.raises(BackboneError, match="no text classifier preprocessor"):
+        load_backbone(BackboneConfig(spec=f"keras_hub:{folder}"))
+
+
+def test_keras_hub_image_preset_every_command(tmp_path, resnet_preset, image_folder):
+    """train (head on the cache, then top:1), evaluate, predict, export, inspect: all from the
+    preset folder."""
+    import json
+
+    from helpers import image_recipe, write_recipe
+
+    recipe = image_recipe(tmp_path, image_folder, tmp_path / "unused.keras")
+    recipe["backbone"] = {"spec": f"keras_hub:{resnet_preset}"}
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    result = invoke("train", path, "--set", "train.verbose=epoch")
+    assert result.exit_code == 0, result.output
+    assert "feature cache: frozen part run once" in result.output
+    run = tmp_path / "runs" / "img"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [s["epochs_run"] for s in metrics["stages"]] == [2, 1]
+
+    result = invoke("evaluate", run)
+    assert result.exit_code == 0, result.output
+    result = invoke("predict", run, next(image_folder.glob("red/*.png")))
+    assert result.exit_code == 0, result.output
+    assert any(c in result.output for c in ("red", "green", "blue")), result.output
+    result = invoke("export", run, "--format", "savedmodel")
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output.lower(), result.output
+    result = invoke("inspect", f"keras_hub:{resnet_preset}", "--image-size", "32")
+    assert result.exit_code == 0, result.output
+    assert "image backbone, 4 layer groups" in result.output
+
+
+def test_keras_hub_vit_preset_groups_its_blocks(tmp_path):
+    """KerasHub's ViT keeps its blocks inside one `ViTEncoder` layer: they still become one
+    group each, and training one trains only its weights."""
+    import keras_hub
+
+    from tftune.model.heads import build_classifier, head_layers
+    from tftune.training.trainable import selected_groups, set_trainable
+
+    folder = tmp_path / "vit"
+    keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2,
+                                 num_heads=2, hidden_dim=8, mlp_dim=16).save_to_preset(str(folder))
+    keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=1 / 127.5,
+                                       offset=-1.0).save_to_preset(str(folder))
+    b = load_backbone(BackboneConfig(spec=f"keras_hub:{folder}"), (32, 32))
+    assert [g.name for g in b.groups] == ["embeddings", "block_0", "block_1", "final"]
+    model = build_classifier(b, 2, HeadConfig(dropout=0.0), (32, 32))
+    set_trainable(b.model, b.groups, selected_groups("block_1", b.groups), head_layers(model))
+    trained = {v.path for v in model.trainable_weights}
+    assert trained and all("transformer_block_2" in p or p.startswith("head_") for p in trained)
+    assert any("transformer_block_2" in p for p in trained)
+    with pytest.raises(BackboneError, match=r"takes \[32, 32\] images only.*data.image_size"):
+        load_backbone(BackboneConfig(spec=f"keras_hub:{folder}"), (48, 48))

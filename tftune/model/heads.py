@@ -87,7 +87,8 @@ def build_classifier(
         x = _pool_text(outputs, inputs, pooling)
     else:
         inputs = keras.Input(shape=(*image_size, 3), dtype="float32", name="image")
-        x = ImagePreprocessing(backbone.image_preprocessing, name="preprocessing")(inputs)
+        x = ImagePreprocessing(backbone.image_preprocessing, scale=backbone.image_scale,
+                               offset=backbone.image_offset, name="preprocessing")(inputs)
         x = backbone.model(x)
         x = _pool_image(x, pooling)
     if cfg.dropout > 0:

@@ -2,7 +2,9 @@
 
 Spec strings:
 
-- `keras_hub:<preset name | local preset dir | local Hugging Face checkpoint dir>`
+- `keras_hub:<preset name | local preset dir | local Hugging Face checkpoint dir>`: text
+  backbones with their preprocessor, and image backbones (ResNet, MobileNet, EfficientNet,
+  ViT, ...) with the input normalisation of the preset's image converter
 - `hf:<local Hugging Face checkpoint dir>` (through KerasHub's converters)
 - `keras_applications:<Name>` (e.g. `MobileNetV2`, `EfficientNetB0`, `ResNet50`), with
   `backbone.weights` = `imagenet` | `none` | a local weights file | `asset:<name>`
@@ -35,7 +37,8 @@ class Backbone:
     `sequence_output` (or a feature dict); for images, preprocessed pixels to a feature map.
     `preprocessor` is the KerasHub text preprocessor (raw strings -> token dict) run in the
     tf.data pipeline, or None for images. `image_preprocessing` is the input normalisation
-    mode that goes inside the image model (see `ImagePreprocessing`).
+    mode that goes inside the image model (see `ImagePreprocessing`; `image_scale` and
+    `image_offset` for its `affine` mode).
     """
 
     model: Any
@@ -44,6 +47,8 @@ class Backbone:
     spec: str
     preprocessor: Any = None
     image_preprocessing: str = "none"
+    image_scale: Any = None
+    image_offset: Any = None
     default_pooling: str = "avg"
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -111,7 +116,45 @@ def _local_dir(target: str) -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool) -> Backbone:
+def _keras_hub_image(spec: str, preset: str, model, cfg: BackboneConfig,
+                     image_size: tuple[int, int]) -> Backbone:
+    """A KerasHub image backbone: the preset's image converter gives the input normalisation
+    (its scale and offset, inside the model as `ImagePreprocessing('affine')`); images come
+    resized to `data.image_size` by the input pipeline."""
+    import keras_hub
+
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    except Exception as e:
+        raise BackboneError(
+            f"Backbone {spec!r} is an image backbone without an image converter in its preset "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); tftune takes its "
+            f"input normalisation from it. Save one beside the backbone "
+            f"(converter.save_to_preset(folder)).") from None
+    fixed = tuple(model.inputs[0].shape[1:3])
+    if None in fixed:
+        # Built again at the run's image size: its feature maps then have known resolutions,
+        # which is how the layer groups find the CNN's stages.
+        try:
+            model = keras_hub.models.Backbone.from_preset(preset, image_shape=(*image_size, 3))
+        except Exception:  # a backbone class without image_shape: keep the flexible one
+            pass
+    elif fixed != tuple(image_size):
+        raise BackboneError(
+            f"Invalid value for 'data.image_size': {spec!r} takes {list(fixed)} images only. "
+            f"Received: {list(image_size)}. Set data.image_size to {list(fixed)}.")
+    scale, offset = getattr(converter, "scale", None), getattr(converter, "offset", None)
+    notes = [f"input normalisation from the preset's image converter: x * {scale} + {offset}"]
+    size = getattr(converter, "image_size", None)
+    if size is not None and tuple(size) != tuple(image_size):
+        notes.append(f"the preset's converter resizes to {list(size)}; tftune resizes to "
+                     f"data.image_size {list(image_size)}")
+    return _backbone(model, "image", cfg, spec, image_preprocessing="affine",
+                     image_scale=scale, image_offset=offset, notes=notes)
+
+
+def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool,
+                    image_size: tuple[int, int] = (224, 224)) -> Backbone:
     import keras_hub
 
     local = _local_dir(target)
@@ -150,6 +193,8 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool) 
             raise _offline_error(spec, "the download failed: " + msg) from None
         raise BackboneError(f"KerasHub could not load backbone {spec!r}: {msg}") from None
 
+    if not isinstance(model.input, dict):  # pixels in: an image backbone
+        return _keras_hub_image(spec, preset, model, cfg, image_size)
     limit = getattr(model, "max_sequence_length", None)
     sequence_length = cfg.sequence_length or min(128, limit or 128)
     if limit is not None and sequence_length > limit:
@@ -163,8 +208,8 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool) 
         )
     except Exception:
         raise BackboneError(
-            f"Backbone {spec!r} has no text classifier preprocessor; KerasHub image backbones "
-            f"are not supported by tftune yet. Use keras_applications:<Name> for images."
+            f"Backbone {spec!r} has no text classifier preprocessor in its preset. Save one "
+            f"beside the backbone (preprocessor.save_to_preset(folder))."
         ) from None
     return _backbone(model, "text", cfg, spec, preprocessor=preprocessor, default_pooling="mean")
 
@@ -339,9 +384,9 @@ def load_backbone(cfg: BackboneConfig, image_size: tuple[int, int] = (224, 224))
     """Resolves `cfg.spec` to a loaded `Backbone`."""
     kind, target = parse_spec(cfg.spec)
     if kind == "keras_hub":
-        return _load_keras_hub(cfg.spec, target, cfg, hf_only=False)
+        return _load_keras_hub(cfg.spec, target, cfg, hf_only=False, image_size=tuple(image_size))
     if kind == "hf":
-        return _load_keras_hub(cfg.spec, target, cfg, hf_only=True)
+        return _load_keras_hub(cfg.spec, target, cfg, hf_only=True, image_size=tuple(image_size))
     if kind == "keras_applications":
         return _load_keras_application(cfg.spec, target, cfg, tuple(image_size))
     return _load_keras_file(cfg.spec, target, cfg)

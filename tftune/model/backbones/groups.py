@@ -6,7 +6,9 @@ Rules, tried in order:
    group `other` placed first (lowest).
 2. Transformers (KerasHub text and vision backbones): a run of two or more same-class layers
    with weights is the block stack; one group per block, `embeddings` for everything with
-   weights before it and `final` for everything after it.
+   weights before it and `final` for everything after it. A layer that holds the whole stack
+   itself (KerasHub's `ViTEncoder`: its blocks, then a LayerNorm) is opened up first, so
+   its blocks are groups of their own.
 3. CNNs (feature maps): layers are gathered into blocks by name (`block_3_*`, `block2a_*`,
    `conv2_block1_*`, ...), and consecutive blocks with the same output resolution (that of a
    block's last feature map) form a stage: `stem` (the first resolution, with any input
@@ -168,11 +170,29 @@ def _generic_groups(layers, n: int) -> list[LayerGroup]:
     return [LayerGroup(f"part_{k + 1}", g) for k, g in enumerate(groups)]
 
 
+def _opened(layers) -> list:
+    """`layers`, with each (non-model) layer that holds a block stack replaced by its direct
+    sublayers in the order it created them: a stack is two or more sublayers of one class
+    with attention-sized weight sets (>= 8 variables each), as `_transformer_groups` wants."""
+    import keras
+
+    out = []
+    for layer in layers:
+        subs = [] if isinstance(layer, keras.Model) else list(
+            layer._flatten_layers(include_self=False, recursive=False))
+        classes = [type(l).__name__ for l in subs if len(l.weights) >= 8]
+        if any(classes.count(c) >= 2 for c in set(classes)):
+            out.extend(subs)
+        else:
+            out.append(layer)
+    return out
+
+
 def layer_groups(
     model, patterns: Sequence[GroupPattern] = (), generic_groups: int = 4
 ) -> list[LayerGroup]:
     """The ordered (bottom to top) layer groups of a backbone model; see the module doc."""
-    layers = [l for l in model.layers if not l.name.startswith("input")]
+    layers = _opened([l for l in model.layers if not l.name.startswith("input")])
     if patterns:
         return _pattern_groups(layers, patterns)
     return (

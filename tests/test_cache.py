@@ -265,3 +265,24 @@ def test_train_says_when_the_cache_is_used_and_saves_the_stage_state(tmp_path, s
     x = np.stack([x for x, _ in splits.val.as_numpy_iterator()])
     np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cache_fill_reports_its_progress(capsys):
+    """The fill shows progress as training does: a line at most every N seconds in a log,
+    Keras's progress bar on a terminal, nothing when quiet."""
+    from tftune.training.stage_data import fill_progress
+
+    model, backbone, head, pipe, splits, unused = prepared("image")
+    set_trainable(backbone.model, backbone.groups, [], head, False, unused)
+    plan, why = plan_cache(model, backbone.model)
+    assert plan is not None, why
+    lines: list[str] = []
+    FeatureCache(2**30).fill(plan, pipe.prepare(splits.train, training=False),
+                             progress=fill_progress("epoch", "train", 40, lines.append, every=0))
+    assert [l.split(" examples")[0] for l in lines] == [
+        f"   feature cache: train {n} / 40" for n in (8, 16, 24, 32, 40)]
+    assert fill_progress("quiet", "train", 40, lines.append) is None
+    bar = fill_progress("bar", "val", 40, lines.append)
+    for n in (8, 40):
+        bar(n)
+    assert "40/40" in capsys.readouterr().out

@@ -36,6 +36,37 @@ class StageData:
             c.close()
 
 
+def fill_progress(verbose: str, split: str, total: Optional[int], echo: Callable[[str], None],
+                  every: float = 15.0) -> Optional[Callable[[int], None]]:
+    """The cache fill's progress for one split, as `train.verbose` shows training: a Keras
+    progress bar (`bar`, or `auto` on a terminal), a line at most every `every` seconds
+    (`epoch`, or `auto` in a log), nothing when `quiet`."""
+    import time
+
+    import keras
+
+    from tftune.training.device import verbosity
+
+    bar, lines = verbosity(verbose)
+    if bar:
+        progbar = keras.utils.Progbar(total, unit_name="example")
+        return lambda n: progbar.update(n, finalize=total is not None and n >= total)
+    if not lines:
+        return None
+    start = time.perf_counter()
+    last = [start]
+
+    def line(n):
+        now = time.perf_counter()
+        if now - last[0] >= every:
+            last[0] = now
+            of = f" / {total:,}" if total else ""
+            echo(f"   feature cache: {split} {n:,}{of} examples through the frozen part "
+                 f"({now - start:.0f}s)")
+
+    return line
+
+
 def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional[Path] = None,
                echo: Callable[[str], None] = print, *, val_split=None) -> StageData:
     """The stage's data, with trainability already set for the stage (see `StagePlan.apply`).
@@ -63,9 +94,12 @@ def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional
             echo(f"   feature cache: not used ({why})")
         return uncached
     splits = prep.splits
+    totals = {"train": splits.sizes.get("train"),
+              "val": splits.sizes.get("val") if val_split is None else None}
     _, val_b, caches = cache.cached_datasets(
         plan, pipe, splits.train, val_split if val_split is not None else splits.val,
         cfg.train.cache_memory_mb * 2**20, spill_dir,
+        progress=lambda split: fill_progress(cfg.train.verbose, split, totals[split], echo),
     )
     total = sum(c.bytes_total for c in caches)
     where = "spilled to disk" if any(c.spilled for c in caches) else "in memory"

@@ -47,8 +47,10 @@ class FeatureCache:
         return max(1, min(wanted, int(self.count * self.memory_bytes / self.bytes_total)))
 
     def fill(self, plan: CachePlan, batches, length_fn: Optional[Callable] = None,
-             sub_batch: int = 0) -> "FeatureCache":
-        """Runs `plan.prefix` over `batches` of (x, y), once, in graph mode.
+             sub_batch: int = 0, progress: Optional[Callable[[int], None]] = None
+             ) -> "FeatureCache":
+        """Runs `plan.prefix` over `batches` of (x, y), once, in graph mode; `progress(n)` is
+        called with the number of examples stored so far after every batch.
 
         With `length_fn` and `sub_batch`, each batch is a block of consecutive examples that
         runs as sub-batches of `sub_batch` texts of similar length, each trimmed to its
@@ -69,6 +71,8 @@ class FeatureCache:
             else:
                 feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
             self._add(feats, y, lengths, plan.sequence_axes)
+            if progress is not None:
+                progress(self.count)
         self._flush_to_disk(final=True)
         self.seconds = time.perf_counter() - start
         return self
@@ -203,9 +207,11 @@ def batched(ds, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
 
 
 def cached_datasets(plan: CachePlan, pipe, train_split, val_split, memory_bytes: int,
-                    spill_dir: Optional[Path] = None):
+                    spill_dir: Optional[Path] = None,
+                    progress: Optional[Callable[[str], Callable[[int], None]]] = None):
     """Fills one `FeatureCache` per split and serves them like `pipe` serves the inputs:
-    (train batches, val batches, [caches]); `close()` the caches after the stage."""
+    (train batches, val batches, [caches]); `close()` the caches after the stage.
+    `progress("train" | "val")` gives the split's fill progress callback (see `fill`)."""
     caches: list[FeatureCache] = []
     served = []
     pad = any(a is not None for a in plan.sequence_axes)
@@ -213,11 +219,12 @@ def cached_datasets(plan: CachePlan, pipe, train_split, val_split, memory_bytes:
         for split, training in ((train_split, True), (val_split, False)):
             fc = FeatureCache(memory_bytes, spill_dir)
             caches.append(fc)
+            report = progress("train" if training else "val") if progress else None
             if pipe.length_fn is not None:  # texts: blocks run in sub-batches of similar length
                 fc.fill(plan, pipe.blocks(pipe.source(split), FILL_BLOCK * pipe.batch_size),
-                        pipe.length_fn, sub_batch=pipe.batch_size)
+                        pipe.length_fn, sub_batch=pipe.batch_size, progress=report)
             else:
-                fc.fill(plan, pipe.prepare(split, training=False))
+                fc.fill(plan, pipe.prepare(split, training=False), progress=report)
             # Validation batches only sum losses and hits: bucketed by length, unshuffled.
             served.append(batched(
                 fc.dataset(), pipe.batch_size,

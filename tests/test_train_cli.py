@@ -491,3 +491,13 @@ def test_top_1_on_a_mean_pooled_bert_trains_the_last_block(tmp_path, text_csv, t
         ):
             moved.add(layer.name)
     assert moved == {"transformer_layer_1"}
+
+
+def test_image_augmentation_on_text_data_is_one_error(tmp_path, text_csv, tiny_bert_preset):
+    from helpers import text_recipe
+
+    recipe = text_recipe(tmp_path, text_csv, tiny_bert_preset)
+    recipe["data"]["augment"] = ["flip"]
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert_one_line_error(invoke("train", str(path)), "'data.augment'", "['flip']",
+                          "data is text", "Remove data.augment")

@@ -66,6 +66,10 @@ class Prepared:
 def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
     batch = cfg.train.batch_size
     if splits.modality == "text":
+        if cfg.data.augment:
+            raise ConfigError(
+                f"Invalid value for 'data.augment': {list(cfg.data.augment)!r} are image "
+                f"augmentations and this recipe's data is text. Remove data.augment.")
         return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
     return pipeline.image_pipeline(
         n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)

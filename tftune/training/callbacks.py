@@ -109,11 +109,11 @@ class TensorBoardLog(keras.callbacks.Callback):
     the stage's) and the stage number (`stage`); at each stage's start, a text summary
     (`stage_start`: the stage's banner, what it trains and how)."""
 
-    def __init__(self, logdir: Path, stage_index: int, stage_name: str, description: str,
-                 multipliers: dict, rows: list):
+    def __init__(self, logdir: Path, stage_index: int, description: str, multipliers: dict,
+                 rows: list):
         super().__init__()
         self.logdir = Path(logdir)
-        self.stage_index, self.stage_name = stage_index, stage_name
+        self.stage_index = stage_index
         self.description = description
         self.multipliers = dict(multipliers)
         self.rows = rows
@@ -165,20 +165,22 @@ class TensorBoardLog(keras.callbacks.Callback):
         self._writers = {}
 
 
-def load_callbacks(names, where: str = "train.callbacks") -> list:
-    """The callbacks of `train.callbacks`: each "package.module:factory" is imported and
-    called with no arguments, and must return a `keras.callbacks.Callback` (a class works
-    too). Raises ConfigError naming the entry when it cannot be imported or is not one."""
+def user_callbacks(names, objects=()) -> list:
+    """A run's own callbacks: each `train.callbacks` entry "package.module:factory" imported
+    and called with no arguments, then `objects` (`callbacks=` from Python). Each must be a
+    `keras.callbacks.Callback` (a class works as a factory too). Raises ConfigError naming the
+    entry that cannot be imported or is not one."""
     import importlib
 
     from tftune.errors import ConfigError
 
     out = []
     for i, name in enumerate(names):
+        where = f"train.callbacks.{i}"
         module_name, sep, attr = str(name).partition(":")
         if not sep or not module_name or not attr:
             raise ConfigError(
-                f"Invalid value for '{where}.{i}'. Expected 'package.module:factory' (a "
+                f"Invalid value for '{where}'. Expected 'package.module:factory' (a "
                 f"function or class returning a keras.callbacks.Callback). Received: {name!r}")
         try:
             factory = importlib.import_module(module_name)
@@ -186,12 +188,12 @@ def load_callbacks(names, where: str = "train.callbacks") -> list:
                 factory = getattr(factory, part)
         except (ImportError, AttributeError) as e:
             raise ConfigError(
-                f"Invalid value for '{where}.{i}': cannot import {name!r} ({e}). Check the "
+                f"Invalid value for '{where}': cannot import {name!r} ({e}). Check the "
                 f"name, and that its package is installed or on PYTHONPATH.") from None
-        callback = factory()
+        out.append((f"Invalid value for '{where}': {name!r} returned", factory()))
+    out += [("callbacks= takes keras.callbacks.Callback instances. Received:", c) for c in objects]
+    for problem, callback in out:
         if not isinstance(callback, keras.callbacks.Callback):
-            raise ConfigError(
-                f"Invalid value for '{where}.{i}': {name!r} returned "
-                f"{type(callback).__name__}, not a keras.callbacks.Callback.")
-        out.append(callback)
-    return out
+            raise ConfigError(f"{problem} {type(callback).__name__}, not a "
+                              f"keras.callbacks.Callback.")
+    return [callback for _, callback in out]

@@ -82,7 +82,9 @@ def train(
             "it again), not both."
         )
     cfg = config
-    user_callbacks = _user_callbacks(cfg, callbacks)
+    from tftune.training.callbacks import user_callbacks as made_callbacks
+
+    user_callbacks = made_callbacks(cfg.train.callbacks, callbacks)  # before anything loads
     started = time.perf_counter()
     run_path = Path(output_dir or cfg.output_dir).expanduser() / cfg.name
     # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs ops.
@@ -114,22 +116,6 @@ def train(
             finally:
                 if scratch:
                     shutil.rmtree(run, ignore_errors=True)
-
-
-def _user_callbacks(cfg: RecipeConfig, callbacks: Sequence) -> list:
-    """The recipe's `train.callbacks`, made, then `callbacks` from Python (checked to be
-    Keras callbacks), before anything loads."""
-    import keras
-
-    from tftune.training.callbacks import load_callbacks
-
-    out = load_callbacks(cfg.train.callbacks)
-    for c in callbacks:
-        if not isinstance(c, keras.callbacks.Callback):
-            raise ConfigError(f"callbacks= takes keras.callbacks.Callback instances. Received: "
-                              f"{type(c).__name__}")
-        out.append(c)
-    return out
 
 
 def _plan(cfg, run_path: Path, resume: bool, overwrite: bool, dist, echo):
@@ -293,8 +279,8 @@ class Run:
             callbacks.append(EpochLine(stage.name, stage.epochs, self.echo))
         if self.cfg.train.tensorboard:
             callbacks.append(TensorBoardLog(
-                self.run / rundir.TENSORBOARD_DIR, i, stage.name,
-                plan.banner(self.model).strip("= "), plan.multipliers, self.history))
+                self.run / rundir.TENSORBOARD_DIR, i, plan.banner(self.model).strip("= "),
+                plan.multipliers, self.history))
         return callbacks + self.user_callbacks
 
     def _resume_stage(self, srun):

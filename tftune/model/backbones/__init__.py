@@ -133,10 +133,14 @@ def _keras_hub_image(spec: str, preset: str, model, cfg: BackboneConfig,
             f"(converter.save_to_preset(folder)).") from None
     fixed = tuple(model.inputs[0].shape[1:3])
     if None in fixed:
-        # Built again at the run's image size: its feature maps then have known resolutions,
-        # which is how the layer groups find the CNN's stages.
+        # Built again at the run's image size, with the loaded weights (not read twice): its
+        # feature maps then have known resolutions, which is how the layer groups find the
+        # CNN's stages.
         try:
-            model = keras_hub.models.Backbone.from_preset(preset, image_shape=(*image_size, 3))
+            sized = type(model).from_config({**model.get_config(),
+                                             "image_shape": (*image_size, 3)})
+            sized.set_weights(model.get_weights())
+            model = sized
         except Exception:  # a backbone class without image_shape: keep the flexible one
             pass
     elif fixed != tuple(image_size):

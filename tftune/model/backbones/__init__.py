@@ -5,7 +5,10 @@ Spec strings:
 - `keras_hub:<preset name | local preset dir | local Hugging Face checkpoint dir>`: text
   backbones with their preprocessor, and image backbones (ResNet, MobileNet, EfficientNet,
   ViT, ...) with the input normalisation of the preset's image converter
-- `hf:<local Hugging Face checkpoint dir>` (through KerasHub's converters)
+- `hf:<local Hugging Face checkpoint dir>` (through KerasHub's converters): a transformers
+  checkpoint (config.json with `model_type`), or a timm one (config.json with `architecture`
+  and `pretrained_cfg`: ResNet, EfficientNet, MobileNetV3, DenseNet, VGG, CSPNet, HGNetV2),
+  which loads as a KerasHub image backbone normalised with its pretrained_cfg mean / std
 - `keras_applications:<Name>` (e.g. `MobileNetV2`, `EfficientNetB0`, `ResNet50`), with
   `backbone.weights` = `imagenet` | `none` | a local weights file | `asset:<name>`
 - `keras:<file.keras>`: a user's saved model (an image feature extractor)
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -116,6 +120,29 @@ def _local_dir(target: str) -> Optional[Path]:
     return path if path.is_dir() else None
 
 
+# The timm model families KerasHub (0.32) converts (keras_hub/src/utils/timm/preset_loader.py
+# picks a converter by the start of config.json's `architecture`).
+TIMM_FAMILIES = ("resnet", "resnetv2", "efficientnet", "mobilenetv3", "densenet", "vgg",
+                 "cspnet / darknet", "hgnetv2")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _timm_architecture(config: dict) -> Optional[str]:
+    """The timm architecture (`resnet18`, ...) a Hugging Face folder's config.json names, or
+    None for any other config. timm writes `architecture` (and `pretrained_cfg`), and no
+    transformers `model_type`: KerasHub tells the formats apart the same way."""
+    if "model_type" in config or "registered_name" in config:
+        return None
+    arch = config.get("architecture")
+    return arch if isinstance(arch, str) else None
+
+
 def _keras_hub_image(spec: str, preset: str, model, cfg: BackboneConfig,
                      image_size: tuple[int, int]) -> Backbone:
     """A KerasHub image backbone: the preset's image converter gives the input normalisation
@@ -131,6 +158,15 @@ def _keras_hub_image(spec: str, preset: str, model, cfg: BackboneConfig,
             f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); tftune takes its "
             f"input normalisation from it. Save one beside the backbone "
             f"(converter.save_to_preset(folder)).") from None
+    timm = _timm_architecture(_read_json(Path(preset) / "config.json")) if Path(preset).is_dir() else None
+    if converter is None:  # KerasHub builds a timm converter from pretrained_cfg, if any
+        raise BackboneError(
+            f"Backbone {spec!r} gives no input normalisation: "
+            + ("its timm config.json has no pretrained_cfg with input_size, mean and std. Add "
+               "them (as timm writes them: pretrained_cfg: {input_size: [3, H, W], mean: [...], "
+               "std: [...], interpolation: bilinear})." if timm else
+               "KerasHub found no image converter for it. Save one beside the backbone "
+               "(converter.save_to_preset(folder)).") + f" Received: preset={preset!r}")
     fixed = tuple(model.inputs[0].shape[1:3])
     if None in fixed:
         # Built again at the run's image size, with the loaded weights (not read twice): its
@@ -149,6 +185,9 @@ def _keras_hub_image(spec: str, preset: str, model, cfg: BackboneConfig,
             f"Received: {list(image_size)}. Set data.image_size to {list(fixed)}.")
     scale, offset = getattr(converter, "scale", None), getattr(converter, "offset", None)
     notes = [f"input normalisation from the preset's image converter: x * {scale} + {offset}"]
+    if timm:
+        notes.insert(0, f"timm {timm} checkpoint converted by KerasHub "
+                        f"({type(model).__name__}); normalisation from its pretrained_cfg mean/std")
     size = getattr(converter, "image_size", None)
     if size is not None and tuple(size) != tuple(image_size):
         notes.append(f"the preset's converter resizes to {list(size)}; tftune resizes to "
@@ -184,17 +223,27 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool,
             )
         if hf_only:
             cfg_json = json.loads((local / "config.json").read_text())
-            if "model_type" not in cfg_json and "architectures" not in cfg_json:
+            timm_arch = _timm_architecture(cfg_json)
+            if timm_arch is None and "model_type" not in cfg_json and "architectures" not in cfg_json:
                 raise BackboneError(
-                    f"{local}/config.json is not a Hugging Face config (no model_type). Use "
-                    f"keras_hub:{target} for a KerasHub preset folder."
+                    f"{local}/config.json is neither a Hugging Face transformers config (no "
+                    f"model_type) nor a timm one (no architecture). Use keras_hub:{target} for "
+                    f"a KerasHub preset folder."
                 )
+    timm = local is not None and _timm_architecture(_read_json(local / "config.json"))
     try:
-        model = keras_hub.models.Backbone.from_preset(preset)
+        # KerasHub's timm converters print a line per weight they port: not in tftune's log.
+        with contextlib.redirect_stdout(io.StringIO()) if timm else contextlib.nullcontext():
+            model = keras_hub.models.Backbone.from_preset(preset)
     except Exception as e:  # KerasHub raises many types for unsupported/missing presets
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "URL fetch" in msg or "download" in msg.lower() or "connection" in msg.lower():
             raise _offline_error(spec, "the download failed: " + msg) from None
+        if timm:
+            raise BackboneError(
+                f"KerasHub could not convert the timm checkpoint {spec!r}: {msg} KerasHub "
+                f"converts timm {', '.join(TIMM_FAMILIES)} checkpoints (config.json "
+                f"'architecture' names which one).") from None
         raise BackboneError(f"KerasHub could not load backbone {spec!r}: {msg}") from None
 
     if not isinstance(model.input, dict):  # pixels in: an image backbone

@@ -135,10 +135,12 @@ def test_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path, data, refere
 
 
 @pytest.mark.usefixtures("eager")
-def test_random_flips_resume_too(tmp_path, data, monkeypatch):
-    """With `augment: [flip]` (no feature cache) the flipped images of an epoch are fixed by
-    (seed, stage, epoch, batch): stopped mid-epoch and resumed, the run ends as the
-    uninterrupted one does."""
+@pytest.mark.parametrize("augment", [["flip"], ["randaugment", "resized_crop", {"mixup": 0.4}]],
+                         ids=["flip", "randaugment-crop-mixup"])
+def test_random_augmentation_resumes_too(tmp_path, data, monkeypatch, augment):
+    """With `data.augment` (no feature cache) the augmented images (and mixed labels) of an
+    epoch are fixed by (seed, stage, epoch, batch): stopped mid-epoch and resumed, the run
+    ends as the uninterrupted one does."""
     from tftune.runtime.preemption import Preempted
     from tftune.training.runner import train
 
@@ -146,12 +148,12 @@ def test_random_flips_resume_too(tmp_path, data, monkeypatch):
 
     def cfg(out):
         r = recipe(folder, cnn, out)
-        r["data"]["augment"] = ["flip"]
+        r["data"]["augment"] = augment
         return config_from_dict(r)
 
     lines = []
     reference = train(cfg(tmp_path / "ref"), echo=lines.append)
-    assert sum("feature cache: off (random augmentation ['flip']" in l for l in lines) == 2
+    assert sum("feature cache: off (random augmentation" in l for l in lines) == 2
     sigterm_at(monkeypatch, "step", 7)
     with pytest.raises(Preempted, match="stage 1/2 'head', epoch 2, step 3"):
         train(cfg(tmp_path / "cut"), echo=lambda _: None)

@@ -2,11 +2,11 @@
 
 Text is tokenised once (and cached), shuffled, batched with texts of similar length together
 and trimmed to each batch's longest text. Images are cached as uint8 while they fit a memory
-budget, shuffled, batched, cast to float and optionally flipped. The same object tells the
+budget, shuffled, batched, cast to float and optionally augmented (`tftune.data.augment`). The same object tells the
 feature cache how to serve stored features in the same order and batches.
 
 `source(split)` is the cached part (tokens / uint8 pixels), made once per split; `batches(source,
-training, epoch_seed)` is one pass over it. With an `epoch_seed` the order (and any random flip)
+training, epoch_seed)` is one pass over it. With an `epoch_seed` the order (and any augmentation)
 is a pure function of that seed, so epoch k of a stage is the same whether or not the run was
 interrupted and resumed before it (`epoch_seed(seed, stage, epoch)`); without one, the order
 reshuffles on every iteration from `seed`, as `Dataset.shuffle` does."""
@@ -18,7 +18,6 @@ from typing import Callable, Optional
 
 from tftune.errors import ConfigError
 
-AUGMENTATIONS = ("flip",)
 IMAGE_CACHE_BYTES = 3 * 2**30  # in-memory cache budget for decoded training images
 TEXT_SHUFFLE = 50_000
 IMAGE_SHUFFLE = 20_000
@@ -46,7 +45,10 @@ class Pipeline:
     batches_fn: Callable
     length_fn: Optional[Callable] = None
     bucket_boundaries: Optional[tuple[int, ...]] = None
-    augment: tuple[str, ...] = ()
+    augment: tuple = ()
+    # Whether training batches mix examples (mixup / cutmix): their labels are class
+    # probabilities [batch, classes] instead of class indices.
+    mixes: bool = False
     eval_fn: Optional[Callable] = None
     # epoch seed -> how many times each training example appears in that epoch (balanced
     # sampling, see `balanced_counts`); None: every example once.
@@ -190,27 +192,22 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
     return pipe
 
 
-def image_pipeline(n_train: int, batch_size: int, seed: int, augment: tuple[str, ...],
-                   image_size) -> Pipeline:
+def image_pipeline(n_train: int, batch_size: int, seed: int, augment=(), image_size=(224, 224),
+                   num_classes: Optional[int] = None) -> Pipeline:
     """Decoded images are cached as uint8 when they fit the memory budget, shuffled, batched,
-    then cast to float (and augmented) per batch."""
+    then cast to float and augmented per batch (`data.augment`, see `tftune.data.augment`;
+    `num_classes` for mixup / cutmix, whose batches carry class probabilities as labels)."""
     import tensorflow as tf
 
-    for a in augment:
-        if a not in AUGMENTATIONS:
-            raise ConfigError(
-                f"Unknown augmentation {a!r}. Expected one of: {', '.join(AUGMENTATIONS)}. "
-                f"Received: data.augment={list(augment)!r}"
-            )
+    from tftune.data.augmenter import Augmenter
+
+    augmenter = Augmenter(augment, num_classes) if augment else None
 
     def to_uint8(x, y):
         return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8), y
 
     def to_float(x, y):
         return tf.cast(x, tf.float32), y
-
-    def flip(x, y):
-        return tf.image.random_flip_left_right(x), y
 
     def source(ds):
         n = int(ds.cardinality()) if int(ds.cardinality()) > 0 else 0
@@ -219,21 +216,30 @@ def image_pipeline(n_train: int, batch_size: int, seed: int, augment: tuple[str,
             ds = ds.cache()
         return ds
 
+    def augmented(k, xy, base, trace_seed):
+        # Batch k of an epoch: its seed is [epoch seed, k], so its augmentation is the same
+        # on every run of that epoch (resumed or not) whatever order the batches are made in.
+        x, y = xy
+        return augmenter(x, y, tf.stack([base, k]), trace_seed)
+
+    def batch_seed(epoch_seed):
+        """(the batches' base seed tensor, the trace's seed): the epoch's, or without an
+        epoch a fresh draw per batch (as Keras' layers make)."""
+        if epoch_seed is None:
+            return tf.random.uniform([], 0, 2**62, tf.int64), seed
+        return tf.constant(epoch_seed, tf.int64), epoch_seed
+
     def batches(ds, training, epoch_seed):
         n = int(ds.cardinality()) if int(ds.cardinality()) > 0 else 0
         if training:
             ds = pipe.shuffled(ds, n, epoch_seed)
         ds = ds.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        if training and "flip" in augment:
-            if epoch_seed is None:
-                ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-            else:  # batch k of the epoch flips the same images on every run
-                ds = ds.enumerate().map(
-                    lambda k, xy: (tf.image.stateless_random_flip_left_right(
-                        xy[0], tf.stack([tf.constant(epoch_seed, tf.int64), k])), xy[1]),
-                    num_parallel_calls=tf.data.AUTOTUNE,
-                )
+        if training and augmenter is not None:
+            ds = ds.enumerate().map(
+                lambda k, xy: augmented(k, xy, *batch_seed(epoch_seed)),
+                num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    pipe = Pipeline("image", batch_size, seed, source, batches, augment=tuple(augment))
+    pipe = Pipeline("image", batch_size, seed, source, batches, augment=tuple(augment),
+                    mixes=bool(augmenter and augmenter.mixes))
     return pipe

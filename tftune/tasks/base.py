@@ -29,6 +29,10 @@ class Task:
     keeps_state: bool = False  # whether inference needs task.json (e.g. a target's mean)
     tunes_on_validation: bool = False  # whether `after_training` needs the val outputs
     balanced_sampling: bool = False  # whether `data.sampling: balanced` applies (class labels)
+    mixable: bool = False  # whether training batches may carry mixed labels (mixup / cutmix)
+    # Set when the run's training batches carry mixed labels: class probabilities [batch,
+    # classes] (the loss and the class weights take them; metrics see their argmax).
+    soft_labels: bool = False
 
     def __init__(self, class_names: Sequence[str] = (), cfg=None, state: Optional[dict] = None):
         """`cfg` is the run's `RecipeConfig` (loss settings; None: the defaults); `state` what
@@ -101,6 +105,10 @@ class Task:
     def example_weights(self, y):
         """Per-example loss weights for a batch of labels (a tensor), or None (all 1)."""
         return None
+
+    def metric_labels(self, y):
+        """A training batch's labels as the metrics take them (mixed labels: their argmax)."""
+        return y
 
     # -- the model --------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ class Classification(Task):
     losses = ("auto", "crossentropy", "focal")
     image_folders = True
     balanced_sampling = True
+    mixable = True
 
     def __init__(self, class_names: Sequence[str] = (), cfg=None, state: Optional[dict] = None):
         self.class_weights: Optional[list[float]] = None
@@ -80,7 +81,18 @@ class Classification(Task):
         import tensorflow as tf
 
         table = tf.constant(self.class_weights, tf.float32)
+        if self._mixed(y):  # class probabilities: the expected weight
+            return tf.reduce_sum(tf.cast(y, tf.float32) * table, axis=-1)
         return tf.gather(table, tf.cast(tf.reshape(y, [-1]), tf.int32))
+
+    def metric_labels(self, y):
+        import tensorflow as tf
+
+        return tf.argmax(y, axis=-1, output_type=tf.int32) if self._mixed(y) else y
+
+    def _mixed(self, y) -> bool:
+        """Whether `y` holds class probabilities (mixed labels) rather than class indices."""
+        return self.soft_labels and y.dtype.is_floating and y.shape.rank == 2 and y.shape[-1] != 1
 
     # -- labels ------------------------------------------------------------------------
 
@@ -100,7 +112,7 @@ class Classification(Task):
 
         kind = self.setting("loss", "auto")
         smoothing = self.setting("label_smoothing", 0.0)
-        if kind in ("auto", "crossentropy") and not smoothing:
+        if kind in ("auto", "crossentropy") and not smoothing and not self.soft_labels:
             return keras.losses.SparseCategoricalCrossentropy(reduction=reduction)
         from tftune.tasks.losses import OneHotLoss
 

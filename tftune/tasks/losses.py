@@ -2,6 +2,8 @@
 
 - `OneHotLoss`: integer class labels -> one-hot, then categorical cross-entropy with label
   smoothing, or Keras' categorical focal cross-entropy (Keras' sparse loss has neither).
+  Labels that already are class probabilities [batch, classes] (mixup / cutmix) are taken as
+  they are.
 - `StandardisedLoss`: a regression target in its own units against a head that predicts it
   standardised: `(y - mean) / std` is compared with the output (MSE or Huber).
 
@@ -28,6 +30,9 @@ class OneHotLoss(keras.losses.Loss):
                 label_smoothing=self.label_smoothing, reduction=None)
 
     def call(self, y_true, y_pred):
+        if len(y_true.shape) == 2 and y_true.shape[-1] == self.num_classes and self.num_classes > 1 \
+                and "float" in str(y_true.dtype):
+            return self._inner(ops.cast(y_true, y_pred.dtype), y_pred)
         y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         return self._inner(ops.one_hot(y_true, self.num_classes, dtype=y_pred.dtype), y_pred)
 

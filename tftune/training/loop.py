@@ -117,7 +117,8 @@ class Steps:
         variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables))
-        self._update(self.train_metrics, y, y_pred, per_example, reg, weight)
+        self._update(self.train_metrics, self.task.metric_labels(y), y_pred, per_example, reg,
+                     weight)
 
     def _example_weights(self, y, weight):
         """The padding weights times the task's per-example weights (class weights), or

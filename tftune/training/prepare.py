@@ -63,7 +63,7 @@ class Prepared:
     plans: list  # per stage: its tftune.training.plan.StagePlan
 
 
-def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
+def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int, task):
     batch = cfg.train.batch_size
     if splits.modality == "text":
         if cfg.data.augment:
@@ -71,9 +71,18 @@ def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
                 f"Invalid value for 'data.augment': {list(cfg.data.augment)!r} are image "
                 f"augmentations and this recipe's data is text. Remove data.augment.")
         return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
-    return pipeline.image_pipeline(
-        n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size)
+    from tftune.data.augment import mixes
+
+    if mixes(cfg.data.augment) and not task.mixable:
+        raise ConfigError(
+            f"Invalid value for 'data.augment': mixup and cutmix mix class labels, and task "
+            f"{task.name!r} has none to mix. Remove them (task: classification takes them).")
+    pipe = pipeline.image_pipeline(
+        n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size),
+        num_classes=len(splits.class_names),
     )
+    task.soft_labels = pipe.mixes
+    return pipe
 
 
 def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> Prepared:
@@ -94,7 +103,7 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
     labels = train_labels(splits) if task.needs_train_labels or cfg.data.sampling != "shuffle" else None
     if task.needs_train_labels:
         task.fit(labels)
-    pipe = _pipeline(cfg, splits, backbone, n_train)
+    pipe = _pipeline(cfg, splits, backbone, n_train, task)
     if cfg.data.sampling == "balanced":  # Task.check_settings allowed it
         pipe.resample = pipeline.balanced_counts(labels, len(splits.class_names))
     train_source = pipe.source(splits.train)

@@ -22,8 +22,17 @@ def save_preprocessor(preprocessor, backbone_model, run: Path) -> Path:
     family through the backbone's `config.json`, written here without weights."""
     import keras
 
+    import keras_hub
+
     path = run / PREPROCESSOR_DIR
     preprocessor.save_to_preset(str(path))
-    config = keras.saving.serialize_keras_object(backbone_model)
+    if isinstance(backbone_model, keras_hub.models.Backbone):
+        config = keras.saving.serialize_keras_object(backbone_model)
+    else:
+        # A user's own Keras text model: the family is the preprocessor's (all `from_preset`
+        # reads of config.json here is the class it names).
+        family = preprocessor.backbone_cls
+        config = {"module": family.__module__, "class_name": family.__name__, "config": {},
+                  "registered_name": keras.saving.get_registered_name(family)}
     write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
     return path

@@ -11,7 +11,9 @@ Spec strings:
   which loads as a KerasHub image backbone normalised with its pretrained_cfg mean / std
 - `keras_applications:<Name>` (e.g. `MobileNetV2`, `EfficientNetB0`, `ResNet50`), with
   `backbone.weights` = `imagenet` | `none` | a local weights file | `asset:<name>`
-- `keras:<file.keras>`: a user's saved model (an image feature extractor)
+- `keras:<file.keras>`: a user's saved model: an image feature extractor, or a text backbone
+  taking KerasHub's token dict (tokenizer from `backbone.preprocessor`, a KerasHub preset
+  folder, or a saved KerasHub TextClassifier's own preprocessor)
 
 Nothing is downloaded unless `backbone.allow_download: true`; a spec that needs the network
 fails with a message that says how to point at local weights instead.
@@ -247,7 +249,17 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool,
         raise BackboneError(f"KerasHub could not load backbone {spec!r}: {msg}") from None
 
     if not isinstance(model.input, dict):  # pixels in: an image backbone
+        if cfg.preprocessor:
+            raise _image_preprocessor_error(spec, cfg)
         return _keras_hub_image(spec, preset, model, cfg, image_size)
+    return _text_backbone(spec, model, cfg, preset=preset)
+
+
+# ------------------------------------------------------------------------------------------
+# Text backbones (KerasHub's token dict in) and their preprocessor
+
+
+def _sequence_length(spec: str, model, cfg: BackboneConfig) -> int:
     limit = getattr(model, "max_sequence_length", None)
     sequence_length = cfg.sequence_length or min(128, limit or 128)
     if limit is not None and sequence_length > limit:
@@ -255,16 +267,101 @@ def _load_keras_hub(spec: str, target: str, cfg: BackboneConfig, hf_only: bool,
             f"backbone.sequence_length={cfg.sequence_length} is longer than {spec!r} supports "
             f"({limit} tokens). Set backbone.sequence_length to {limit} or less."
         )
+    return sequence_length
+
+
+def _preset_preprocessor(spec: str, source: str, sequence_length: int, configured: bool):
+    """The KerasHub text classifier preprocessor of preset folder (or name) `source`."""
+    import keras_hub
+
+    from tftune.assets import resolve
+
+    if configured:
+        folder = Path(resolve(source)).expanduser()
+        if not folder.is_dir():
+            raise BackboneError(
+                f"Invalid value for 'backbone.preprocessor': folder not found. Expected a "
+                f"KerasHub preset folder holding the tokenizer (written by "
+                f"preprocessor.save_to_preset(folder)). Received: {source!r}")
+        source = str(folder)
     try:
-        preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
-            preset, sequence_length=sequence_length
-        )
-    except Exception:
+        return keras_hub.models.TextClassifierPreprocessor.from_preset(
+            source, sequence_length=sequence_length)
+    except Exception as e:
+        if configured:
+            raise BackboneError(
+                f"Invalid value for 'backbone.preprocessor': KerasHub found no text classifier "
+                f"preprocessor or tokenizer in {source} ({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
+                f"Expected a KerasHub preset folder written by preprocessor.save_to_preset(folder) "
+                f"or tokenizer.save_to_preset(folder). Received: {source!r}") from None
         raise BackboneError(
             f"Backbone {spec!r} has no text classifier preprocessor in its preset. Save one "
-            f"beside the backbone (preprocessor.save_to_preset(folder))."
+            f"beside the backbone (preprocessor.save_to_preset(folder)), or set "
+            f"backbone.preprocessor to a KerasHub preset folder holding its tokenizer."
         ) from None
-    return _backbone(model, "text", cfg, spec, preprocessor=preprocessor, default_pooling="mean")
+
+
+def _text_backbone(spec: str, model, cfg: BackboneConfig, preset: Optional[str] = None,
+                   preprocessor=None) -> Backbone:
+    """A text backbone taking KerasHub's token dict, with the preprocessor (tokenizer and
+    packing) the input pipeline runs: `backbone.preprocessor` (a KerasHub preset folder) when
+    set, else `preprocessor` (a saved KerasHub task's own), else the preset's."""
+    import keras_hub
+
+    names = list(model.input)
+    missing = [n for n in ("token_ids", "padding_mask") if n not in names]
+    if missing:
+        raise BackboneError(
+            f"Backbone {spec!r} is a text model without the input {missing[0]!r}. Expected a "
+            f"dict of KerasHub token inputs with token_ids and padding_mask (and segment_ids if "
+            f"it uses them). Received: inputs {names}")
+    sequence_length = _sequence_length(spec, model, cfg)
+    notes = []
+    if cfg.preprocessor:
+        preprocessor = _preset_preprocessor(spec, cfg.preprocessor, sequence_length, True)
+        notes.append(f"tokenizer from backbone.preprocessor {cfg.preprocessor}")
+    elif preprocessor is not None:
+        if not isinstance(preprocessor, keras_hub.models.TextClassifierPreprocessor):
+            raise BackboneError(
+                f"Backbone {spec!r} comes with a {type(preprocessor).__name__}, which does not "
+                f"prepare texts for classification. Set backbone.preprocessor to a KerasHub "
+                f"preset folder holding the tokenizer, or save a TextClassifier with its "
+                f"preprocessor.")
+        preprocessor.sequence_length = sequence_length
+        notes.append(f"tokenizer from the saved task's {type(preprocessor).__name__}")
+    elif preset is not None:
+        preprocessor = _preset_preprocessor(spec, preset, sequence_length, False)
+    else:
+        raise BackboneError(
+            f"Backbone {spec!r} is a text model (inputs {', '.join(names)}) and tftune has no "
+            f"tokenizer for it. Set backbone.preprocessor to a KerasHub preset folder holding "
+            f"the tokenizer it was trained with (preprocessor.save_to_preset(folder)), or save "
+            f"a KerasHub TextClassifier (backbone and preprocessor) as the model. Received: "
+            f"backbone.preprocessor=None")
+    given = set(preprocessor(["a"]))
+    if not set(names) <= given:
+        raise BackboneError(
+            f"Backbone {spec!r} takes {sorted(names)}, and its preprocessor "
+            f"({type(preprocessor).__name__}) gives {sorted(given)}. Expected a preprocessor "
+            f"that gives every input of the model. Received: missing "
+            f"{sorted(set(names) - given)}")
+    vocabulary = getattr(model, "vocabulary_size", None)
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    tokens = tokenizer.vocabulary_size() if tokenizer is not None else None
+    if isinstance(vocabulary, int) and isinstance(tokens, int) and tokens > vocabulary:
+        raise BackboneError(
+            f"The tokenizer for {spec!r} has {tokens} tokens and the model's embedding "
+            f"{vocabulary}: token ids past {vocabulary - 1} would index outside it. Expected the "
+            f"tokenizer the model was trained with (at most {vocabulary} tokens). Received: "
+            f"{type(tokenizer).__name__} of {tokens} tokens")
+    return _backbone(model, "text", cfg, spec, preprocessor=preprocessor, default_pooling="mean",
+                     notes=notes)
+
+
+def _image_preprocessor_error(spec: str, cfg: BackboneConfig) -> BackboneError:
+    return BackboneError(
+        f"Invalid value for 'backbone.preprocessor': it names a text tokenizer, and {spec!r} is "
+        f"an image backbone. Remove backbone.preprocessor. Received: {cfg.preprocessor!r}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -405,13 +502,46 @@ def _load_keras_application(
 
 
 def from_keras_model(model, cfg: BackboneConfig, spec: str = "keras:<in memory>") -> Backbone:
-    """Wraps a user's image feature extractor (a `keras.Model` taking [H, W, 3] images)."""
-    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    """Wraps a user's model: an image feature extractor (a `keras.Model` taking [batch, H, W,
+    3] images), or a text backbone taking KerasHub's token dict (`token_ids`, `padding_mask`,
+    ...: a KerasHub `Backbone`, or a Keras model with those inputs) whose tokenizer comes from
+    `backbone.preprocessor`. A KerasHub task (a `TextClassifier` or `ImageClassifier`, saved
+    with its preprocessor) gives its backbone, without its head, and its own preprocessor."""
+    import keras_hub
+
+    own = None
+    if isinstance(model, keras_hub.models.Task):
+        own, model = model.preprocessor, model.backbone
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        structure = None
+    if isinstance(structure, dict):
+        return _text_backbone(spec, model, cfg, preprocessor=own)
+    if cfg.preprocessor:
+        raise _image_preprocessor_error(spec, cfg)
+    inputs = getattr(model, "inputs", None) or []
+    shape = inputs[0].shape if inputs else None
+    if inputs and "string" in str(inputs[0].dtype):
+        raise BackboneError(
+            f"Backbone {spec!r} takes raw strings (input {inputs[0].name!r} of dtype string, "
+            f"e.g. a TextVectorization layer inside). tftune tokenizes texts in the input "
+            f"pipeline with a KerasHub tokenizer and saves it with the run for predict and "
+            f"export, so a user's text model takes KerasHub's token dict instead. Expected: a "
+            f"KerasHub text backbone (or a model with token_ids and padding_mask inputs) and "
+            f"backbone.preprocessor naming its tokenizer's preset folder. Received: input "
+            f"dtype string")
     if shape is None or len(shape) != 4:
         raise BackboneError(
             f"tftune takes a user's keras.Model as an image backbone with [batch, H, W, 3] "
-            f"input; this one has input shape {shape}. For text, use a KerasHub preset folder."
-        )
+            f"input, or as a text backbone with a dict of KerasHub token inputs (token_ids, "
+            f"padding_mask, ...); this one has input shape {shape}.")
+    converter = getattr(own, "image_converter", None)
+    if converter is not None and getattr(converter, "scale", None) is not None:
+        scale, offset = converter.scale, getattr(converter, "offset", None)
+        return _backbone(model, "image", cfg, spec, image_preprocessing="affine",
+                         image_scale=scale, image_offset=offset,
+                         notes=[f"the saved task's image converter normalises: x * {scale} + {offset}"])
     return _backbone(model, "image", cfg, spec, image_preprocessing="none",
                      notes=["user model: inputs are passed as 0..255 pixels; normalise inside the model"])
 

@@ -298,10 +298,13 @@ def test_enum_key_rejects_an_unknown_value(key, recipe):
 def test_enum_key_accepts_each_of_its_values(key):
     # Some values belong to one task (train.loss: mse / huber are regression's).
     task_of = {("train.loss", "mse"): "regression", ("train.loss", "huber"): "regression"}
+    # Some need a companion key: a TFDS dataset's name; compression is TFRecord files'.
+    companion = {("data.source", "tfds"): ["data.name=mnist"], ("data.compression", "gzip"): ["data.source=tfrecord"],
+                 ("data.compression", "zlib"): ["data.source=tfrecord"]}
     for choice in key.choices:
         task = task_of.get((key.path, choice), "classification")
         cfg = config_from_dict({"recipe": "image_classification", "task": task},
-                               [f"{key.path}={choice}"])
+                               [f"{key.path}={choice}", *companion.get((key.path, choice), [])])
         section, field = key.path.rsplit(".", 1)
         node: Any = cfg
         for part in section.split("."):

@@ -32,6 +32,14 @@ def load_data(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         from tftune.data.text import load_text_file
 
         return load_text_file(cfg, seed, task)
+    if cfg.source == "tfds":
+        from tftune.data.tfds_source import load_tfds
+
+        return load_tfds(cfg, seed, task)
+    if cfg.source == "tfrecord":
+        from tftune.data.tfrecord_source import load_tfrecord
+
+        return load_tfrecord(cfg, seed, task)
     raise DataError(
         "data.source is 'python': pass your datasets from Python with "
         "tftune.train(config, datasets=DataSplits.from_datasets(...))."

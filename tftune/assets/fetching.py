@@ -18,6 +18,7 @@ from tftune.assets.store import (
     by_hand, cache_dir, install, remember_hashes, scratch_folder, sha256_of, verify,
 )
 from tftune.errors import AssetError
+from tftune.runtime.progress import Progress, ticking
 
 Log = Callable[[str], object]
 
@@ -34,6 +35,11 @@ def human_size(size: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+def _bytes(name: str, what: str, total: int, log: Log) -> Progress:
+    """Progress of `what` (verifying, extracting) over `total` bytes of asset `name`."""
+    return Progress(f"{name}: {what}", total, "", echo=log, fmt=human_size)
+
+
 def _fetch_one(asset: Asset, dest: Path, downloader: Downloader, log: Log) -> None:
     """Download, check, extract and install one asset; on any failure `dest` is untouched."""
     started = time.monotonic()
@@ -41,13 +47,16 @@ def _fetch_one(asset: Asset, dest: Path, downloader: Downloader, log: Log) -> No
         try:
             download_dir = scratch / "download"
             download_dir.mkdir()
-            archive = downloader(asset, download_dir)
+            # The registry client reports nothing while it downloads: show the time passing.
+            with ticking(Progress(f"{asset.name}: downloading", unit=None, echo=log)):
+                archive = downloader(asset, download_dir)
             size, seconds = human_size(archive.stat().st_size), time.monotonic() - started
             log(
                 f"{asset.name}: verifying {archive.name} ({size}, downloaded in {seconds:.1f} s) "
                 f"and extracting {len(asset.files)} files ..."
             )
-            digest = sha256_of(archive)
+            with _bytes(asset.name, "verifying", archive.stat().st_size, log) as shown:
+                digest = sha256_of(archive, shown)
             if digest != asset.sha256:
                 raise AssetError(
                     f"The downloaded {archive.name} ({asset.origin}) has sha256 {digest}, but the manifest "
@@ -56,7 +65,8 @@ def _fetch_one(asset: Asset, dest: Path, downloader: Downloader, log: Log) -> No
                 )
             staged = scratch / asset.name
             staged.mkdir()
-            extract(asset, archive, staged)
+            with _bytes(asset.name, "extracting", asset.size, log) as shown:
+                extract(asset, archive, staged, shown)
             if asset.convert is not None:
                 log(f"{asset.name}: converting the checked files ({asset.convert}) ...")
                 run_converter(asset.convert, staged)

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -90,12 +90,17 @@ def _hash_key(path: Path, st: os.stat_result) -> tuple[str, int, int, int]:
     return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def sha256_of(path: Path) -> str:
-    """The sha256 of the file at `path`, read in chunks."""
+def sha256_of(path: Path, progress: Callable[[int], object] | None = None) -> str:
+    """The sha256 of the file at `path`, read in chunks; `progress(bytes read so far)` is
+    called after each chunk."""
     digest = hashlib.sha256()
+    done = 0
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done)
     return digest.hexdigest()
 
 

@@ -55,11 +55,12 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float]) -> tuple[Optional[f
 
 
 def sweep(model, train_ds, optimizer, loss_fn=None, *, steps: int = 100, min_lr: float = 1e-7,
-          max_lr: float = 1.0, diverge: float = 4.0, echo: Callable[[str], None] = print
-          ) -> LRFindResult:
+          max_lr: float = 1.0, diverge: float = 4.0, echo: Callable[[str], None] = print,
+          progress: Optional[Callable[..., None]] = None) -> LRFindResult:
     """Runs the range test on `model`'s trainable weights with `optimizer` (whose learning
     rate is set each step) and `loss_fn` (the task's loss; default: sparse categorical
-    cross-entropy); every weight of `model` is restored afterwards."""
+    cross-entropy); every weight of `model` is restored afterwards. `progress(step, note)`
+    (a `tftune.runtime.progress.Progress`) is called after each step."""
     import keras
     import tensorflow as tf
 
@@ -92,10 +93,16 @@ def sweep(model, train_ds, optimizer, loss_fn=None, *, steps: int = 100, min_lr:
             losses.append(loss)
             sm = smooth(losses)[-1]
             best = min(best, sm)
+            if progress is not None:
+                progress(i + 1, f"lr {lr:.2e}, smoothed loss {sm:.4g}")
             if not math.isfinite(loss) or (i > steps // 10 and sm > diverge * best):
+                if progress is not None:
+                    progress.close()
                 echo(f"   loss diverged at lr {lr:.2e} (step {i + 1}/{steps}): stopping the sweep")
                 break
     finally:
+        if progress is not None:
+            progress.close()
         for v, w in zip(model.weights, saved):
             v.assign(w)
     smoothed = smooth(losses)
@@ -152,6 +159,7 @@ def lr_find(config, stage: int = 1, *, overrides: tuple[str, ...] = (), steps: i
     `<output>/<name>-lr-find/stage<N>-<stage>.{csv,png}` (default output: the recipe's
     output_dir) and returns the sweep."""
     from tftune.config import RecipeConfig, load_recipe
+    from tftune.runtime.progress import Progress, mode_for
     from tftune.training.prepare import describe, loaded_inputs, prepare_run
     from tftune.training.stage_data import stage_data
 
@@ -177,9 +185,11 @@ def lr_find(config, stage: int = 1, *, overrides: tuple[str, ...] = (), steps: i
         opt = plan.optimizer(prep.steps_per_epoch, dataclasses.replace(
             st, schedule="constant", warmup=0.0, learning_rate=min_lr))
         echo(f"LR range test, stage {stage} ({st.name}): {steps} steps from {min_lr:g} to {max_lr:g}")
+        progress = Progress("   lr-find:", steps, "steps", echo=echo,
+                            mode=mode_for(cfg.train.verbose))
         try:
             result = sweep(data.model, data.train(0), opt, prep.task.loss(), steps=steps,
-                           min_lr=min_lr, max_lr=max_lr, echo=echo)
+                           min_lr=min_lr, max_lr=max_lr, echo=echo, progress=progress)
         finally:
             data.close()
     if len(result.losses) < 5:

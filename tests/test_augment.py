@@ -62,6 +62,30 @@ def test_recipe_names_parameters_and_errors():
         config_from_dict({"data": {"augment": [{"flip": {}, "zoom": {}}]}})
 
 
+def test_every_parameter_declares_what_it_takes_and_bad_values_are_refused():
+    for name, kind in KINDS.items():
+        assert kind.main in kind.params, name
+        for param, rule in kind.params.items():
+            assert rule.range or rule.choices or rule.boolean, f"{name}.{param}"
+        parse([name])  # the defaults pass their own rules
+        parse([{name: kind.defaults}] if kind.defaults else [name])
+    cases = [
+        ({"rotation": 2.0}, "'data.augment.0.rotation.factor'. Expected a number in [-1, 1], "
+                            "or [low, high] of them. Received: 2.0"),
+        ({"zoom": {"height_factor": [0.3, -0.3]}}, "Received: [0.3, -0.3]"),
+        ({"randaugment": {"num_ops": 1.5}}, "Expected an integer >= 1. Received: 1.5"),
+        ({"flip": {"mode": "diagonal"}}, "Expected one of: horizontal, vertical, "
+                                         "horizontal_and_vertical. Received: 'diagonal'"),
+        ({"mixup": {"alpha": 0}}, "Expected a number > 0. Received: 0"),
+        ({"resized_crop": {"scale": [0.0, 1.0]}}, "Expected a number in (0, 1]"),
+        ({"augmix": {"all_ops": "yes"}}, "Expected true or false"),
+    ]
+    for entry, message in cases:
+        with pytest.raises(ConfigError) as info:
+            config_from_dict({"data": {"augment": [entry]}})
+        assert message in str(info.value), str(info.value)
+
+
 @pytest.mark.parametrize("name", PER_IMAGE)
 def test_each_augmentation_changes_the_images(name):
     x, y = _images()
@@ -147,3 +171,31 @@ def test_mixing_needs_class_labels():
 
     with pytest.raises(ConfigError, match="need a classification task"):
         Augmenter(["mixup"], num_classes=None)
+
+
+def test_a_stage_can_augment_while_another_trains_on_cached_features(tmp_path):
+    """`stages.N.augment` replaces `data.augment` for one stage: the head stage (`[]`) trains
+    on cached features with integer labels, the next augments with mixup on soft labels."""
+    from tftune.training.runner import train
+
+    folder = make_image_folder(tmp_path / "images")
+    cnn = save_tiny_cnn(tmp_path / "cnn.keras")
+    recipe = image_recipe(tmp_path, folder, cnn)
+    recipe["data"]["augment"] = ["flip", {"mixup": 0.4}]
+    recipe["stages"][0]["augment"] = []
+    lines = []
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        result = train(config_from_dict(recipe), echo=lines.append)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    cache_lines = [l for l in lines if "feature cache:" in l]
+    assert "frozen part run once" in cache_lines[0], cache_lines
+    assert "off (random augmentation" in cache_lines[-1] and "mixup" in cache_lines[-1]
+    assert all(np.isfinite(s["best_value"]) for s in result.metrics["stages"])
+
+    with pytest.raises(ConfigError, match=r"Unknown augmentation 'mixpu' in 'stages.1.augment.0'"):
+        recipe["stages"][1]["augment"] = ["mixpu"]
+        config_from_dict(recipe)

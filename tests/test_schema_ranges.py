@@ -86,7 +86,11 @@ def walk(tp: Any, path: str) -> Iterator[Key]:
         raise AssertionError(f"The walk does not know the type of '{path}': {tp!r}")
 
 
-KEYS = list(walk(RecipeConfig, ""))
+# The parameters inside `data.augment` / `stages.N.augment` are each Keras layer's own: their
+# rules are declared per parameter in `tftune.data.augment.KINDS` and checked when a recipe
+# loads (tests/test_augment.py), not in the schema's types.
+AUGMENT_PATHS = ("data.augment.", "stages.0.augment.")
+KEYS = [k for k in walk(RecipeConfig, "") if not k.path.startswith(AUGMENT_PATHS)]
 NUMERIC = [k for k in KEYS if k.numeric]
 ENUMS = [k for k in KEYS if k.choices]
 

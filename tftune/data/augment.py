@@ -25,42 +25,95 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from tftune.config.ranges import Range
 from tftune.errors import ConfigError, did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
+class Param:
+    """What one parameter takes: a number in `range` (or, with `pair`, also [low, high] of
+    such numbers), an integer, one of `choices`, or true / false."""
+
+    range: Optional[str] = None
+    pair: bool = True
+    integer: bool = False
+    choices: tuple[str, ...] = ()
+    boolean: bool = False
+
+    def check(self, value, where: str):
+        if self.boolean:
+            if isinstance(value, bool):
+                return value
+            raise ConfigError(f"Invalid value for '{where}'. Expected true or false. "
+                              f"Received: {value!r}")
+        if self.choices:
+            if isinstance(value, str) and value.lower() in self.choices:
+                return value.lower()
+            raise ConfigError(f"Invalid value for '{where}'. Expected one of: "
+                              f"{', '.join(self.choices)}. Received: {value!r}")
+        rule = Range(self.range)
+        kind = "an integer" if self.integer else "a number"
+        expected = rule.describe(kind) + (f", or [low, high] of them" if self.pair else "")
+        values = list(value) if isinstance(value, (list, tuple)) and self.pair else [value]
+        ok = len(values) in ((1, 2) if self.pair else (1,)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool)
+            and (not self.integer or float(v).is_integer()) and v in rule for v in values)
+        if len(values) == 2 and ok:
+            ok = values[0] <= values[1]
+        if not ok:
+            shown = list(value) if isinstance(value, tuple) else value  # as the recipe wrote it
+            raise ConfigError(f"Invalid value for '{where}'. Expected {expected}. "
+                              f"Received: {shown!r}")
+        return tuple(values) if isinstance(value, (list, tuple)) else value
+
+
+@dataclasses.dataclass(frozen=True)
 class Kind:
-    """One augmentation: the Keras layer (None: tftune's own), its parameters and defaults,
-    the parameter a bare number sets, and whether it mixes examples (and labels)."""
+    """One augmentation: the Keras layer (None: tftune's own), its parameters (name -> what
+    it takes) and tftune's defaults, the parameter a bare number sets, and whether it mixes
+    examples (and labels)."""
 
     layer: Optional[str]
-    params: tuple[str, ...]
+    params: dict
     defaults: dict
     main: str
     mixes: bool = False
 
 
-_FILL = ("fill_mode", "interpolation", "fill_value")
+_UNIT = Param("[0, 1]")
+_SIGNED = Param("[-1, 1]")
+_FILL = {"fill_mode": Param(choices=("reflect", "wrap", "constant", "nearest")),
+         "interpolation": Param(choices=("nearest", "bilinear")),
+         "fill_value": Param("[0, 255]", pair=False)}
+_INTERPOLATION = {"interpolation": _FILL["interpolation"]}
 KINDS: dict[str, Kind] = {
-    "flip": Kind("RandomFlip", ("mode",), {"mode": "horizontal"}, "mode"),
-    "rotation": Kind("RandomRotation", ("factor", *_FILL), {"factor": 0.05}, "factor"),
-    "zoom": Kind("RandomZoom", ("height_factor", "width_factor", *_FILL),
+    "flip": Kind("RandomFlip", {"mode": Param(choices=("horizontal", "vertical",
+                                                       "horizontal_and_vertical"))},
+                 {"mode": "horizontal"}, "mode"),
+    "rotation": Kind("RandomRotation", {"factor": _SIGNED, **_FILL}, {"factor": 0.05}, "factor"),
+    "zoom": Kind("RandomZoom", {"height_factor": _SIGNED, "width_factor": _SIGNED, **_FILL},
                  {"height_factor": 0.1}, "height_factor"),
-    "translation": Kind("RandomTranslation", ("height_factor", "width_factor", *_FILL),
+    "translation": Kind("RandomTranslation",
+                        {"height_factor": _SIGNED, "width_factor": _SIGNED, **_FILL},
                         {"height_factor": 0.1, "width_factor": 0.1}, "height_factor"),
-    "resized_crop": Kind(None, ("scale", "ratio"), {"scale": (0.35, 1.0), "ratio": (0.75, 4 / 3)},
-                         "scale"),
-    "contrast": Kind("RandomContrast", ("factor",), {"factor": 0.2}, "factor"),
-    "brightness": Kind("RandomBrightness", ("factor",), {"factor": 0.2}, "factor"),
+    "resized_crop": Kind(None, {"scale": Param("(0, 1]"), "ratio": Param("> 0")},
+                         {"scale": (0.35, 1.0), "ratio": (0.75, 4 / 3)}, "scale"),
+    "contrast": Kind("RandomContrast", {"factor": _UNIT}, {"factor": 0.2}, "factor"),
+    "brightness": Kind("RandomBrightness", {"factor": _SIGNED}, {"factor": 0.2}, "factor"),
     "color_jitter": Kind("RandomColorJitter",
-                         ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor"),
+                         {"brightness_factor": _SIGNED, "contrast_factor": _UNIT,
+                          "saturation_factor": _UNIT, "hue_factor": _UNIT},
                          {"brightness_factor": 0.2, "contrast_factor": 0.2,
                           "saturation_factor": (0.3, 0.7), "hue_factor": 0.05}, "brightness_factor"),
-    "randaugment": Kind("RandAugment", ("num_ops", "factor", "interpolation"), {}, "factor"),
-    "augmix": Kind("AugMix", ("num_chains", "chain_depth", "factor", "alpha", "all_ops",
-                              "interpolation"), {}, "factor"),
-    "mixup": Kind("MixUp", ("alpha",), {"alpha": 0.2}, "alpha", mixes=True),
-    "cutmix": Kind("CutMix", ("factor",), {"factor": 1.0}, "factor", mixes=True),
+    "randaugment": Kind("RandAugment", {"num_ops": Param(">= 1", pair=False, integer=True),
+                                        "factor": _UNIT, **_INTERPOLATION}, {}, "factor"),
+    "augmix": Kind("AugMix", {"num_chains": Param(">= 1", pair=False, integer=True),
+                              "chain_depth": Param(">= 1", integer=True), "factor": _UNIT,
+                              "alpha": Param("> 0", pair=False), "all_ops": Param(boolean=True),
+                              **_INTERPOLATION}, {}, "factor"),
+    "mixup": Kind("MixUp", {"alpha": Param("> 0", pair=False)}, {"alpha": 0.2}, "alpha",
+                  mixes=True),
+    "cutmix": Kind("CutMix", {"factor": Param("> 0")}, {"factor": 1.0}, "factor", mixes=True),
 }
 # Layers whose pixel values matter: told the range tftune's batches are in.
 VALUE_RANGE = {"RandomContrast", "RandomBrightness", "RandomColorJitter", "RandAugment", "AugMix"}
@@ -94,16 +147,13 @@ def parse(entries: Sequence[Any], where: str = "data.augment") -> list[tuple[str
             raise ConfigError(
                 f"Unknown parameter {unknown[0]!r} of augmentation {name!r} in '{where}.{i}'. "
                 f"Expected some of: {', '.join(kind.params)}. Received: {params!r}")
-        out.append((name, {**kind.defaults, **{k: _plain(v) for k, v in params.items()}}))
+        checked = {k: kind.params[k].check(v, f"{where}.{i}.{name}.{k}") for k, v in params.items()}
+        out.append((name, {**kind.defaults, **checked}))
     mixers = [n for n, _ in out if KINDS[n].mixes]
     if len(mixers) != len(set(mixers)):
         raise ConfigError(f"Invalid value for '{where}': {mixers} lists a mixing augmentation "
                           f"twice. List mixup and cutmix at most once each.")
     return out
-
-
-def _plain(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def mixes(entries: Sequence[Any]) -> bool:

@@ -53,6 +53,8 @@ class Pipeline:
     # epoch seed -> how many times each training example appears in that epoch (balanced
     # sampling, see `balanced_counts`); None: every example once.
     resample: Optional[Callable] = None
+    # augment -> the same pipeline with those augmentations (image pipelines)
+    variant: Optional[Callable] = dataclasses.field(default=None, repr=False, compare=False)
     # id(split) -> (split, its source): a split is tokenised / decoded once however many
     # consumers (training, validation, the feature cache's fill) ask for it.
     _sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -85,6 +87,15 @@ class Pipeline:
         out = ds.enumerate().flat_map(
             lambda i, example: tf.data.Dataset.from_tensors(example).repeat(table[i]))
         return out.apply(tf.data.experimental.assert_cardinality(int(counts.sum())))
+
+    def with_augment(self, augment: tuple) -> "Pipeline":
+        """This pipeline with other augmentations (a stage's own `augment`), sharing its
+        decoded sources and sampling."""
+        if self.variant is None:
+            raise ConfigError(f"A {self.modality} pipeline takes no augmentation.")
+        other = self.variant(augment)
+        other._sources, other.resample = self._sources, self.resample
+        return other
 
     def prepare(self, ds, training: bool):
         return self.batches(self.source(ds), training)
@@ -242,4 +253,6 @@ def image_pipeline(n_train: int, batch_size: int, seed: int, augment=(), image_s
 
     pipe = Pipeline("image", batch_size, seed, source, batches, augment=tuple(augment),
                     mixes=bool(augmenter and augmenter.mixes))
+    pipe.variant = lambda other: image_pipeline(n_train, batch_size, seed, other, image_size,
+                                                num_classes)
     return pipe

@@ -61,28 +61,49 @@ class Prepared:
     test_ds: Any
     steps_per_epoch: int
     plans: list  # per stage: its tftune.training.plan.StagePlan
+    # per stage: its pipeline (`pipe`, or one with the stage's own augmentation)
+    stage_pipes: list = dataclasses.field(default_factory=list)
 
 
-def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int, task):
+def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
     batch = cfg.train.batch_size
     if splits.modality == "text":
-        if cfg.data.augment:
-            raise ConfigError(
-                f"Invalid value for 'data.augment': {list(cfg.data.augment)!r} are image "
-                f"augmentations and this recipe's data is text. Remove data.augment.")
         return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
-    from tftune.data.augment import mixes
-
-    if mixes(cfg.data.augment) and not task.mixable:
-        raise ConfigError(
-            f"Invalid value for 'data.augment': mixup and cutmix mix class labels, and task "
-            f"{task.name!r} has none to mix. Remove them (task: classification takes them).")
-    pipe = pipeline.image_pipeline(
+    return pipeline.image_pipeline(
         n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size),
         num_classes=len(splits.class_names),
     )
-    task.soft_labels = pipe.mixes
-    return pipe
+
+
+def _stage_pipes(cfg: RecipeConfig, pipe: pipeline.Pipeline, task) -> list:
+    """Each stage's pipeline: the run's, or one with the stage's own `augment` (sharing the
+    run's decoded sources). Mixing (mixup / cutmix) anywhere makes the task's loss take class
+    probabilities."""
+    from tftune.data.augment import mixes
+
+    lists = [(f"stages.{i}.augment", s.augment) for i, s in enumerate(cfg.stages)
+             if s.augment is not None] + [("data.augment", cfg.data.augment)]
+    for key, augment in lists:
+        if augment and pipe.modality == "text":
+            raise ConfigError(
+                f"Invalid value for '{key}': {list(augment)!r} are image augmentations and this "
+                f"recipe's data is text. Remove {key}.")
+        if mixes(augment) and not task.mixable:
+            raise ConfigError(
+                f"Invalid value for '{key}': mixup and cutmix mix class labels, and task "
+                f"{task.name!r} has none to mix. Remove them (task: classification takes them).")
+    made = {}
+    pipes = []
+    for stage in cfg.stages:
+        if stage.augment is None or tuple(stage.augment) == tuple(pipe.augment):
+            pipes.append(pipe)
+            continue
+        key = repr(stage.augment)
+        if key not in made:
+            made[key] = pipe.with_augment(tuple(stage.augment))
+        pipes.append(made[key])
+    task.soft_labels = any(p.mixes for p in pipes)
+    return pipes
 
 
 def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> Prepared:
@@ -103,9 +124,10 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
     labels = train_labels(splits) if task.needs_train_labels or cfg.data.sampling != "shuffle" else None
     if task.needs_train_labels:
         task.fit(labels)
-    pipe = _pipeline(cfg, splits, backbone, n_train, task)
+    pipe = _pipeline(cfg, splits, backbone, n_train)
     if cfg.data.sampling == "balanced":  # Task.check_settings allowed it
         pipe.resample = pipeline.balanced_counts(labels, len(splits.class_names))
+    stage_pipes = _stage_pipes(cfg, pipe, task)
     train_source = pipe.source(splits.train)
     train_ds = pipe.batches(train_source, training=True)
     # Validation and test only sum losses and hits: their batches need not keep the split's order.
@@ -134,7 +156,7 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
         task.check_monitor(plan.stage.early_stopping.monitor,
                            f"stages.{plan.index}.early_stopping.monitor")
     return Prepared(splits, task, model, head, unused, pipe, train_source, train_ds, val_ds,
-                    test_ds, steps_per_epoch, plans)
+                    test_ds, steps_per_epoch, plans, stage_pipes)
 
 
 def train_labels(splits: DataSplits):

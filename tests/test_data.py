@@ -137,6 +137,78 @@ def test_corrupt_image_is_named(image_folder):
         load_data(folder_cfg(image_folder), seed=0)
 
 
+def corrupt_jpeg(path: Path) -> Path:
+    """A file that starts like a JPEG and then breaks off: PIL cannot decode it."""
+    path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40)
+    return path
+
+
+def test_a_corrupt_jpeg_stops_the_run_and_names_the_fix(image_folder):
+    bad = corrupt_jpeg(image_folder / "green" / "broken.jpg")
+    with pytest.raises(DataError) as info:
+        load_data(folder_cfg(image_folder), seed=0)
+    assert str(bad) in str(info.value) and "--set data.skip_bad_files=true" in str(info.value)
+
+
+def test_skip_bad_files_leaves_corrupt_images_out(image_folder):
+    """fastai's `verify_images`: the undecodable file is left out of every split and listed;
+    every image kept decodes."""
+    bad = corrupt_jpeg(image_folder / "green" / "broken.jpg")
+    splits = load_data(folder_cfg(image_folder, skip_bad_files=True), seed=0)
+    assert splits.skipped == [str(bad)]
+    kept = [p for s in ("train", "val", "test") for p in splits.ids[s]]
+    assert str(bad) not in kept and len(kept) == sum(splits.sizes.values())
+    assert sum(splits.sizes.values()) == len(list(image_folder.rglob("*.png")))
+    for s in ("train", "val", "test"):
+        assert len(labels_of(getattr(splits, s))) == splits.sizes[s] == len(splits.labels[s])
+
+
+def latin1_csv(path: Path) -> Path:
+    """A CSV saved in latin-1 (as Excel on Western European Windows saves it): 'é' is one byte, 0xe9."""
+    rows = [("text", "label")] + [(f"film {i} très bon", "pos") if i % 2 else (f"film {i} mal joué", "neg")
+                                  for i in range(20)]
+    path.write_bytes("".join(f"{t},{l}\n" for t, l in rows).encode("latin-1"))
+    return path
+
+
+def test_a_latin1_csv_read_as_utf8_is_one_clear_error(tmp_path):
+    path = latin1_csv(tmp_path / "latin.csv")
+    cfg = DataConfig(source="csv", path=str(path))
+    with pytest.raises(DataError) as info:
+        load_data(cfg, seed=0)
+    message = str(info.value)
+    offset = path.read_bytes().index(b"\xe9")
+    assert message.startswith(f"{path} is not valid utf-8 text: byte(s) e9 at byte {offset:,} (line 2)")
+    assert "--set data.encoding=latin-1" in message
+    splits = load_data(DataConfig(source="csv", path=str(path), encoding="latin-1"), seed=0)
+    texts = texts_of(splits.train) + texts_of(splits.val) + texts_of(splits.test)
+    assert "film 1 très bon" in texts and "film 2 mal joué" in texts
+
+
+def test_encoding_gz_and_byte_order_mark(tmp_path):
+    import gzip
+
+    path = tmp_path / "latin.csv.gz"
+    path.write_bytes(gzip.compress(latin1_csv(tmp_path / "plain.csv").read_bytes()))
+    with pytest.raises(DataError, match=r"latin\.csv\.gz is not valid utf-8 text.* \(line 2\)"):
+        load_data(DataConfig(source="csv", path=str(path)), seed=0)
+    assert load_data(DataConfig(source="csv", path=str(path), encoding="latin-1"), seed=0).sizes["train"]
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.csv").read_bytes().decode("latin-1").encode("utf-8"))
+    assert load_data(DataConfig(source="csv", path=str(bom)), seed=0).sizes["train"]  # header 'text'
+
+
+def test_an_unknown_encoding_is_a_config_error():
+    from tftune.config import config_from_dict
+    from tftune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Invalid value for 'data\.encoding': an unknown codec\. "
+                                          r"Expected the name of a Python text encoding .* Received: 'latin-9x'"):
+        config_from_dict({"recipe": "text_classification", "name": "t",
+                          "data": {"source": "csv", "path": "x.csv", "encoding": "latin-9x"},
+                          "backbone": {"spec": "keras_hub:x"}, "stages": [{"name": "head", "train": "head"}]})
+
+
 def test_truncated_image_is_named(image_folder):
     good = image_folder / "red" / "red_00.png"
     truncated = image_folder / "red" / "truncated.png"

@@ -189,3 +189,30 @@ def test_the_vader_recipe_reads_its_tab_separated_asset() -> None:
     assert sum(splits.sizes.values()) == 10_605
     everything = np.concatenate(list(splits.labels.values()))
     assert everything.min() >= -4 and everything.max() <= 4
+
+
+def test_a_corrupt_listed_image_is_named_or_left_out(tmp_path: Path) -> None:
+    """`data.skip_bad_files` on an image table: without it the corrupt JPEG is named with the
+    fix; with it the row is left out of its split and listed in `skipped`."""
+    rows = [{"file": f"images/img_{i:02d}.png", "labels": "abc"[i % 3]} for i in range(15)]
+    rows.append({"file": "images/broken.jpg", "labels": "a"})
+    csv_path = write_table(tmp_path, rows, ["file", "labels"], images=15)
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40)
+    with pytest.raises(DataError, match=r"broken\.jpg.*--set data\.skip_bad_files=true"):
+        load_data(config(csv_path), seed=0)
+    splits = load_data(config(csv_path, skip_bad_files=True), seed=0)
+    assert splits.skipped == [str(tmp_path / "images" / "broken.jpg")]
+    assert sum(splits.sizes.values()) == 15
+    for split in ("train", "val", "test"):
+        assert len(splits.ids[split]) == len(splits.labels[split]) == splits.sizes[split]
+        assert len(list(getattr(splits, split))) == splits.sizes[split]
+
+
+def test_a_latin1_image_table(tmp_path: Path) -> None:
+    rows = [{"file": f"images/img_{i:02d}.png", "labels": ["rouge", "vert", "bleu clair é"][i % 3]}
+            for i in range(15)]
+    csv_path = write_table(tmp_path, rows, ["file", "labels"])
+    csv_path.write_bytes(csv_path.read_text(encoding="utf-8").encode("latin-1"))
+    with pytest.raises(DataError, match=r"labels\.csv is not valid utf-8 text.*--set data\.encoding=latin-1"):
+        load_data(config(csv_path), seed=0)
+    assert "bleu clair é" in load_data(config(csv_path, encoding="latin-1"), seed=0).class_names

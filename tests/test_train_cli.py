@@ -501,3 +501,22 @@ def test_image_augmentation_on_text_data_is_one_error(tmp_path, text_csv, tiny_b
     path = write_recipe(tmp_path / "r.yaml", recipe)
     assert_one_line_error(invoke("train", str(path)), "'data.augment'", "['flip']",
                           "data is text", "Remove data.augment")
+
+
+def test_skip_bad_files_names_the_left_out_images_in_the_log_and_the_run(tmp_path, image_folder,
+                                                                        tiny_cnn_file):
+    """A corrupt JPEG among good PNGs: without data.skip_bad_files the run stops naming it
+    and the setting; with it the run trains on the rest and lists it in the log and in
+    runs/<name>/skipped_files.txt."""
+    bad = image_folder / "red" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 40)
+    recipe = image_recipe(tmp_path, image_folder, tiny_cnn_file,
+                          stages=[{"name": "head", "train": "head", "epochs": 1, "learning_rate": 0.05}])
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert_one_line_error(invoke("train", str(path)), str(bad), "--set data.skip_bad_files=true")
+    result = invoke("train", str(path), "--set", "data.skip_bad_files=true", "--overwrite")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "img"
+    assert f"left out 1 image file(s) that cannot be decoded (data.skip_bad_files): {bad}" in result.output
+    assert (run / "skipped_files.txt").read_text() == f"{bad}\n"
+    assert (run / "metrics.json").is_file()

@@ -15,15 +15,17 @@ from tftune.data.splits import DataSplits, seeded_split
 from tftune.errors import DataError
 
 
-def read_image_table(path: Path, cfg: DataConfig, task, known=None, skip_unknown: bool = False):
-    """(image paths, label names, labels) of the rows of the CSV `path` that `task` keeps.
+def read_image_table(path: Path, cfg: DataConfig, task, known=None, skip_unknown: bool = False,
+                     fix: str = "--set data.encoding={}"):
+    """(image paths, label names, labels) of the rows of the CSV `path` (in `data.encoding`;
+    `fix`: how to name another, see `tftune.data.text.read_rows`) that `task` keeps.
 
     Errors name the file and the first offending row: a missing column, an empty file cell,
     a listed image that does not exist, a label column with no labels at all, and (from the
     task) an unknown label when the names are given (`known`, or `data.classes`)."""
     from tftune.data.text import read_rows
 
-    rows = read_rows(path, "csv", cfg.delimiter)
+    rows = read_rows(path, "csv", cfg.delimiter, cfg.encoding, fix)
     if not rows:
         raise DataError(f"{path} has no data rows. Expected a header ({cfg.image_column},"
                         f"{cfg.label_column}) and one row per image.")
@@ -60,7 +62,7 @@ def load_image_table(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     """The images of the CSV `data.path`, split with a seeded split kept in proportion over
     the task's strata (classes; target quantiles for regression; none for multi-label)."""
     from tftune.assets import resolve
-    from tftune.data.images import _paths_dataset, check_images
+    from tftune.data.images import SKIP_BAD_FILES, _paths_dataset, check_images, leave_out
 
     if task is None:
         from tftune.tasks import Classification
@@ -77,19 +79,26 @@ def load_image_table(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         raise DataError(f"{path} has no usable rows (all labels skipped).")
     parts = seeded_split(task.strata(labels), cfg, seed, path)
     split_paths = {s: [paths[i] for i in ix] for s, ix in parts.items()}
-    check_images([p for s in split_paths.values() for p in s])
+    split_labels = {s: labels[ix] for s, ix in parts.items()}
+    bad = check_images([p for s in split_paths.values() for p in s], cfg.skip_bad_files, SKIP_BAD_FILES)
+    leave_out(bad, split_paths, split_labels)
+    for s in ("train", "val"):
+        if not split_paths[s]:
+            raise DataError(f"The {s} split of {path} is empty once the images that cannot be "
+                            f"decoded are left out. Replace them or add images.")
     size = tuple(cfg.image_size)
 
     def make(split: str):
-        return _paths_dataset(split_paths[split], labels[parts[split]], size)
+        return _paths_dataset(split_paths[split], split_labels[split], size)
 
     return DataSplits(
         train=make("train"),
         val=make("val"),
-        test=make("test") if len(parts["test"]) else None,
+        test=make("test") if len(split_paths["test"]) else None,
         class_names=names,
         modality="image",
-        sizes={s: len(ix) for s, ix in parts.items()},
+        sizes={s: len(p) for s, p in split_paths.items()},
         ids=split_paths,
-        labels={s: labels[ix] for s, ix in parts.items()},
+        labels=split_labels,
+        skipped=bad,
     )

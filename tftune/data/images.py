@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -40,8 +41,11 @@ def list_class_folder(root: Path) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
-def check_images(paths: list[str]) -> None:
-    """Raises DataError naming every file that cannot be decoded as an image."""
+SKIP_BAD_FILES = "--set data.skip_bad_files=true"
+
+
+def bad_images(paths: list[str]) -> list[str]:
+    """The files of `paths` that cannot be decoded as images (fastai's `verify_images`)."""
     from PIL import Image, UnidentifiedImageError
 
     bad = []
@@ -51,12 +55,35 @@ def check_images(paths: list[str]) -> None:
                 im.verify()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             bad.append(p)
-    if bad:
+    return bad
+
+
+def check_images(paths: list[str], skip: bool = False, skip_option: Optional[str] = None) -> list[str]:
+    """The files of `paths` that cannot be decoded as images: an error naming them, or with
+    `skip` returned to be left out. `skip_option` is how the caller's user would ask to skip
+    them (e.g. `--set data.skip_bad_files=true`), named in the error."""
+    bad = bad_images(paths)
+    if bad and not skip:
         shown = ", ".join(bad[:3])
+        how = (f"Remove or replace them, or pass {skip_option} to leave them out (they are "
+               f"then listed in the run directory's skipped_files.txt)." if skip_option
+               else "Remove or replace them.")
         raise DataError(
             f"{len(bad)} image file(s) cannot be decoded: {shown}{' ...' if len(bad) > 3 else ''}. "
-            f"Remove or replace them."
+            + how
         )
+    return bad
+
+
+def leave_out(bad: list[str], split_paths: dict[str, list[str]], split_labels: dict) -> None:
+    """Removes the files `bad` from each split's paths and labels, in place."""
+    if not bad:
+        return
+    drop = set(bad)
+    for s, paths in split_paths.items():
+        keep = np.array([p not in drop for p in paths], dtype=bool)
+        split_paths[s] = [p for p, k in zip(paths, keep) if k]
+        split_labels[s] = np.asarray(split_labels[s])[keep] if len(paths) else split_labels[s]
 
 
 def prepare_image(image, image_size: tuple[int, int]):
@@ -158,11 +185,12 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
             idx = subsample(split_labels[s], limit, seed)
             split_paths[s] = [split_paths[s][i] for i in idx]
             split_labels[s] = split_labels[s][idx]
+    bad = check_images([p for s in split_paths.values() for p in s], cfg.skip_bad_files, SKIP_BAD_FILES)
+    leave_out(bad, split_paths, split_labels)
     if len(split_paths["val"]) == 0:
         raise DataError(
             f"The validation split of {root} is empty. Add images or raise data.val_fraction."
         )
-    check_images([p for s in split_paths.values() for p in s])
     datasets = {
         s: _paths_dataset(split_paths[s], split_labels[s], tuple(cfg.image_size))
         for s in split_paths
@@ -177,6 +205,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
         sizes={s: len(p) for s, p in split_paths.items()},
         ids={s: list(p) for s, p in split_paths.items()},
         labels=dict(split_labels),
+        skipped=bad,
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from tftune.errors import DataError
 
 TEXT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+ENCODING_OPTION = "--encoding {}"  # how --data names its file's encoding (see read_rows)
 
 
 @dataclasses.dataclass
@@ -57,12 +58,15 @@ def load_labelled(
     label_separator: str = "|",
     text_columns: Optional[Sequence[str]] = None,
     image_column: str = "file",
+    encoding: str = "utf-8",
 ) -> Examples:
     """Images in `spec/<class>/*` or listed in the CSV file `spec` (`image_column`, as
     `data.source: image_csv` reads it) for modality `image`, or texts in the CSV / JSONL file
     `spec` (modality `text`), labelled with the run's `class_names` as its `task` (a
     `tftune.tasks.Task`, default single-label classification) reads labels: a class, a
-    number, or a list of labels (`label_columns`: one 0/1 column per label)."""
+    number, or a list of labels (`label_columns`: one 0/1 column per label). CSV / JSONL
+    files are read in `encoding` (any Python codec; a wrong one is an error naming
+    `--encoding`)."""
     from tftune.assets import resolve
 
     if task is None:
@@ -74,7 +78,11 @@ def load_labelled(
 
     cfg = DataConfig(text_column=text_column, label_column=label_column,
                      label_columns=tuple(label_columns) if label_columns else None,
-                     label_separator=label_separator, image_column=image_column)
+                     label_separator=label_separator, image_column=image_column,
+                     encoding=encoding)
+    from tftune.config.schema import _check_encoding
+
+    _check_encoding(encoding, "--encoding")
     if modality == "image" and path.is_file():
         return _listed_images(path, class_names, image_size, cfg, task, skip_unknown_labels)
     if modality == "image":
@@ -110,7 +118,7 @@ def _listed_images(path: Path, class_names, image_size, cfg, task, skip_unknown:
     from tftune.data.image_table import read_image_table
 
     paths, _, labels = read_image_table(path, cfg, task, known=list(class_names) or None,
-                                        skip_unknown=skip_unknown)
+                                        skip_unknown=skip_unknown, fix=ENCODING_OPTION)
     if not paths:
         raise DataError(f"{path} lists no images labelled with the run's labels.")
     return _image_examples(path, paths, labels, image_size, f"{len(paths)} images listed in {path}")
@@ -145,7 +153,7 @@ def _labelled_texts(spec, path: Path, class_names, cfg, text_columns: tuple, tas
             f"file (optionally .gz / .bz2) with a {cfg.text_column!r} and a "
             f"{cfg.label_column!r} column."
         )
-    rows = read_rows(path, TEXT_SUFFIXES[suffix])
+    rows = read_rows(path, TEXT_SUFFIXES[suffix], encoding=cfg.encoding, fix=ENCODING_OPTION)
     if not rows:
         raise DataError(f"{path} has no data rows.")
     columns = text_columns or (cfg.text_column,)

@@ -33,6 +33,9 @@ class DataSplits:
     # that learn from the training labels (standardisation, class weights) read them here
     # instead of a pass over the dataset.
     labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Files left out because they cannot be decoded (`data.skip_bad_files`); the run lists
+    # them in its log and in skipped_files.txt.
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_datasets(

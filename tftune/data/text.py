@@ -16,19 +16,63 @@ from tftune.data.splits import DataSplits, seeded_split
 from tftune.errors import DataError
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    """Opens plain, .gz or .bz2 text files."""
+ENCODING_FIX = "--set data.encoding={}"
+"""How a recipe run names a file's encoding (`read_rows`'s `fix`; the CLI's --data: --encoding)."""
+
+
+def _codec(encoding: str) -> str:
+    """The codec a file is read with: `encoding`, UTF-8 also skipping a byte-order mark."""
+    import codecs
+
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _raw(path: Path):
+    """Opens plain, .gz or .bz2 files as bytes."""
     if path.suffix == ".bz2":
-        return io.TextIOWrapper(bz2.open(path, "rb"), encoding="utf-8-sig", newline="")
+        return bz2.open(path, "rb")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
-def read_rows(path: Path, fmt: str, delimiter: str = ",") -> list[dict]:
-    """The rows of a CSV (with a header; fields separated by `delimiter`) or JSONL file as dicts."""
+def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    """Opens plain, .gz or .bz2 text files in `encoding` (any Python codec name)."""
+    return io.TextIOWrapper(_raw(path), encoding=_codec(encoding), newline="")
+
+
+def decode_error(path: Path, encoding: str, error: UnicodeDecodeError,
+                 fix: str = ENCODING_FIX) -> DataError:
+    """One DataError for a file that is not valid `encoding` text: where (byte offset and line,
+    found by decoding the whole file again), the bytes, and how to name its encoding (`fix`
+    with the codec to try, e.g. `--set data.encoding=latin-1`)."""
+    where, bad = "", error.object[error.start:error.end]
     try:
-        with _open_text(path) as f:
+        with _raw(path) as f:
+            data = f.read()
+        data.decode(_codec(encoding))
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start:e.end]
+        line = data.count(b"\n", 0, e.start) + 1
+        where = f" at byte {e.start:,} (line {line})"
+    except OSError:
+        pass
+    guess = "cp1252" if b"\x80" <= bad[:1] <= b"\x9f" else "latin-1"
+    return DataError(
+        f"{path} is not valid {encoding} text: byte(s) {bad.hex(' ')}{where} cannot be decoded "
+        f"({error.reason}). Expected a file in data.encoding ({encoding!r}). If it was saved in "
+        f"another encoding, name it: {fix.format(guess)} (Western European; or cp1252, "
+        f"utf-16, shift_jis ..., any Python codec)."
+    )
+
+
+def read_rows(path: Path, fmt: str, delimiter: str = ",", encoding: str = "utf-8",
+              fix: str = ENCODING_FIX) -> list[dict]:
+    """The rows of a CSV (with a header; fields separated by `delimiter`) or JSONL file as
+    dicts, read in `encoding`. A file that is not valid `encoding` text is one DataError
+    naming the file, the byte and line, and the fix (`fix`, formatted with a codec name)."""
+    try:
+        with _open_text(path, encoding) as f:
             if fmt == "csv":
                 reader = csv.DictReader(f, delimiter=delimiter)
                 if not reader.fieldnames:
@@ -46,7 +90,9 @@ def read_rows(path: Path, fmt: str, delimiter: str = ",") -> list[dict]:
                     raise DataError(f"{path} line {n} must be a JSON object with named fields.")
                 rows.append(row)
             return rows
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e, fix) from None
+    except (OSError, EOFError, csv.Error) as e:
         raise DataError(f"Cannot read {path}: {e}") from None
 
 
@@ -82,7 +128,7 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     path = Path(resolve(cfg.path)).expanduser()
     if not path.is_file():
         raise DataError(f"Data file not found: {path}. Set data.path to an existing file.")
-    rows = read_rows(path, cfg.source, cfg.delimiter)
+    rows = read_rows(path, cfg.source, cfg.delimiter, cfg.encoding)
     if not rows:
         raise DataError(f"{path} has no data rows.")
     text_columns = tuple(cfg.text_columns or (cfg.text_column,))

@@ -54,6 +54,7 @@ def evaluate(
     text_column: Optional[str] = None,
     label_column: Optional[str] = None,
     skip_unknown_labels: bool = False,
+    encoding: Optional[str] = None,
     progress: Optional[Callable[[int], None]] = None,
     on_start: Optional[Callable[[int], None]] = None,
 ) -> EvaluationResult:
@@ -69,6 +70,8 @@ def evaluate(
         text_column, label_column: columns of a CSV / JSONL `data` (default: the run's).
         skip_unknown_labels: leave out examples of classes the run does not know (else an
             error).
+        encoding: the text encoding of a CSV / JSONL `data` (default: the run's
+            data.encoding).
         progress: called with the number of examples after each batch.
         on_start: called once with the number of examples, before the first batch.
     """
@@ -76,7 +79,7 @@ def evaluate(
 
     started = time.perf_counter()
     run = open_run(run_dir)
-    examples = _examples(run, data, split, text_column, label_column, skip_unknown_labels)
+    examples = _examples(run, data, split, text_column, label_column, skip_unknown_labels, encoding)
     name = name or examples.name
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise ConfigError(
@@ -102,7 +105,7 @@ def evaluate(
     return EvaluationResult(out_dir=out, metrics=report, report=text)
 
 
-def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
+def _examples(run, data, split, text_column, label_column, skip_unknown_labels, encoding=None):
     """The labelled examples to score: `data` read with the run's task, or one of its splits."""
     from tftune.data.labelled import load_labelled
 
@@ -116,6 +119,7 @@ def _examples(run, data, split, text_column, label_column, skip_unknown_labels):
         label_columns=run.config.data.label_columns,
         label_separator=run.config.data.label_separator,
         text_columns=run.config.data.text_columns,
+        encoding=encoding or run.config.data.encoding,
     )
 
 

@@ -18,6 +18,7 @@ PREPROCESSOR_DIR = "preprocessor"
 TENSORBOARD_DIR = "tensorboard"  # train.tensorboard's event files
 
 TASK_FILE = "task.json"
+SKIPPED_FILE = "skipped_files.txt"  # data.skip_bad_files: the files left out, one a line
 
 
 def prepare(output_dir: str | Path, name: str, overwrite: bool) -> Path:

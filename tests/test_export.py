@@ -217,12 +217,12 @@ def test_an_int8_kernel_that_fails_at_run_time_is_kept_in_float(text_run, monkey
     real_run = export_mod.run_litert
     calls = []
 
-    def first_run_fails(path, examples):
+    def first_run_fails(path, examples, **kwargs):
         calls.append(path)
         if len(calls) == 1:
             raise RuntimeError("tensorflow/lite/kernels/div.cc:242 data[i] != 0 was not true."
                                "Node number 41 (DIV) failed to invoke.")
-        return real_run(path, examples)
+        return real_run(path, examples, **kwargs)
 
     monkeypatch.setattr(export_mod, "run_litert", first_run_fails)
     result = export_mod.export(text_run, "litert", "int8", output=text_run / "export" / "int8-div",
@@ -249,6 +249,25 @@ def test_verify_with_data_of_your_own(text_run, tmp_path):
     assert result.exit_code == 0, result.output
     v = verification(text_run / "export" / "mine")
     assert v["samples"] == 3 and v["data"] == f"3 texts in {data}"
+
+
+def test_verification_shows_progress_as_plain_lines_in_a_log(image_run, monkeypatch):
+    """Not a terminal (CliRunner): each run over the verification examples (the Keras
+    reference, the LiteRT interpreter, the SavedModel in its fresh process) reports its
+    count as plain lines, here one per update; no control characters."""
+    import re
+
+    monkeypatch.setenv("TFTUNE_PROGRESS_SECONDS", "0")
+    for fmt, artefact in (("litert", "the LiteRT model"),
+                          ("savedmodel", "the SavedModel (a fresh Python process)")):
+        result = invoke("export", image_run, "--format", fmt, "--output",
+                        image_run / "export" / f"progress-{fmt}")
+        assert result.exit_code == 0, result.output
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.output), repr(result.output)
+        lines = result.output.splitlines()
+        for what in ("the Keras model", artefact):
+            shown = [l.split(" examples")[0] for l in lines if l.startswith(f"   verifying: {what} ")]
+            assert shown and shown[-1] == f"   verifying: {what} 12 / 12", lines
 
 
 # ------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from tftune.export.savedmodel import (
     serve_in_fresh_process,
     serving_module,
 )
+from tftune.runtime.progress import Progress
 
 __all__ = [
     "export", "ExportResult", "ExportVerificationError", "EXPORTERS", "FORMATS", "QUANTIZATIONS",
@@ -77,6 +78,7 @@ def export(
     min_agreement: Optional[float] = None,
     text_column: Optional[str] = None,
     label_column: Optional[str] = None,
+    encoding: Optional[str] = None,
     echo: Callable[[str], None] = print,
 ) -> ExportResult:
     """Exports the finished run in `run_dir` and verifies the artefact against Keras.
@@ -92,6 +94,7 @@ def export(
         tolerance, min_agreement: override the format's limits (see `TOLERANCES`).
         text_column, label_column: columns of a CSV / JSONL `data` (default: the run's; a
             text-pair run reads its own two `data.text_columns`).
+        encoding: the text encoding of a CSV / JSONL `data` (default: the run's data.encoding).
     """
     from tftune.inference.predictor import predictor_for
     from tftune.rundir.reader import open_run
@@ -114,7 +117,7 @@ def export(
     started = time.perf_counter()
     predictor = predictor_for(run)
     columns = (text_column or run.config.data.text_column, label_column or run.config.data.label_column)
-    examples = labelled_examples(run, data, "test", columns)
+    examples = labelled_examples(run, data, "test", columns, encoding)
     inputs = take_inputs(examples, samples)
     echo(f"Exporting {run.path.name} as {export_name(format, quantize)} "
          f"(verifying on {len(inputs)} examples from {examples.description})")
@@ -129,7 +132,9 @@ def export(
             notes.append(f"the run trained in {run.trained_policy}; the export and its Keras "
                          f"reference compute in float32")
         exported = EXPORTERS[format].write(run, predictor, tmp, inputs, quantize,
-                                           functools.partial(calibration_inputs, run, data, columns))
+                                           functools.partial(calibration_inputs, run, data, columns,
+                                                             encoding=encoding),
+                                           progress=functools.partial(_verifying, echo))
         result = _result(exported, predictor.task, tmp, dest, format, quantize,
                          examples.description, tol, floor, started, notes + exported.notes)
         check_within_tolerance(result)
@@ -137,6 +142,12 @@ def export(
     echo(f"Wrote {result.artefact} ({human_size(result.size_bytes)})")
     echo(result.summary())
     return result
+
+
+def _verifying(echo: Callable[[str], None], what: str, total: int) -> Progress:
+    """The progress of running `what` over the `total` verification examples: a live line on
+    a terminal, a line every few seconds in a log (`tftune.runtime.progress`)."""
+    return Progress(f"   verifying: {what}", total, "examples", echo=echo)
 
 
 def _limits(format: str, quantize: str, samples: int, tolerance: Optional[float],

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tftune import rundir
 from tftune.errors import TftuneError
-from tftune.export.base import Calibration, Exported, reference
+from tftune.export.base import Calibration, Exported, Steps, reference
+from tftune.runtime.progress import silent
 
 ARTEFACT_DIR = "adapters"
 
@@ -30,7 +31,7 @@ class AdaptersExporter:
     name = "adapters"
 
     def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
-              calibration: Calibration) -> Exported:
+              calibration: Calibration, progress: Steps = silent) -> Exported:
         from tftune.inference.predictor import Predictor
         from tftune.model import adapters, peft
 
@@ -54,6 +55,7 @@ class AdaptersExporter:
         return Exported(
             artefact=artefact, converter="tftune.model.adapters.save_adapters (float32 arrays, npz)",
             runtime="base from its spec + adapters (tftune.model.adapters.rebuild)",
-            outputs=reference(again, inputs), reference=reference(predictor, inputs),
+            outputs=reference(again, inputs, progress=progress("the rebuilt model", len(inputs))),
+            reference=reference(predictor, inputs, progress=progress("the Keras model", len(inputs))),
             notes=[f"the adapters file is {100 * share:.2f} % of model.keras"],
         )

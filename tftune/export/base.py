@@ -39,6 +39,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from tftune.errors import TftuneError
+from tftune.runtime.progress import Progress, silent
 
 QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 TOLERANCES = {  # (max abs diff of a probability, minimum top-1 agreement); see above
@@ -85,19 +86,22 @@ class Exported:
 
 # () -> (calibration inputs, where they come from); called only by formats that calibrate.
 Calibration = Callable[[], tuple[list, str]]
+# (what runs, how many examples) -> the `Progress` of running it over the verification inputs.
+Steps = Callable[[str, int], Progress]
 
 
 class Exporter(Protocol):
     """One export format: writes its artefact into `tmp` and runs it on `inputs`.
 
     `inputs` are prepared images (float32 `[H, W, 3]` arrays), texts, or (first, second)
-    text pairs; `calibration` gives representative inputs for int8 quantization.
+    text pairs; `calibration` gives representative inputs for int8 quantization; `progress`
+    gives the `Progress` of each run over the inputs (the Keras reference, the artefact).
     """
 
     name: str
 
     def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
-              calibration: Calibration) -> Exported: ...
+              calibration: Calibration, progress: Steps = silent) -> Exported: ...
 
 
 @dataclasses.dataclass
@@ -166,19 +170,24 @@ def check_within_tolerance(result: ExportResult) -> None:
     )
 
 
-def model_outputs(predictor, inputs, batch_size: int = 32) -> np.ndarray:
-    """The predictor's model's raw outputs for prepared inputs (images), texts or text pairs."""
+def model_outputs(predictor, inputs, batch_size: int = 32,
+                  progress: Optional[Progress] = None) -> np.ndarray:
+    """The predictor's model's raw outputs for prepared inputs (images), texts or text pairs;
+    `progress` is advanced after each batch (and closed)."""
     out = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
-        out.append(predictor.probabilities(np.stack(chunk) if predictor.modality == "image" else chunk))
+    with progress or silent() as shown:
+        for start in range(0, len(inputs), batch_size):
+            chunk = inputs[start:start + batch_size]
+            out.append(predictor.probabilities(np.stack(chunk) if predictor.modality == "image" else chunk))
+            shown.advance(len(chunk))
     return np.concatenate(out)
 
 
-def reference(predictor, inputs, batch_size: int = 32) -> np.ndarray:
+def reference(predictor, inputs, batch_size: int = 32,
+              progress: Optional[Progress] = None) -> np.ndarray:
     """The Keras model's predictions for prepared inputs, in the units of
     `Task.predictions`: class probabilities, or a regression target's values."""
-    return predictor.task.predictions(model_outputs(predictor, inputs, batch_size))
+    return predictor.task.predictions(model_outputs(predictor, inputs, batch_size, progress))
 
 
 def size_bytes(path: Path) -> int:

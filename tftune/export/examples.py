@@ -9,10 +9,11 @@ from tftune.errors import TftuneError
 from tftune.export.base import REPRESENTATIVE_EXAMPLES
 
 
-def labelled_examples(run, data: Optional[str], split: str, columns: tuple[str, str]):
-    """`data` (a folder of class folders or a CSV / JSONL file) read with the run's classes
-    and task (a text-pair run's two `data.text_columns`), else the run's `split` (validation
-    when the run has no test split)."""
+def labelled_examples(run, data: Optional[str], split: str, columns: tuple[str, str],
+                      encoding: Optional[str] = None):
+    """`data` (a folder of class folders or a CSV / JSONL file, in `encoding`, default the
+    run's data.encoding) read with the run's classes and task (a text-pair run's two
+    `data.text_columns`), else the run's `split` (validation when the run has no test split)."""
     from tftune.data.labelled import load_labelled
 
     if data is not None:
@@ -21,7 +22,7 @@ def labelled_examples(run, data: Optional[str], split: str, columns: tuple[str, 
             data, run.modality, run.class_names, run.image_size,
             text_column=columns[0], label_column=columns[1], skip_unknown_labels=True,
             task=run.task, label_columns=cfg.label_columns, label_separator=cfg.label_separator,
-            text_columns=cfg.text_columns,
+            text_columns=cfg.text_columns, encoding=encoding or cfg.encoding,
         )
     try:
         return run.split(split)
@@ -47,7 +48,8 @@ def take_inputs(examples, n: int, shuffle: bool = False) -> list:
 
 
 def calibration_inputs(run, data: Optional[str], columns: tuple[str, str],
-                       n: int = REPRESENTATIVE_EXAMPLES) -> tuple[list, str]:
+                       n: int = REPRESENTATIVE_EXAMPLES, encoding: Optional[str] = None
+                       ) -> tuple[list, str]:
     """(`n` shuffled training inputs, where they come from) for int8 calibration."""
-    calibration = labelled_examples(run, data, "train", columns)
+    calibration = labelled_examples(run, data, "train", columns, encoding)
     return take_inputs(calibration, n, shuffle=True), calibration.description

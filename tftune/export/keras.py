@@ -9,14 +9,15 @@ import shutil
 from pathlib import Path
 
 from tftune import rundir
-from tftune.export.base import Calibration, Exported, model_outputs, reference
+from tftune.export.base import Calibration, Exported, Steps, model_outputs, reference
+from tftune.runtime.progress import silent
 
 
 class KerasExporter:
     name = "keras"
 
     def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
-              calibration: Calibration) -> Exported:
+              calibration: Calibration, progress: Steps = silent) -> Exported:
         import keras
 
         from tftune.inference.predictor import Predictor
@@ -35,7 +36,8 @@ class KerasExporter:
                           pairs=predictor.pairs)
         return Exported(
             artefact=artefact, converter="keras.Model.save (float32, no optimizer)",
-            runtime="keras.saving.load_model", outputs=model_outputs(again, inputs),
-            reference=reference(predictor, inputs),
+            runtime="keras.saving.load_model",
+            outputs=model_outputs(again, inputs, progress=progress("the reloaded .keras model", len(inputs))),
+            reference=reference(predictor, inputs, progress=progress("the Keras model", len(inputs))),
             notes=[f"returns {predictor.task.artefact_output_doc()}"] if predictor.task.keeps_state else [],
         )

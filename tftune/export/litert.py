@@ -13,13 +13,14 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from tftune import rundir
 from tftune.errors import TftuneError
-from tftune.export.base import Calibration, Exported, reference
+from tftune.export.base import Calibration, Exported, Steps, reference
+from tftune.runtime.progress import Progress, silent
 from tftune.runtime.quiet import captured_stderr
 
 MODEL_FILE = "model.tflite"
@@ -30,7 +31,7 @@ class LiteRTExporter:
     name = "litert"
 
     def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
-              calibration: Calibration) -> Exported:
+              calibration: Calibration, progress: Steps = silent) -> Exported:
         notes: list[str] = []
         representative = None
         if quantize == "int8":
@@ -41,8 +42,8 @@ class LiteRTExporter:
         converter, got, runtime = _convert_and_run(
             predictor.task.export_model(predictor.model), _litert_signature(run, predictor), quantize,
             _converter_settings(quantize, representative), artefact,
-            _litert_inputs(run, predictor, inputs), notes)
-        ref = reference(predictor, inputs)
+            _litert_inputs(run, predictor, inputs), notes, progress)
+        ref = reference(predictor, inputs, progress=progress("the Keras model", len(inputs)))
         if run.modality == "text":
             write_tokenizer_files(run, predictor, tmp)
             notes.append("takes token ids: see TOKENIZE.md (raw-string tokenizers cannot run inside LiteRT)")
@@ -59,14 +60,15 @@ class LiteRTExporter:
 
 
 def _convert_and_run(model, signature, quantize: str, settings: dict, artefact: Path,
-                     examples: list[dict], notes: list[str]) -> tuple[str, np.ndarray, str]:
+                     examples: list[dict], notes: list[str], progress: Steps = silent
+                     ) -> tuple[str, np.ndarray, str]:
     """Converts the model and runs it on `examples`: (converter, outputs, runtime). An int8
     kernel that fails at run time is kept in float and the model converted again."""
     float_ops: tuple[str, ...] = ()
     while True:
         converter = _convert_litert(model, signature, settings, artefact, notes, float_ops)
         try:
-            got, runtime = _run_public(artefact, examples)
+            got, runtime = _run_public(artefact, examples, progress("the LiteRT model", len(examples)))
             return converter, got, runtime
         except (RuntimeError, ValueError) as e:
             op = _failed_op(e)
@@ -81,12 +83,13 @@ def _convert_and_run(model, signature, quantize: str, settings: dict, artefact: 
             ) from None
 
 
-def _run_public(path: Path, examples: list[dict]) -> tuple[np.ndarray, str]:
+def _run_public(path: Path, examples: list[dict], progress: Progress) -> tuple[np.ndarray, str]:
     """`tftune.export.run_litert`, looked up when called: replacing that public name (the
     tests make it fail once, as an int8 kernel does on the MiniLM run) reaches the exporter."""
     from tftune import export
 
-    return export.run_litert(path, examples)
+    with progress:
+        return export.run_litert(path, examples, progress=progress)
 
 
 def _litert_signature(run, predictor):
@@ -218,9 +221,10 @@ def litert_interpreter(path: Path):
             return tf.lite.Interpreter(model_path=str(path)), "tf.lite.Interpreter (TensorFlow 2.21)"
 
 
-def run_litert(path: Path, examples: list[dict]) -> tuple[np.ndarray, str]:
+def run_litert(path: Path, examples: list[dict],
+               progress: Optional[Callable[[int], object]] = None) -> tuple[np.ndarray, str]:
     """Runs the LiteRT model's serving signature on each example: ([n, classes] outputs,
-    the interpreter's name).
+    the interpreter's name); `progress(examples run so far)` after each.
 
     Example keys are matched to the signature's input names exactly, or as their suffix
     (a converter may prefix them with the function's argument name)."""
@@ -241,6 +245,8 @@ def run_litert(path: Path, examples: list[dict]) -> tuple[np.ndarray, str]:
                 feed[match] = value
             result = runner(**feed)
             out.append(np.asarray(next(iter(result.values())), np.float32)[0])
+            if progress is not None:
+                progress(len(out))
     return np.stack(out), runtime
 
 

@@ -10,12 +10,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
 from tftune import rundir
-from tftune.export.base import Calibration, Exported, ExportVerificationError, reference
+from tftune.export.base import Calibration, Exported, ExportVerificationError, Steps, reference
+from tftune.runtime.progress import silent
 from tftune.runtime.quiet import captured_stderr
 
 SAVEDMODEL_DIR = "saved_model"
@@ -95,16 +98,19 @@ for start in range(0, n, 32):
         value = value.numpy()
         outputs.setdefault(name, []).extend(
             [v.decode("utf-8") for v in value] if value.dtype == object else value.tolist())
+    print(min(start + 32, n), flush=True)  # examples served so far: the caller's progress
 json.dump(outputs, open(request["output"], "w"))
 """
 
 
 def serve_in_fresh_process(path: Path, inputs: dict[str, list[bytes]], text: bool,
-                           timeout: float = 900) -> dict:
+                           timeout: float = 900,
+                           progress: Optional[Callable[[int], object]] = None) -> dict:
     """Loads the SavedModel with `tf.saved_model.load` in a new Python process that imports
     only TensorFlow (and TensorFlow Text for `text` models), calls `serving_default` with the
     string tensors `inputs` (name -> values) and returns every output: numpy arrays, or lists
-    of str for string outputs. Proves the artefact needs nothing of tftune."""
+    of str for string outputs. Proves the artefact needs nothing of tftune. `progress(n)` is
+    called with the examples served so far, as the process reports them."""
     with tempfile.TemporaryDirectory(prefix="tftune-serve-check-") as work:
         request = Path(work) / "request.json"
         response = Path(work) / "response.json"
@@ -115,16 +121,43 @@ def serve_in_fresh_process(path: Path, inputs: dict[str, list[bytes]], text: boo
         }))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.pop("PYTHONPATH", None)
-        proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_CALL, str(request)], cwd=work,
-                              env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            last = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ["(no output)"]
+        returncode, stderr = _run_reporting([sys.executable, "-c", _FRESH_PROCESS_CALL, str(request)],
+                                            work, env, timeout, progress)
+        if returncode != 0:
+            last = [l for l in stderr.strip().splitlines() if l.strip()][-1:] or ["(no output)"]
             raise ExportVerificationError(
                 f"The SavedModel at {path} does not load and run in a fresh Python process: "
                 f"{last[0]}. Nothing was written."
             )
         answer = json.loads(response.read_text())
     return {k: v if v and isinstance(v[0], str) else np.asarray(v) for k, v in answer.items()}
+
+
+def _run_reporting(cmd: list[str], cwd: str, env: dict, timeout: float,
+                   progress: Optional[Callable[[int], object]]) -> tuple[int, str]:
+    """Runs `cmd`, passing each whole number it prints on stdout to `progress`; (exit code,
+    stderr). Raises subprocess.TimeoutExpired (after killing it) past `timeout` seconds."""
+    timed_out = threading.Event()
+    with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+
+        def kill():
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                if progress is not None and line.strip().isdigit():
+                    progress(int(line))
+            proc.wait()
+        finally:
+            timer.cancel()
+        if timed_out.is_set():
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        err.seek(0)
+        return proc.returncode, err.read()
 
 
 def call_savedmodel_in_fresh_process(path: Path, modality: str, raw_inputs: list[bytes],
@@ -140,7 +173,7 @@ class SavedModelExporter:
     name = "savedmodel"
 
     def write(self, run, predictor, tmp: Path, inputs: list, quantize: str,
-              calibration: Calibration) -> Exported:
+              calibration: Calibration, progress: Steps = silent) -> Exported:
         import tensorflow as tf
 
         from tftune.inference.predictor import encode_png
@@ -156,15 +189,17 @@ class SavedModelExporter:
         names = input_names(run.modality, predictor.pairs)
         if run.modality == "image":
             raw = [encode_png(x.astype(np.uint8)) for x in inputs]  # pixels are whole 0..255 values
-            ref = predictor.predict(raw)
+            with progress("the Keras model", len(raw)) as shown:
+                ref = predictor.predict(raw, progress=shown.advance)
             feeds = {names[0]: raw}
         else:
-            ref = reference(predictor, inputs)
+            ref = reference(predictor, inputs, progress=progress("the Keras model", len(inputs)))
             rows = inputs if predictor.pairs else [(t,) for t in inputs]
             feeds = {n: [row[j].encode("utf-8") for row in rows] for j, n in enumerate(names)}
             notes.append("the serving graph uses TensorFlow Text ops: `import tensorflow_text` "
                          "before tf.saved_model.load")
-        served = serve_in_fresh_process(artefact, feeds, run.modality == "text")
+        with progress("the SavedModel (a fresh Python process)", len(inputs)) as shown:
+            served = serve_in_fresh_process(artefact, feeds, run.modality == "text", progress=shown)
         problem = task.check_served(served)
         if problem:
             raise ExportVerificationError(f"The SavedModel is inconsistent: {problem}. Nothing was written.")

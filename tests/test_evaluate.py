@@ -209,3 +209,35 @@ def test_damaged_model_file(image_run_copy):
     (image_run_copy / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     assert_one_line_error(invoke("evaluate", image_run_copy), "Cannot load", "model.keras", alone=True)
     assert not (image_run_copy / "eval").exists()
+
+
+def test_evaluate_data_in_another_encoding(text_run_copy, tmp_path):
+    """A latin-1 CSV read as the run's utf-8: one error naming the file, the byte and line,
+    and --encoding; with --encoding latin-1 it is scored."""
+    data = tmp_path / "latin.csv"
+    data.write_bytes("text,label\ngood fun film,pos\nthe plot was awful and dull é,neg\n".encode("latin-1"))
+    line = assert_one_line_error(invoke("evaluate", text_run_copy, "--data", data), str(data),
+                                 "not valid utf-8 text", "(line 3)", "--encoding latin-1", alone=True)
+    assert "--set data.encoding" not in line
+    assert not (text_run_copy / "eval").exists()
+    assert_one_line_error(invoke("evaluate", text_run_copy, "--data", data, "--encoding", "latin-9x"),
+                          "Invalid value for '--encoding'", "Received: 'latin-9x'")
+    result = invoke("evaluate", text_run_copy, "--data", data, "--encoding", "latin-1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((text_run_copy / "eval" / "latin" / "metrics.json").read_text())["examples"] == 2
+
+
+def test_a_folder_of_runs_names_the_runs_inside_it(tiny_image_run, tmp_path):
+    """`tftune train --output out` writes out/<name>/; `tftune evaluate out` is told which
+    runs out holds instead of "incomplete"."""
+    out = tmp_path / "out"
+    copy_run(tiny_image_run, out / "img")
+    unfinished = copy_run(tiny_image_run, out / "older")
+    (unfinished / "metrics.json").unlink()
+    (out / "img-lr-find").mkdir()
+    line = assert_one_line_error(invoke("evaluate", out), alone=True)
+    assert line == (f"Error: {out} is not a run directory; it holds runs: {out / 'img'}, "
+                    f"{out / 'older'} (unfinished). Pass one of them, e.g. {out / 'img'} "
+                    f"(`tftune train --output {out}` writes each run to {out}/<name>/).")
+    assert_one_line_error(invoke("predict", out, "x.png"), "is not a run directory", str(out / "img"))
+    assert_one_line_error(invoke("evaluate", tmp_path), "Run directory", "incomplete")  # no runs inside

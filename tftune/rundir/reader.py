@@ -152,6 +152,8 @@ def open_run(path: str | Path) -> FinishedRun:
         raise TftuneError(f"Run directory {run} not found. Pass the runs/<name>/ folder written by `tftune train`.")
     if not run.is_dir():
         raise TftuneError(f"{run} is a file, not a run directory. Pass the runs/<name>/ folder written by `tftune train`.")
+    if not (run / rundir.CONFIG_FILE).is_file():
+        _not_a_run(run)
     missing = [f for f in (rundir.CONFIG_FILE, rundir.CLASSES_FILE, rundir.MODEL_FILE) if not (run / f).is_file()]
     modality = None
     if (run / rundir.CONFIG_FILE).is_file():
@@ -182,6 +184,25 @@ def open_run(path: str | Path) -> FinishedRun:
             f"Received: {str(class_names)[:80]}"
         )
     return FinishedRun(path=run, config=config, class_names=class_names, modality=modality)
+
+
+def _not_a_run(folder: Path, shown: int = 5) -> None:
+    """Raises TftuneError when `folder` (no config.yaml of its own) holds run directories
+    (`--output DIR` puts runs in DIR/<name>/): the error names them."""
+    try:
+        runs = sorted(d for d in folder.iterdir() if d.is_dir() and (d / rundir.CONFIG_FILE).is_file())
+    except OSError:
+        return
+    if not runs:
+        return
+    names = [str(d) + ("" if (d / rundir.METRICS_FILE).is_file() else " (unfinished)") for d in runs[:shown]]
+    more = f", ... ({len(runs)} in all)" if len(runs) > shown else ""
+    finished = next((d for d in runs if (d / rundir.METRICS_FILE).is_file()), runs[0])
+    raise TftuneError(
+        f"{folder} is not a run directory; it holds {'runs' if len(runs) > 1 else 'a run'}: "
+        f"{', '.join(names)}{more}. Pass one of them, e.g. {finished} (`tftune train --output "
+        f"{folder}` writes each run to {folder}/<name>/)."
+    )
 
 
 def _float32_config(obj):

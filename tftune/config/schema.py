@@ -21,6 +21,9 @@ NonNegative = Annotated[float, Range(">= 0")]
 Fraction = Annotated[float, Range("[0, 1)")]
 Count = Annotated[int, Range(">= 1")]
 NonNegativeInt = Annotated[int, Range(">= 0")]
+# A parameter of an augmentation layer (`data.augment`), and the list of augmentations.
+AugmentValue = Union[bool, float, str, tuple[float, ...]]
+Augmentations = tuple[Union[str, dict[str, Union[AugmentValue, dict[str, AugmentValue]]]], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,17 @@ class DataConfig:
         to the CSV's folder), labelled by its `label_column` (a class, a number, or a list
         `a|b` / JSON list for `task: multilabel`) or by 0/1 `label_columns`.
       - `fashion_mnist`: the Fashion-MNIST arrays (offline asset, else `keras.datasets`).
+      - `tfds`: the prepared TensorFlow Datasets dataset `name` (`mnist`, `my_dataset:1.0.0`)
+        in `data_dir` (default: TFDS's own), read offline; `download: true` lets TFDS download
+        and prepare it. `splits` maps `train` / `val` / `test` to TFDS splits (`train[:90%]`);
+        default: `train`, and `validation` / `test` where the dataset has them.
+      - `tfrecord`: TFRecord files of `tf.train.Example`s, `path` a glob (`data/train-*.tfrecord`,
+        any `tf.io.gfile` path) or `splits` one glob per part; `compression`: none, gzip, zlib.
+        The label (`label_key`) is an int64 class index (into `classes` when given), a bytes
+        class name or a float (regression).
+      For both, the input is the feature `image_key` (encoded image bytes / a TFDS Image) or
+      `text_key` (text); unset, `image` if the data has it, else `text`. A part (`val`, `test`)
+      `splits` does not map is drawn from the training part by the fractions below.
       - `python`: datasets passed to `tftune.train(..., datasets=...)` from Python.
     Paths may name an offline asset as `asset:<name>[/<file>]`.
 
@@ -55,7 +69,7 @@ class DataConfig:
     backbone needs at least its own minimum, 32 for most, 75 for InceptionV3).
     """
 
-    source: Literal["folder", "csv", "jsonl", "image_csv", "fashion_mnist", "python"] = "folder"
+    source: Literal["folder", "csv", "jsonl", "image_csv", "fashion_mnist", "tfds", "tfrecord", "python"] = "folder"
     path: Optional[str] = None
     text_column: str = "text"
     label_column: str = "label"
@@ -67,7 +81,11 @@ class DataConfig:
     max_train_examples: Optional[Count] = None
     max_test_examples: Optional[Count] = None
     image_size: tuple[Count, Count] = (224, 224)
-    augment: tuple[str, ...] = ()
+    # Image augmentation (training batches only), in order: names (`flip`, `rotation`, `zoom`,
+    # `translation`, `resized_crop`, `contrast`, `brightness`, `color_jitter`, `randaugment`,
+    # `augmix`, `mixup`, `cutmix`) or {name: {parameter: value}}; see `tftune.data.augment`.
+    # A stage's own `augment` replaces this list for that stage.
+    augment: Augmentations = ()
     # Multi-label (`task: multilabel`): several 0/1 columns, one per label (else the labels
     # are a list in `label_column`: `a|b` split on `label_separator`, or a JSON list).
     label_columns: Optional[tuple[str, ...]] = None
@@ -82,6 +100,21 @@ class DataConfig:
     delimiter: str = ","
     # `image_csv`: the column naming each image file (relative to the CSV's folder).
     image_column: str = "file"
+    # `tfds` and `tfrecord` (see above): the dataset, its parts and the features read.
+    name: Optional[str] = None
+    data_dir: Optional[str] = None
+    download: bool = False
+    splits: Optional[dict[str, str]] = None
+    image_key: Optional[str] = None
+    text_key: Optional[str] = None
+    label_key: str = "label"
+    compression: Literal["none", "gzip", "zlib"] = "none"
+    # `csv`, `jsonl` and `image_csv` files: their text encoding, any Python codec name
+    # (`utf-8` also reads a byte-order mark; `latin-1`, `cp1252`, `utf-16`, ...).
+    encoding: str = "utf-8"
+    # `folder` and `image_csv`: leave out images that cannot be decoded (named in the run's
+    # log and in skipped_files.txt in the run directory) instead of stopping with an error.
+    skip_bad_files: bool = False
 
     def check(self, where: str = "data") -> None:
         """The rules between fields, run when a recipe is loaded (after each field's range)."""
@@ -92,17 +125,89 @@ class DataConfig:
                 f"Expected a sum < 1 (the rest of the examples is the training split). "
                 f"Received: {self.val_fraction} + {self.test_fraction}"
             )
+        if self.augment:
+            from tftune.data.augment import parse
+
+            parse(self.augment, f"{key}augment")
+        _check_encoding(self.encoding, f"{key}encoding")
         if len(self.delimiter) != 1:
             raise ConfigError(
                 f"Invalid value for '{key}delimiter'. Expected one character (\",\", \";\", "
                 f"\"\\t\" ...). Received: {self.delimiter!r}"
             )
+        self._check_records(key)
         if self.val_fraction == 0 and self.source in ("csv", "jsonl", "image_csv", "fashion_mnist"):
             raise ConfigError(
                 f"Invalid value for '{key}val_fraction'. Expected a number in (0, 1) with "
                 f"{key}source {self.source!r}: training draws its validation split from the "
                 f"data. Received: {self.val_fraction}"
             )
+
+    def _check_records(self, key: str) -> None:
+        """The `tfds` / `tfrecord` keys: set where they apply, and only there."""
+        records = self.source in ("tfds", "tfrecord")
+        if self.source == "tfds" and not self.name:
+            raise ConfigError(
+                f"Invalid value for '{key}name'. Expected the TFDS dataset's name (e.g. mnist, "
+                f"my_dataset:1.0.0) with {key}source 'tfds'. Received: {self.name!r}"
+            )
+        if self.splits is not None:
+            unknown = sorted(set(self.splits) - {"train", "val", "test"})
+            if unknown or "train" not in self.splits:
+                raise ConfigError(
+                    f"Invalid value for '{key}splits'. Expected a mapping with 'train' and "
+                    f"optionally 'val' and 'test'. Received keys: {sorted(self.splits)}"
+                )
+            empty = sorted(k for k, v in self.splits.items() if not str(v).strip())
+            if empty:
+                raise ConfigError(f"Invalid value for '{key}splits.{empty[0]}'. Expected a "
+                                  f"{'glob' if self.source == 'tfrecord' else 'split'}. Received: ''")
+        if self.source == "tfrecord" and self.splits and self.path:
+            raise ConfigError(
+                f"Invalid values for '{key}path' and '{key}splits'. Expected one of them with "
+                f"{key}source 'tfrecord' (a glob of all records, or one glob per part). "
+                f"Received: path={self.path!r}, splits={dict(self.splits)}"
+            )
+        if self.image_key and self.text_key:
+            raise ConfigError(
+                f"Invalid values for '{key}image_key' and '{key}text_key'. Expected one input "
+                f"feature. Received: image_key={self.image_key!r}, text_key={self.text_key!r}"
+            )
+        set_keys = [k for k, on in (("name", self.name), ("data_dir", self.data_dir),
+                                    ("download", self.download), ("splits", self.splits),
+                                    ("image_key", self.image_key), ("text_key", self.text_key),
+                                    ("compression", self.compression != "none")) if on]
+        for option in set_keys:
+            allowed = ({"name": ("tfds",), "data_dir": ("tfds",), "download": ("tfds",),
+                        "compression": ("tfrecord",)}.get(option, ("tfds", "tfrecord")))
+            if self.source not in allowed:
+                raise ConfigError(
+                    f"'{key}{option}' applies to {key}source {' or '.join(map(repr, allowed))}. "
+                    f"Remove it, or change the source. Received: source={self.source!r}"
+                )
+        if records and (self.text_columns or self.label_columns):
+            option = "text_columns" if self.text_columns else "label_columns"
+            raise ConfigError(
+                f"'{key}{option}' applies to CSV / JSONL sources. With {key}source "
+                f"{self.source!r}, name the features with {key}text_key / {key}label_key. "
+                f"Received: {option}={getattr(self, option)}"
+            )
+
+
+def _check_encoding(encoding: str, key: str) -> None:
+    """`data.encoding` must name a Python text codec."""
+    import codecs
+
+    try:
+        text = codecs.lookup(encoding)._is_text_encoding
+    except LookupError:
+        text = None
+    if not text:
+        what = "a codec that is not a text encoding" if text is False else "an unknown codec"
+        raise ConfigError(
+            f"Invalid value for '{key}': {what}. Expected the name of a Python text encoding "
+            f"(utf-8, latin-1, cp1252, utf-16, shift_jis, ...). Received: {encoding!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +220,10 @@ class BackboneConfig:
     `asset:` name, or `none` for random initialisation. `sequence_length` (text): null (the
     backbone's maximum, at most 128 tokens) or >= 2 (room for the start and end tokens).
     `generic_groups` (>= 1): how many layer groups a backbone without known groups is split into.
+    `preprocessor` (text): a KerasHub preset folder (or `asset:` name) holding the tokenizer,
+    written by `preprocessor.save_to_preset(folder)`; needed for a user's text model
+    (`keras:<file.keras>` or `backbone_model=`) unless it is a KerasHub task saved with its
+    preprocessor, and replaces a `keras_hub:` preset's own when set.
     """
 
     spec: str = "keras_applications:MobileNetV2"
@@ -124,6 +233,7 @@ class BackboneConfig:
     train_bn: bool = False
     groups: tuple[GroupPattern, ...] = ()
     generic_groups: Count = 4
+    preprocessor: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +313,16 @@ class StageConfig:
     peft: Literal["none", "lora", "lora_bias", "lora_norm", "bitfit", "norm"] = "none"
     lora: LoraConfig = LoraConfig()
     peft_base: Literal["none", "int8"] = "none"
+    # The stage's image augmentation, replacing `data.augment` for this stage (null: that
+    # list; `[]`: none, so a head-only stage can train on cached features while a later stage
+    # augments).
+    augment: Optional[Augmentations] = None
+
+    def check(self, where: str = "stage") -> None:
+        if self.augment:
+            from tftune.data.augment import parse
+
+            parse(self.augment, f"{where}.augment" if where else "augment")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,8 +56,9 @@ def train(
         config: a `RecipeConfig` or the path of a recipe YAML file.
         datasets: your own `DataSplits` (e.g. `DataSplits.from_datasets(train, val, test, ...)`);
             replaces `config.data`.
-        backbone_model: your own `keras.Model` image feature extractor; replaces
-            `config.backbone.spec`.
+        backbone_model: your own `keras.Model`, replacing `config.backbone.spec`: an image
+            feature extractor, or a text backbone taking KerasHub's token dict (its tokenizer
+            from `config.backbone.preprocessor`, or a KerasHub `TextClassifier`'s own).
         overrides: `KEY=VALUE` strings applied to the recipe.
         output_dir: where run directories go (default `config.output_dir`).
         overwrite: replace an existing run directory of the same name.
@@ -154,6 +155,11 @@ class Run:
         if dist.kind != "default":
             echo(f"Distribution: {dist.describe(cfg.train.batch_size)}")
         rundir.write_json(run / rundir.CLASSES_FILE, splits.class_names)
+        if splits.skipped:  # data.skip_bad_files
+            rundir.write_text(run / rundir.SKIPPED_FILE, "".join(f"{p}\n" for p in splits.skipped))
+            shown = ", ".join(splits.skipped[:3]) + (" ..." if len(splits.skipped) > 3 else "")
+            echo(f"Data: left out {len(splits.skipped)} image file(s) that cannot be decoded "
+                 f"(data.skip_bad_files): {shown}; listed in {run / rundir.SKIPPED_FILE}")
         if splits.modality == "text":
             rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
         self.prep = prepare_run(cfg, splits, backbone, echo)

@@ -37,34 +37,17 @@ class StageData:
 
 
 def fill_progress(verbose: str, split: str, total: Optional[int], echo: Callable[[str], None],
-                  every: float = 15.0) -> Optional[Callable[[int], None]]:
-    """The cache fill's progress for one split, as `train.verbose` shows training: a Keras
-    progress bar (`bar`, or `auto` on a terminal), a line at most every `every` seconds
-    (`epoch`, or `auto` in a log), nothing when `quiet`."""
-    import time
+                  every: Optional[float] = None) -> Optional[Callable[[int], None]]:
+    """The cache fill's progress for one split, as `train.verbose` shows training: a live
+    progress line (`bar`, or `auto` on a terminal), a line at most every `every` seconds
+    (`epoch`, or `auto` in a log; default `tftune.runtime.progress.every_seconds()`),
+    nothing when `quiet`."""
+    from tftune.runtime.progress import Progress, mode_for
 
-    import keras
-
-    from tftune.training.device import verbosity
-
-    bar, lines = verbosity(verbose)
-    if bar:
-        progbar = keras.utils.Progbar(total, unit_name="example")
-        return lambda n: progbar.update(n, finalize=total is not None and n >= total)
-    if not lines:
+    if verbose == "quiet":
         return None
-    start = time.perf_counter()
-    last = [start]
-
-    def line(n):
-        now = time.perf_counter()
-        if now - last[0] >= every:
-            last[0] = now
-            of = f" / {total:,}" if total else ""
-            echo(f"   feature cache: {split} {n:,}{of} examples through the frozen part "
-                 f"({now - start:.0f}s)")
-
-    return line
+    return Progress(f"   feature cache: {split}", total, "examples through the frozen part",
+                    echo=echo, mode=mode_for(verbose), every=every)
 
 
 def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional[Path] = None,
@@ -76,7 +59,8 @@ def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional
     batch's worth: it does not validate)."""
     from tftune.training import cache
 
-    pipe, seed = prep.pipe, cfg.train.seed
+    pipe = prep.stage_pipes[stage_index] if prep.stage_pipes else prep.pipe
+    seed = cfg.train.seed
 
     def inputs(epoch):
         return pipe.batches(prep.train_source, True, pipeline.epoch_seed(seed, stage_index, epoch))

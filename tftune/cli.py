@@ -157,6 +157,34 @@ def lr_find(recipe: str, stage: int, steps: int, min_lr: float, max_lr: float,
 
 
 @main.command()
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe setting (repeatable), as for train.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="The file to write (default: <output_dir>/<name>-preview.png, .txt for text).")
+@click.option("--count", type=click.IntRange(1, 64), default=16, show_default=True,
+              help="How many training examples to show.")
+@click.option("--stage", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Whose epoch: augmentation and order are seeded by (seed, stage, epoch).")
+@click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which epoch of that stage.")
+def preview(recipe: str, overrides: tuple[str, ...], output: str | None, count: int,
+            stage: int, epoch: int) -> None:
+    """Show RECIPE's training examples as training will see them, before training.
+
+    Image recipes: a PNG grid of the first training batch of that stage's epoch after
+    data.augment (mixup / cutmix labels shown as their two largest shares). Text recipes: a
+    table of the first training examples as the backbone's tokenizer splits them.
+    """
+    from tftune.config import load_recipe
+    from tftune.data.preview import preview as run_preview
+
+    config = load_recipe(find_recipe(recipe), overrides)
+    _import_tensorflow_quietly()
+    run_preview(config, output=output, count=count, stage=stage, epoch=epoch, echo=click.echo)
+
+
+@main.command()
 @click.argument("spec")
 @click.option("--weights", default=None, help="Weights for keras_applications specs (default: imagenet).")
 @click.option("--image-size", default=224, show_default=True, help="Input size for image backbones.")
@@ -216,8 +244,10 @@ def _progress(total: int, label: str, threshold: int = 0):
 @click.option("--label-column", default=None, help="Label column of a CSV / JSONL --data (default: the run's).")
 @click.option("--skip-unknown-labels", is_flag=True,
               help="Leave out --data examples whose label the run was not trained on (else an error).")
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="Text encoding of a CSV / JSONL --data, e.g. latin-1 (default: the run's data.encoding).")
 def evaluate(run_dir: str, data, split, name, errors, batch_size, text_column, label_column,
-             skip_unknown_labels: bool) -> None:
+             skip_unknown_labels: bool, encoding) -> None:
     """Score the finished run in RUN_DIR on its test split (or --data) and write a report.
 
     Prints accuracy, per-class precision / recall / F1 / ROC-AUC, macro and weighted
@@ -230,7 +260,8 @@ def evaluate(run_dir: str, data, split, name, errors, batch_size, text_column, l
     from tftune.evaluation.evaluate import evaluate as run_evaluate
 
     options = {k: v for k, v in dict(split=split, name=name, errors=errors, batch_size=batch_size,
-                                     text_column=text_column, label_column=label_column).items()
+                                     text_column=text_column, label_column=label_column,
+                                     encoding=encoding).items()
                if v is not None}
     bar = {}
 
@@ -326,8 +357,10 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
               help="Smallest allowed share of equal top-1 classes (default: per quantization).")
 @click.option("--text-column", default=None, help="Text column of a CSV / JSONL --data (default: the run's).")
 @click.option("--label-column", default=None, help="Label column of a CSV / JSONL --data (default: the run's).")
+@click.option("--encoding", default=None, metavar="CODEC",
+              help="Text encoding of a CSV / JSONL --data, e.g. latin-1 (default: the run's data.encoding).")
 def export(run_dir: str, fmt: str, quantize, output, overwrite: bool, samples, data, tolerance,
-           min_agreement, text_column, label_column) -> None:
+           min_agreement, text_column, label_column, encoding) -> None:
     """Export the finished run in RUN_DIR and verify it against the Keras model.
 
     Writes RUN_DIR/export/<format>[-<quantize>]/ with the artefact, classes.json and
@@ -346,7 +379,8 @@ def export(run_dir: str, fmt: str, quantize, output, overwrite: bool, samples, d
 
     options = {k: v for k, v in dict(quantize=quantize, output=output, samples=samples, data=data,
                                      tolerance=tolerance, min_agreement=min_agreement,
-                                     text_column=text_column, label_column=label_column).items()
+                                     text_column=text_column, label_column=label_column,
+                                     encoding=encoding).items()
                if v is not None}
     run_export(run_dir, fmt, overwrite=overwrite, echo=click.echo, **options)
 
@@ -376,7 +410,8 @@ def assets_fetch(names: tuple[str, ...], force: bool) -> None:
     """Fetch NAMES (default: all) into the asset cache ($TFTUNE_ASSETS_DIR), verifying sha256.
 
     Prints a line per step of each asset: downloading, verifying, then its size, folder and
-    time taken.
+    time taken; meanwhile a live progress line on a terminal (in a log, a plain line every
+    15 s; TFTUNE_PROGRESS_SECONDS sets it).
     """
     from tftune import assets as assets_mod
 

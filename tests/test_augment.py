@@ -46,6 +46,7 @@ def test_recipe_names_parameters_and_errors():
     assert specs[0] == ("flip", {"mode": "horizontal"})
     assert specs[1] == ("rotation", {"factor": 0.1})
     assert specs[2] == ("randaugment", {"num_ops": 1, "factor": 0.3})
+    assert type(specs[2][1]["num_ops"]) is int  # RandAugment uses it as a shape
     assert specs[3][1]["hue_factor"] == 0.1 and specs[3][1]["brightness_factor"] == 0.2
     assert specs[4] == ("resized_crop", {"scale": (0.5, 1.0), "ratio": (0.75, 4 / 3)})
     assert specs[5] == ("mixup", {"alpha": 0.4})

@@ -64,7 +64,9 @@ class Param:
             shown = list(value) if isinstance(value, tuple) else value  # as the recipe wrote it
             raise ConfigError(f"Invalid value for '{where}'. Expected {expected}. "
                               f"Received: {shown!r}")
-        return tuple(values) if isinstance(value, (list, tuple)) else value
+        if self.integer:  # the schema reads every number as a float
+            values = [int(v) for v in values]
+        return tuple(values) if isinstance(value, (list, tuple)) else values[0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,8 +69,11 @@ def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional
     if cfg.train.feature_cache == "off":
         return uncached
     if pipe.random:
-        echo(f"   feature cache: off (random augmentation {list(pipe.augment)} changes the "
-             f"frozen part's outputs every epoch)")
+        from tftune.data.augment import parse
+
+        names = ", ".join(name for name, _ in parse(pipe.augment))
+        echo(f"   feature cache: off (random augmentation [{names}] changes the frozen part's "
+             f"outputs every epoch)")
         return uncached
     plan, why = cache.plan_cache(model, backbone.model)
     if plan is None:

@@ -122,6 +122,7 @@ RULES = {
     "train.batch_size": "an integer >= 1",
     "train.seed": "an integer in [0, 4294967295]",
     "train.cache_memory_mb": "an integer >= 0",
+    "train.ema_momentum": "a number in [0, 1)",
     "train.checkpoint_steps": "an integer >= 0",
     "train.steps_per_execution": "one of: 'auto' or an integer >= 1",
     "train.huber_delta": "a number > 0",

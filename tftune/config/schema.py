@@ -372,6 +372,12 @@ class TrainConfig:
     # Per-example loss weights by class (classification): `balanced` (n / (classes * count))
     # or {class name: weight}; classes left out weigh 1.
     class_weight: Optional[Union[Literal["balanced"], dict[str, Positive]]] = None
+    # Weight averaging in every stage: `ema` keeps an exponential moving average of the
+    # trained weights (the optimizer's, Keras' `use_ema`, updated every step with
+    # `ema_momentum` in [0, 1)); validation, early stopping and the restored best epoch use
+    # the averaged weights, training continues from the raw ones.
+    average: Literal["none", "ema"] = "none"
+    ema_momentum: Annotated[float, Range("[0, 1)")] = 0.99
 
 
 @dataclasses.dataclass(frozen=True)

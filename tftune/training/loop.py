@@ -19,6 +19,11 @@ the metrics. Training multiplies them by the task's per-example weights
 (`Task.example_weights`: `train.class_weight`), computed from the labels in the step, so
 they are the same on cached features; validation is unweighted, as in Keras.
 
+`train.average: ema`: the optimizer keeps a moving average of the trained weights (Keras'
+`use_ema`); at each epoch's end the averaged weights are swapped in for validation and the
+epoch-end callbacks (so early stopping keeps, and restores, the best averaged weights), then
+swapped back before the checkpoint, so training and resume continue from the raw weights.
+
 `steps_per_execution` > 1 runs that many steps in one `tf.function` call (a `tf.while_loop`
 over the iterator's optionals, as Keras's own multi-step function does): the callbacks see one
 batch per call, and stop requests and checkpoints fall on call boundaries. It pays where a
@@ -83,6 +88,31 @@ class Steps:
         checkpoint can be restored into them before training starts."""
         with self.strategy.scope():
             self.model.optimizer.build(self.model.trainable_variables)
+
+    @property
+    def averaged(self) -> bool:
+        """Whether the optimizer keeps a moving average of the weights (`train.average: ema`)."""
+        return bool(getattr(self._inner_optimizer(), "use_ema", False))
+
+    def _inner_optimizer(self):
+        """The optimizer that holds the variables (inside a float16 loss-scale wrapper)."""
+        optimizer = self.model.optimizer
+        return getattr(optimizer, "inner_optimizer", optimizer)
+
+    def swap_average(self) -> None:
+        """Exchanges the trained variables' values with the optimizer's moving averages of
+        them: called twice, everything is as before. (What `keras.callbacks.SwapEMAWeights`
+        does around evaluation, here at points of tftune's loop that a checkpoint never sees
+        in between.)"""
+        import tensorflow as tf
+
+        optimizer = self._inner_optimizer()
+        with self.strategy.scope():
+            for var, average in zip(optimizer._trainable_variables,
+                                    optimizer._model_variables_moving_average):
+                held = tf.identity(var.value)
+                var.assign(average.value)
+                average.assign(held)
 
     def distribute(self, dataset):
         if self.distribution is None:
@@ -305,10 +335,14 @@ def run_epochs(
             if count < n:  # the epoch's batches ran out
                 break
         logs = steps.train_results()
+        if steps.averaged:  # validated, compared and kept (early stopping) as averaged
+            steps.swap_average()
         if val_data is not None:
             logs.update({f"val_{k}": v for k, v in steps.evaluate(val_data).items()})
         logs_per_epoch.append(dict(logs))
         callbacks.on_epoch_end(epoch, logs)
+        if steps.averaged:  # training goes on from the raw weights (and checkpoints so)
+            steps.swap_average()
         here = Position(epoch + 1, 0, bool(model.stop_training))
         faults.point("epoch_end", f"epoch {epoch + 1}")
         if hooks.stop_requested():

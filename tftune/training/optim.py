@@ -216,9 +216,11 @@ def build_optimizer(
     stage: StageConfig,
     steps_per_epoch: int,
     lr_multipliers: Optional[Mapping[str, float]] = None,
+    ema_momentum: Optional[float] = None,
 ) -> keras.optimizers.Optimizer:
     """A fresh optimizer for `stage`, with its warmup/decay schedule over the stage's steps
-    and `lr_multipliers` ({variable path: multiplier}) for discriminative learning rates."""
+    and `lr_multipliers` ({variable path: multiplier}) for discriminative learning rates;
+    with `ema_momentum`, it also keeps a moving average of the weights (Keras' `use_ema`)."""
     total = max(1, stage.epochs * steps_per_epoch)
     warmup = warmup_steps(stage, total)
     lr = (
@@ -227,12 +229,13 @@ def build_optimizer(
         else WarmupDecay(stage.learning_rate, total, warmup, stage.schedule)
     )
     multipliers = dict(lr_multipliers or {})
+    ema = {} if ema_momentum is None else {"use_ema": True, "ema_momentum": float(ema_momentum)}
     if stage.optimizer == "sgd":
-        return GroupLRSGD(learning_rate=lr, momentum=0.9, lr_multipliers=multipliers)
+        return GroupLRSGD(learning_rate=lr, momentum=0.9, lr_multipliers=multipliers, **ema)
     if stage.optimizer == "adam":
-        return GroupLRAdam(learning_rate=lr, lr_multipliers=multipliers)
+        return GroupLRAdam(learning_rate=lr, lr_multipliers=multipliers, **ema)
     opt = GroupLRAdamW(
-        learning_rate=lr, weight_decay=stage.weight_decay, lr_multipliers=multipliers
+        learning_rate=lr, weight_decay=stage.weight_decay, lr_multipliers=multipliers, **ema
     )
     opt.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return opt

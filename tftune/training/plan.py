@@ -37,6 +37,7 @@ class StagePlan:
     groups: tuple = dataclasses.field(default=(), compare=False, repr=False)  # LayerGroups
     seed: int = 0  # seeds the LoRA adapters' initial values
     targets: tuple = dataclasses.field(default=(), compare=False, repr=False)  # LoRA layers
+    ema_momentum: Optional[float] = None  # `train.average: ema`: the moving average's momentum
 
     @classmethod
     def build(cls, cfg: RecipeConfig, index: int, groups: Sequence) -> "StagePlan":
@@ -49,8 +50,9 @@ class StagePlan:
         multipliers = optim.group_multipliers(names, indices, stage.layer_decay,
                                               stage.lr_multipliers, where)
         targets = _peft_targets(stage, [groups[i] for i in indices], where)
+        ema = cfg.train.ema_momentum if cfg.train.average == "ema" else None
         return cls(index, len(cfg.stages), stage, names, indices, multipliers,
-                   cfg.backbone.train_bn, tuple(groups), cfg.train.seed, tuple(targets))
+                   cfg.backbone.train_bn, tuple(groups), cfg.train.seed, tuple(targets), ema)
 
     @classmethod
     def single(cls, stage: StageConfig, index: int = 0) -> "StagePlan":
@@ -106,10 +108,11 @@ class StagePlan:
     def optimizer(self, steps_per_epoch: int, stage: Optional[StageConfig] = None):
         """A fresh optimizer for the stage: its schedule over `stage.steps_per_epoch` (or
         `steps_per_epoch`) steps an epoch, with the groups' learning-rate multipliers.
-        `stage` replaces the stage's settings (lr-find sweeps a constant rate)."""
+        `stage` replaces the stage's settings (lr-find sweeps a constant rate, unaveraged)."""
+        ema = self.ema_momentum if stage is None else None
         stage = stage or self.stage
         return optim.build_optimizer(stage, stage.steps_per_epoch or steps_per_epoch,
-                                     self.variable_multipliers())
+                                     self.variable_multipliers(), ema_momentum=ema)
 
     # -- the run log ---------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""`train.average: ema`: an exponential moving average of the trained weights, validated,
+early-stopped and restored in place of the raw weights, and resumed exactly."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import (
+    assert_same_run,
+    make_image_folder,
+    resume_recipe,
+    save_tiny_cnn,
+    sigterm_at,
+)
+from tftune.config import config_from_dict
+from tftune.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("average")
+    return make_image_folder(root / "images"), save_tiny_cnn(root / "cnn.keras")
+
+
+class RawWeights(keras.callbacks.Callback):
+    """The trained variables' values after every step (what the optimizer averages)."""
+
+    def __init__(self):
+        super().__init__()
+        self.after_step = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after_step.append([v.numpy().copy() for v in self.model.trainable_variables])
+
+
+@pytest.mark.usefixtures("eager")
+def test_the_kept_weights_are_the_moving_average_of_the_steps(tmp_path, data):
+    """One stage, one epoch, one step a call: what the stage ends with is
+    avg_1 = w_1, avg_k = m avg_(k-1) + (1 - m) w_k over the raw weights after each step."""
+    from tftune.training.runner import train
+
+    folder, cnn = data
+    recipe = resume_recipe(folder, cnn, tmp_path, average="ema", ema_momentum=0.6,
+                           steps_per_execution=1)
+    recipe["stages"] = recipe["stages"][:1]
+    recipe["stages"][0]["epochs"] = 1
+    recorder = RawWeights()
+    result = train(config_from_dict(recipe), callbacks=[recorder], echo=lambda _: None)
+    steps = recorder.after_step
+    assert len(steps) == 4  # 30 training images, batches of 8
+    average = steps[0]
+    for raw in steps[1:]:
+        average = [0.6 * a + 0.4 * w for a, w in zip(average, raw)]
+    head = result.model.get_layer("head_classifier")
+    kept = [head.kernel.numpy(), head.bias.numpy()]
+    expected = average[-2:]  # the head's kernel and bias are the suffix's last variables
+    assert [e.shape for e in expected] == [k.shape for k in kept]
+    for k, e, raw in zip(kept, expected, steps[-1][-2:]):
+        np.testing.assert_allclose(k, e, atol=1e-5)
+        assert np.abs(k - raw).max() > 1e-4  # and not the last raw weights
+
+
+@pytest.mark.usefixtures("eager")
+def test_an_averaged_run_resumes_exactly(tmp_path, data, monkeypatch):
+    """SIGTERM inside stage 2 (after an epoch end, where the averages were swapped in for
+    validation and back): the resumed run ends as the uninterrupted one does."""
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
+
+    folder, cnn = data
+
+    def cfg(out):
+        return config_from_dict(resume_recipe(folder, cnn, out, average="ema", ema_momentum=0.8))
+
+    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
+    sigterm_at(monkeypatch, "step", 15)  # stage 2, epoch 2, step 3
+    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 2, step 3"):
+        train(cfg(tmp_path / "cut"), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    assert_same_run(resumed, reference)
+
+
+def test_the_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"'train.average'.*one of: 'none', 'ema'"):
+        config_from_dict({"train": {"average": "swa"}})
+    with pytest.raises(ConfigError, match=r"'train.ema_momentum'. Expected a number in \[0, 1\)"):
+        config_from_dict({"train": {"ema_momentum": 1.0}})

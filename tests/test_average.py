@@ -83,7 +83,81 @@ def test_an_averaged_run_resumes_exactly(tmp_path, data, monkeypatch):
     assert_same_run(resumed, reference)
 
 
-def test_the_settings_are_checked():
+class EpochWeights(keras.callbacks.Callback):
+    """The trained variables' values at each epoch's end (what a soup averages)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append([v.numpy().copy() for v in self.model.trainable_variables])
+
+
+@pytest.mark.usefixtures("eager")
+@pytest.mark.parametrize("kind", ["uniform", "greedy"])
+def test_a_soup_is_the_mean_of_its_epochs_and_is_kept_only_if_not_worse(tmp_path, data, kind):
+    from tftune.training.runner import train
+
+    folder, cnn = data
+    recipe = resume_recipe(folder, cnn, tmp_path, average=kind, average_epochs=2)
+    recipe["stages"] = [{**recipe["stages"][0], "epochs": 4,
+                         "early_stopping": {"monitor": "val_accuracy", "patience": 9}}]
+    recorder = EpochWeights()
+    lines = []
+    result = train(config_from_dict(recipe), callbacks=[recorder], echo=lines.append)
+    soup = result.metrics["stages"][0]["soup"]
+    assert soup is not None and len(recorder.epochs) == 4
+    assert any(f"{kind} soup of epochs" in l for l in lines), lines
+    head = result.model.get_layer("head_classifier")
+    kept = [head.kernel.numpy(), head.bias.numpy()]
+    if soup["kept"]:
+        assert len(soup["epochs"]) >= 2 and soup["value"] >= soup["best_single"]
+        expected = [np.mean([recorder.epochs[e - 1][j] for e in soup["epochs"]], axis=0)
+                    for j in (-2, -1)]
+        assert result.metrics["stages"][0]["best_value"] == pytest.approx(soup["value"])
+    else:  # the best single epoch's weights
+        assert soup["value"] < soup["best_single"]
+        best = result.metrics["stages"][0]["best_epoch"]
+        expected = [recorder.epochs[best - 1][j] for j in (-2, -1)]
+    for k, e in zip(kept, expected):
+        np.testing.assert_allclose(k, e, atol=1e-6)
+    if kind == "uniform":
+        assert len(soup["epochs"]) == 2
+
+
+@pytest.mark.usefixtures("eager")
+def test_a_souped_run_resumes_exactly(tmp_path, data, monkeypatch):
+    """The epochs' weights a soup needs are checkpointed with the stage."""
+    from tftune.runtime.preemption import Preempted
+    from tftune.training.runner import train
+
+    folder, cnn = data
+
+    def cfg(out):
+        return config_from_dict(resume_recipe(folder, cnn, out, average="greedy"))
+
+    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
+    assert all(s["soup"] is not None for s in reference.metrics["stages"])
+    sigterm_at(monkeypatch, "step", 15)  # stage 2, epoch 2, step 3
+    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 2, step 3"):
+        train(cfg(tmp_path / "cut"), echo=lambda _: None)
+    monkeypatch.undo()
+    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    assert_same_run(resumed, reference)
+    assert resumed.metrics["stages"][1]["soup"] == reference.metrics["stages"][1]["soup"]
+
+
+def test_the_settings_are_checked(tmp_path, data):
+    from tftune.training.runner import train
+
+    folder, cnn = data
+    recipe = resume_recipe(folder, cnn, tmp_path, average="greedy")
+    recipe["stages"][0]["early_stopping"]["monitor"] = "loss"
+    with pytest.raises(ConfigError, match="the monitor must be a validation metric"):
+        train(config_from_dict(recipe), echo=lambda _: None)
+    with pytest.raises(ConfigError, match=r"'train.average_epochs'. Expected an integer >= 2"):
+        config_from_dict({"train": {"average_epochs": 1}})
     with pytest.raises(ConfigError, match=r"'train.average'.*one of: 'none', 'ema'"):
         config_from_dict({"train": {"average": "swa"}})
     with pytest.raises(ConfigError, match=r"'train.ema_momentum'. Expected a number in \[0, 1\)"):

@@ -123,6 +123,7 @@ RULES = {
     "train.seed": "an integer in [0, 4294967295]",
     "train.cache_memory_mb": "an integer >= 0",
     "train.ema_momentum": "a number in [0, 1)",
+    "train.average_epochs": "an integer >= 2",
     "train.checkpoint_steps": "an integer >= 0",
     "train.steps_per_execution": "one of: 'auto' or an integer >= 1",
     "train.huber_delta": "a number > 0",

@@ -375,9 +375,12 @@ class TrainConfig:
     # Weight averaging in every stage: `ema` keeps an exponential moving average of the
     # trained weights (the optimizer's, Keras' `use_ema`, updated every step with
     # `ema_momentum` in [0, 1)); validation, early stopping and the restored best epoch use
-    # the averaged weights, training continues from the raw ones.
-    average: Literal["none", "ema"] = "none"
+    # the averaged weights, training continues from the raw ones. `uniform` / `greedy` make a
+    # soup of the stage's epochs when it ends: the mean of the best `average_epochs` (>= 2)
+    # epochs, or the greedy soup chosen on validation; see `tftune.training.average`.
+    average: Literal["none", "ema", "uniform", "greedy"] = "none"
     ema_momentum: Annotated[float, Range("[0, 1)")] = 0.99
+    average_epochs: Annotated[int, Range(">= 2")] = 3
 
 
 @dataclasses.dataclass(frozen=True)

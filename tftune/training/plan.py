@@ -38,6 +38,8 @@ class StagePlan:
     seed: int = 0  # seeds the LoRA adapters' initial values
     targets: tuple = dataclasses.field(default=(), compare=False, repr=False)  # LoRA layers
     ema_momentum: Optional[float] = None  # `train.average: ema`: the moving average's momentum
+    soup: str = "none"  # `train.average: uniform | greedy`: the soup made when the stage ends
+    soup_epochs: int = 3  # `train.average_epochs`: how many best epochs a uniform soup takes
 
     @classmethod
     def build(cls, cfg: RecipeConfig, index: int, groups: Sequence) -> "StagePlan":
@@ -51,8 +53,10 @@ class StagePlan:
                                               stage.lr_multipliers, where)
         targets = _peft_targets(stage, [groups[i] for i in indices], where)
         ema = cfg.train.ema_momentum if cfg.train.average == "ema" else None
+        soup = cfg.train.average if cfg.train.average in ("uniform", "greedy") else "none"
         return cls(index, len(cfg.stages), stage, names, indices, multipliers,
-                   cfg.backbone.train_bn, tuple(groups), cfg.train.seed, tuple(targets), ema)
+                   cfg.backbone.train_bn, tuple(groups), cfg.train.seed, tuple(targets), ema,
+                   soup, cfg.train.average_epochs)
 
     @classmethod
     def single(cls, stage: StageConfig, index: int = 0) -> "StagePlan":

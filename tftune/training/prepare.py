@@ -153,8 +153,13 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
     )
     plans = StagePlan.all(cfg, backbone.groups)
     for plan in plans:
-        task.check_monitor(plan.stage.early_stopping.monitor,
-                           f"stages.{plan.index}.early_stopping.monitor")
+        monitor = plan.stage.early_stopping.monitor
+        task.check_monitor(monitor, f"stages.{plan.index}.early_stopping.monitor")
+        if plan.soup != "none" and not monitor.startswith("val_"):
+            raise ConfigError(
+                f"Invalid value for 'stages.{plan.index}.early_stopping.monitor' with "
+                f"train.average {plan.soup!r}: a soup is chosen on the validation split, so the "
+                f"monitor must be a validation metric (val_...). Received: {monitor!r}")
     return Prepared(splits, task, model, head, unused, pipe, train_source, train_ds, val_ds,
                     test_ds, steps_per_epoch, plans, stage_pipes)
 

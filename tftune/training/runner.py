@@ -196,6 +196,9 @@ class Run:
             st.trainable = [v.path for v in srun.model.trainable_variables]
             if srun.stopper.best_weights is not None:
                 arrays["early_stopping"] = srun.stopper.best_weights
+            if srun.snapshots is not None:  # a soup's epochs so far
+                for k, weights in enumerate(srun.snapshots.weights):
+                    arrays[f"snapshot_{k}"] = weights
         ckpt.write(self.run, st, variables, arrays, writer=self.dist.is_chief)
         self.saved = st
 
@@ -259,9 +262,17 @@ class Run:
         if data.model is not self.model:  # trained through the cache: the full model shares its weights
             compile_like(self.model, data.model, self.task, self.jit)
         self.results.append(result)
+        soup = result.soup
+        if soup is not None:
+            epochs = ", ".join(map(str, soup["epochs"]))
+            self.echo(
+                f"   stage {stage.name}: {plan.soup} soup of epochs {epochs}: {result.monitor}="
+                f"{soup['value']:.4f}, best epoch alone {soup['best_single']:.4f}; "
+                + ("keeping the soup" if soup["kept"] else "keeping the best epoch"))
+        what = "soup kept" if soup is not None and soup["kept"] else "best weights restored"
         self.echo(
             f"   stage {stage.name}: best {result.monitor}={result.best_value:.4f} at epoch "
-            f"{result.best_epoch}/{result.epochs_run} ({result.seconds:.0f}s); best weights restored"
+            f"{result.best_epoch}/{result.epochs_run} ({result.seconds:.0f}s); {what}"
         )
         if result.best_value is not None and (
             self.best is None or self.best["monitor"] != result.monitor
@@ -304,6 +315,7 @@ class Run:
                 f"groups changed). Pass --overwrite to start again."
             )
         srun.load_early_stopping_state(st.early_stopping, self.loaded.arrays("early_stopping"))
+        srun.load_snapshots(st.early_stopping, lambda k: self.loaded.arrays(f"snapshot_{k}"))
         srun.epoch_logs[:] = [dict(l) for l in st.epoch_logs]
         return loop.Position(st.epoch, st.step, st.stopped)
 

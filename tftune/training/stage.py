@@ -23,6 +23,9 @@ class StageResult:
     monitor: str
     trainable_params: int
     seconds: float
+    # `train.average: uniform | greedy`: the soup tried at the stage's end ({epochs, value,
+    # best_single, kept}); when kept, `best_value` is the soup's.
+    soup: Optional[dict] = None
 
 
 def compile_model(model, task, optimizer, jit_compile) -> None:
@@ -54,6 +57,7 @@ class StageRun:
     stopper: Any
     epoch_logs: list
     seconds_before: float = 0.0
+    snapshots: Any = None  # the epochs' weights for a soup (`tftune.training.average.Snapshots`)
     _started: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
 
     def early_stopping_state(self) -> dict:
@@ -64,6 +68,7 @@ class StageRun:
             "best_epoch": int(s.best_epoch),
             "stopped_epoch": int(s.stopped_epoch),
             "seconds": self.seconds_before + time.perf_counter() - self._started,
+            **({"snapshots": self.snapshots.state()} if self.snapshots is not None else {}),
         }
 
     def load_early_stopping_state(self, state: dict, best_weights) -> None:
@@ -72,6 +77,12 @@ class StageRun:
         s.stopped_epoch = state["stopped_epoch"]
         s.best_weights = best_weights
         self.seconds_before = float(state.get("seconds", 0.0))
+
+    def load_snapshots(self, state: dict, arrays) -> None:
+        """The soup's epochs from a checkpoint: `arrays(k)` gives epoch snapshot k's weights."""
+        if self.snapshots is not None and "snapshots" in state:
+            held = state["snapshots"]
+            self.snapshots.load(held, [arrays(k) for k in range(len(held["epochs"]))])
 
 
 def open_stage(model, plan, task, steps_per_epoch: int, callbacks: list, jit_compile,
@@ -140,11 +151,17 @@ def run_stage(
     the `loop.Hooks` (checkpoints, stop requests) the loop calls at step boundaries."""
     from tftune.training import loop
 
+    from tftune.training import average
+
     stage = plan.stage
+    snapshots = None
+    if plan.soup in average.KINDS:
+        snapshots = average.Snapshots(stage.early_stopping.monitor)
+        callbacks = [*callbacks, snapshots]
     steps, stopper, callback_list = open_stage(
         model, plan, task, steps_per_epoch, callbacks, jit_compile, verbose, distribution,
         steps_per_execution)
-    run = StageRun(model, steps, stopper, [])
+    run = StageRun(model, steps, stopper, [], snapshots=snapshots)
     callback_list.on_train_begin()
     start = resume(run) if resume is not None else loop.Position()
     epoch_data = train_ds if callable(train_ds) else (lambda epoch: train_ds)
@@ -155,12 +172,23 @@ def run_stage(
         epoch_logs=run.epoch_logs,
     )
     callback_list.on_train_end(logs[-1] if logs else None)
+    best_value = float(stopper.best) if stopper.best is not None else None
+    soup = None
+    if snapshots is not None and val_ds is not None:
+        key = stage.early_stopping.monitor[len("val_"):]
+        made = average.make_soup(plan.soup, model, lambda: steps.evaluate(val_ds)[key],
+                                 snapshots, task, plan.soup_epochs)
+        if made is not None:
+            soup = dataclasses.asdict(made)
+            if made.kept:
+                best_value = made.value
     return StageResult(
         name=stage.name,
         epochs_run=len(logs),
         best_epoch=stopper.best_epoch + 1,
-        best_value=float(stopper.best) if stopper.best is not None else None,
+        best_value=best_value,
         monitor=stage.early_stopping.monitor,
         trainable_params=count_trainable(model),
         seconds=round(run.seconds_before + time.perf_counter() - run._started, 1),
+        soup=soup,
     )

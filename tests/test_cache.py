@@ -256,7 +256,7 @@ def test_train_says_when_the_cache_is_used_and_saves_the_stage_state(tmp_path, s
     elif setting == "off":
         assert "feature cache" not in log
     else:
-        assert log.count("feature cache: off (random augmentation ['flip']") == 2
+        assert log.count("feature cache: off (random augmentation [flip]") == 2
     assert "lr multipliers: stage_1 x0.25, stage_2 x0.5, head x1" in log
     loaded = keras.saving.load_model(result.run_dir / "model.keras")
     assert loaded.optimizer.lr_multipliers == {

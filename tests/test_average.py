@@ -24,15 +24,22 @@ def data(tmp_path_factory):
     return make_image_folder(root / "images"), save_tiny_cnn(root / "cnn.keras")
 
 
-class RawWeights(keras.callbacks.Callback):
-    """The trained variables' values after every step (what the optimizer averages)."""
+class TrainedWeights(keras.callbacks.Callback):
+    """The trained variables' values after every step (what EMA averages) and at every
+    epoch's end (what a soup averages)."""
 
     def __init__(self):
         super().__init__()
-        self.after_step = []
+        self.after_step, self.epochs = [], []
+
+    def _values(self):
+        return [v.numpy().copy() for v in self.model.trainable_variables]
 
     def on_train_batch_end(self, batch, logs=None):
-        self.after_step.append([v.numpy().copy() for v in self.model.trainable_variables])
+        self.after_step.append(self._values())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(self._values())
 
 
 @pytest.mark.usefixtures("eager")
@@ -46,7 +53,7 @@ def test_the_kept_weights_are_the_moving_average_of_the_steps(tmp_path, data):
                            steps_per_execution=1)
     recipe["stages"] = recipe["stages"][:1]
     recipe["stages"][0]["epochs"] = 1
-    recorder = RawWeights()
+    recorder = TrainedWeights()
     result = train(config_from_dict(recipe), callbacks=[recorder], echo=lambda _: None)
     steps = recorder.after_step
     assert len(steps) == 4  # 30 training images, batches of 8
@@ -63,16 +70,18 @@ def test_the_kept_weights_are_the_moving_average_of_the_steps(tmp_path, data):
 
 
 @pytest.mark.usefixtures("eager")
-def test_an_averaged_run_resumes_exactly(tmp_path, data, monkeypatch):
-    """SIGTERM inside stage 2 (after an epoch end, where the averages were swapped in for
-    validation and back): the resumed run ends as the uninterrupted one does."""
+@pytest.mark.parametrize("average", ["ema", "greedy"])
+def test_an_averaged_run_resumes_exactly(tmp_path, data, monkeypatch, average):
+    """SIGTERM inside stage 2, after an epoch end: EMA swapped the averages in for validation
+    and back, a soup's epochs so far are checkpointed with the stage. The resumed run ends as
+    the uninterrupted one does, soup included."""
     from tftune.runtime.preemption import Preempted
     from tftune.training.runner import train
 
     folder, cnn = data
 
     def cfg(out):
-        return config_from_dict(resume_recipe(folder, cnn, out, average="ema", ema_momentum=0.8))
+        return config_from_dict(resume_recipe(folder, cnn, out, average=average, ema_momentum=0.8))
 
     reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
     sigterm_at(monkeypatch, "step", 15)  # stage 2, epoch 2, step 3
@@ -81,17 +90,10 @@ def test_an_averaged_run_resumes_exactly(tmp_path, data, monkeypatch):
     monkeypatch.undo()
     resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
     assert_same_run(resumed, reference)
-
-
-class EpochWeights(keras.callbacks.Callback):
-    """The trained variables' values at each epoch's end (what a soup averages)."""
-
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append([v.numpy().copy() for v in self.model.trainable_variables])
+    if average == "greedy":
+        assert all(s["soup"] is not None for s in reference.metrics["stages"])
+        assert ([s["soup"] for s in resumed.metrics["stages"]]
+                == [s["soup"] for s in reference.metrics["stages"]])
 
 
 @pytest.mark.usefixtures("eager")
@@ -103,7 +105,7 @@ def test_a_soup_is_the_mean_of_its_epochs_and_is_kept_only_if_not_worse(tmp_path
     recipe = resume_recipe(folder, cnn, tmp_path, average=kind, average_epochs=2)
     recipe["stages"] = [{**recipe["stages"][0], "epochs": 4,
                          "early_stopping": {"monitor": "val_accuracy", "patience": 9}}]
-    recorder = EpochWeights()
+    recorder = TrainedWeights()
     lines = []
     result = train(config_from_dict(recipe), callbacks=[recorder], echo=lines.append)
     soup = result.metrics["stages"][0]["soup"]
@@ -124,28 +126,6 @@ def test_a_soup_is_the_mean_of_its_epochs_and_is_kept_only_if_not_worse(tmp_path
         np.testing.assert_allclose(k, e, atol=1e-6)
     if kind == "uniform":
         assert len(soup["epochs"]) == 2
-
-
-@pytest.mark.usefixtures("eager")
-def test_a_souped_run_resumes_exactly(tmp_path, data, monkeypatch):
-    """The epochs' weights a soup needs are checkpointed with the stage."""
-    from tftune.runtime.preemption import Preempted
-    from tftune.training.runner import train
-
-    folder, cnn = data
-
-    def cfg(out):
-        return config_from_dict(resume_recipe(folder, cnn, out, average="greedy"))
-
-    reference = train(cfg(tmp_path / "ref"), echo=lambda _: None)
-    assert all(s["soup"] is not None for s in reference.metrics["stages"])
-    sigterm_at(monkeypatch, "step", 15)  # stage 2, epoch 2, step 3
-    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 2, step 3"):
-        train(cfg(tmp_path / "cut"), echo=lambda _: None)
-    monkeypatch.undo()
-    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
-    assert_same_run(resumed, reference)
-    assert resumed.metrics["stages"][1]["soup"] == reference.metrics["stages"][1]["soup"]
 
 
 def test_the_settings_are_checked(tmp_path, data):

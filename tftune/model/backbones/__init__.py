@@ -76,6 +76,12 @@ class Backbone:
         return lines
 
 
+def _affine_text(scale, offset) -> str:
+    """`x * scale + offset` as the log shows it, leaving out a missing scale or offset."""
+    text = "x" + (f" * {scale}" if scale is not None else "")
+    return text + (f" + {offset}" if offset is not None else "")
+
+
 def _backbone(model, modality: str, cfg: BackboneConfig, spec: str, **kwargs) -> Backbone:
     """A `Backbone` for `model` with its layer groups (`backbone.groups` / automatic)."""
     return Backbone(model=model, modality=modality, spec=spec,
@@ -186,7 +192,7 @@ def _keras_hub_image(spec: str, preset: str, model, cfg: BackboneConfig,
             f"Invalid value for 'data.image_size': {spec!r} takes {list(fixed)} images only. "
             f"Received: {list(image_size)}. Set data.image_size to {list(fixed)}.")
     scale, offset = getattr(converter, "scale", None), getattr(converter, "offset", None)
-    notes = [f"input normalisation from the preset's image converter: x * {scale} + {offset}"]
+    notes = [f"input normalisation from the preset's image converter: {_affine_text(scale, offset)}"]
     if timm:
         notes.insert(0, f"timm {timm} checkpoint converted by KerasHub "
                         f"({type(model).__name__}); normalisation from its pretrained_cfg mean/std")
@@ -541,7 +547,8 @@ def from_keras_model(model, cfg: BackboneConfig, spec: str = "keras:<in memory>"
         scale, offset = converter.scale, getattr(converter, "offset", None)
         return _backbone(model, "image", cfg, spec, image_preprocessing="affine",
                          image_scale=scale, image_offset=offset,
-                         notes=[f"the saved task's image converter normalises: x * {scale} + {offset}"])
+                         notes=[f"the saved task's image converter normalises: "
+                                f"{_affine_text(scale, offset)}"])
     return _backbone(model, "image", cfg, spec, image_preprocessing="none",
                      notes=["user model: inputs are passed as 0..255 pixels; normalise inside the model"])
 

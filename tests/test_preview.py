@@ -83,3 +83,16 @@ def test_preview_errors_are_one_line(tmp_path, image_files):
     recipe["data"]["augment"] = []
     path = write_recipe(tmp_path / "ok.yaml", recipe)
     assert_one_line_error(invoke("preview", path, "--stage", 5), "Expected 1..2")
+
+
+def test_preview_refuses_what_training_refuses(tmp_path, image_files):
+    """One check serves preview and train: augmentation on text data, and mixing for a task
+    without class labels, are refused with the key named, before anything loads a backbone."""
+    preset = save_bert_preset(tmp_path / "bert")
+    csv = write_sentiment_csv(tmp_path / "s.csv")
+    recipe = text_recipe(tmp_path, csv, preset)
+    recipe["stages"][0]["augment"] = ["flip"]
+    path = write_recipe(tmp_path / "t.yaml", recipe)
+    for command in ("preview", "train"):
+        assert_one_line_error(invoke(command, path), "Invalid value for 'stages.0.augment'",
+                              "recipe's data is text")

@@ -161,3 +161,20 @@ def parse(entries: Sequence[Any], where: str = "data.augment") -> list[tuple[str
 def mixes(entries: Sequence[Any]) -> bool:
     """Whether `data.augment` mixes examples (mixup / cutmix), so labels become soft."""
     return any(KINDS[name].mixes for name, _ in parse(entries))
+
+
+def check_augmentations(cfg, modality: str, task) -> None:
+    """Refuses augmentation a run cannot take, naming the key: any for text data, and mixing
+    (mixup / cutmix) for a task without class labels to mix. `data.augment` and every stage's
+    own `augment` are checked, so a mistake in stage 3 is found before stage 1 trains."""
+    lists = [(f"stages.{i}.augment", s.augment) for i, s in enumerate(cfg.stages)
+             if s.augment is not None] + [("data.augment", cfg.data.augment)]
+    for key, augment in lists:
+        if augment and modality == "text":
+            raise ConfigError(
+                f"Invalid value for '{key}': {list(augment)!r} are image augmentations and this "
+                f"recipe's data is text. Remove {key}.")
+        if mixes(augment) and not task.mixable:
+            raise ConfigError(
+                f"Invalid value for '{key}': mixup and cutmix mix class labels, and task "
+                f"{task.name!r} has none to mix. Remove them (task: classification takes them).")

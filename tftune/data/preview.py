@@ -30,7 +30,7 @@ def preview(cfg: RecipeConfig, output: Optional[str] = None, count: int = 16, st
     import keras
 
     from tftune.data import load_data, pipeline
-    from tftune.data.augment import mixes
+    from tftune.data.augment import check_augmentations
     from tftune.tasks import get_task
 
     if not 1 <= stage <= len(cfg.stages):
@@ -41,6 +41,7 @@ def preview(cfg: RecipeConfig, output: Optional[str] = None, count: int = 16, st
     reader.check_settings()
     splits = load_data(cfg.data, cfg.train.seed, reader)
     task = get_task(cfg.task, splits.class_names, cfg)
+    check_augmentations(cfg, splits.modality, task)
     seed = pipeline.epoch_seed(cfg.train.seed, stage - 1, epoch - 1)
     n_train = splits.sizes.get("train") or int(splits.train.cardinality())
     suffix = ".png" if splits.modality == "image" else ".txt"
@@ -48,8 +49,6 @@ def preview(cfg: RecipeConfig, output: Optional[str] = None, count: int = 16, st
     path.parent.mkdir(parents=True, exist_ok=True)
     if splits.modality == "image":
         augment = stage_augment(cfg, stage)
-        if not task.mixable and mixes(augment):
-            raise ConfigError(f"mixup / cutmix mix class labels; task {task.name!r} has none.")
         pipe = pipeline.image_pipeline(n_train, max(count, 1), cfg.train.seed, augment,
                                        tuple(cfg.data.image_size),
                                        num_classes=len(splits.class_names) or None)
@@ -126,9 +125,6 @@ def _text_table(cfg: RecipeConfig, splits, n_train: int, count: int, seed: int) 
     from tftune.data import pipeline
     from tftune.model.backbones import load_backbone
 
-    if any(stage_augment(cfg, i + 1) for i in range(len(cfg.stages))):
-        raise ConfigError("Invalid value for 'data.augment': text runs take no augmentation. "
-                          "Remove data.augment (and any stage's augment).")
     backbone = load_backbone(cfg.backbone, tuple(cfg.data.image_size))
     pre = backbone.preprocessor
     tokenizer = getattr(pre, "tokenizer", None)

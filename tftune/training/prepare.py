@@ -79,19 +79,9 @@ def _stage_pipes(cfg: RecipeConfig, pipe: pipeline.Pipeline, task) -> list:
     """Each stage's pipeline: the run's, or one with the stage's own `augment` (sharing the
     run's decoded sources). Mixing (mixup / cutmix) anywhere makes the task's loss take class
     probabilities."""
-    from tftune.data.augment import mixes
+    from tftune.data.augment import check_augmentations
 
-    lists = [(f"stages.{i}.augment", s.augment) for i, s in enumerate(cfg.stages)
-             if s.augment is not None] + [("data.augment", cfg.data.augment)]
-    for key, augment in lists:
-        if augment and pipe.modality == "text":
-            raise ConfigError(
-                f"Invalid value for '{key}': {list(augment)!r} are image augmentations and this "
-                f"recipe's data is text. Remove {key}.")
-        if mixes(augment) and not task.mixable:
-            raise ConfigError(
-                f"Invalid value for '{key}': mixup and cutmix mix class labels, and task "
-                f"{task.name!r} has none to mix. Remove them (task: classification takes them).")
+    check_augmentations(cfg, pipe.modality, task)
     made = {}
     pipes = []
     for stage in cfg.stages:

@@ -124,6 +124,7 @@ RULES = {
     "train.cache_memory_mb": "an integer >= 0",
     "train.ema_momentum": "a number in [0, 1)",
     "train.average_epochs": "an integer >= 2",
+    "train.time_limit": "a duration > 0: seconds, or e.g. 90s, 10m, 1h30m",
     "train.checkpoint_steps": "an integer >= 0",
     "train.steps_per_execution": "one of: 'auto' or an integer >= 1",
     "train.huber_delta": "a number > 0",

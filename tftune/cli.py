@@ -91,8 +91,12 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--tpu", default=None, metavar="NAME",
               help="The TPU for --distribute tpu/auto: 'local' on a TPU VM, a TPU name, or "
                    "grpc://HOST:8470 (sets train.tpu; default: $TPU_NAME).")
+@click.option("--time-limit", default=None, metavar="DURATION",
+              help="A wall-clock budget for the whole run, e.g. 10m, 1h30m, 900 (seconds): "
+                   "stages' epochs are planned from measured costs to end within it (sets "
+                   "train.time_limit; with --resume, what is left of it).")
 def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite: bool,
-          resume: bool, distribute: str | None, tpu: str | None) -> None:
+          resume: bool, distribute: str | None, tpu: str | None, time_limit: str | None) -> None:
     """Train RECIPE (a recipe file, or the name of one in recipes/) and write runs/<name>/.
 
     Prints a banner per stage and a line (or progress bar) per epoch; the run directory holds
@@ -106,14 +110,16 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
     from tftune.runtime.preemption import EXIT_CODE, Preempted, resume_command
     from tftune.training.runner import train as run_train
 
-    extra = tuple(f"train.{k}={v}" for k, v in (("distribute", distribute), ("tpu", tpu)) if v)
+    extra = tuple(f"train.{k}={v}" for k, v in (("distribute", distribute), ("tpu", tpu),
+                                                  ("time_limit", time_limit)) if v)
     config = load_recipe(find_recipe(recipe), overrides + extra)
     _import_tensorflow_quietly()
     click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
     try:
         run_train(config, output_dir=output, overwrite=overwrite, resume=resume, echo=click.echo)
     except Preempted as e:
-        flags = {"--output": output, "--distribute": distribute, "--tpu": tpu}
+        flags = {"--output": output, "--distribute": distribute, "--tpu": tpu,
+                 "--time-limit": time_limit}
         click.echo(f"{e} Resume with: {resume_command(recipe, overrides, flags)}", err=True)
         sys.exit(EXIT_CODE)
 

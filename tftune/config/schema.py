@@ -381,6 +381,25 @@ class TrainConfig:
     average: Literal["none", "ema", "uniform", "greedy"] = "none"
     ema_momentum: Annotated[float, Range("[0, 1)")] = 0.99
     average_epochs: Annotated[int, Range(">= 2")] = 3
+    # A wall-clock budget for the whole run (loading, every stage, the final evaluation):
+    # seconds, or a duration such as "10m", "1h30m", "90s". The run measures what its cache
+    # fills and epochs cost, plans each stage's epochs to end within it, and stops at the
+    # limit with the best weights (see `tftune.training.budget`). `--resume` gets what is left.
+    time_limit: Optional[Union[Positive, str]] = None
+
+    def check(self, where: str = "train") -> None:
+        if self.time_limit is not None:
+            from tftune.training.budget import parse_duration
+
+            parse_duration(self.time_limit, f"{where}.time_limit" if where else "time_limit")
+
+    @property
+    def time_limit_seconds(self) -> Optional[float]:
+        if self.time_limit is None:
+            return None
+        from tftune.training.budget import parse_duration
+
+        return parse_duration(self.time_limit)
 
 
 @dataclasses.dataclass(frozen=True)

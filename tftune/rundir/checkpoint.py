@@ -66,6 +66,10 @@ class RunState:
     trainable: list = dataclasses.field(default_factory=list)
     config_digest: str = ""
     variables: dict = dataclasses.field(default_factory=dict)  # group -> [[path, shape], ...]
+    # `train.time_limit`: the run's seconds so far (all its processes), and the epochs the
+    # budget planned for each stage that started ({stage index as str: epochs}).
+    seconds: float = 0.0
+    planned_epochs: dict = dataclasses.field(default_factory=dict)
 
     def describe(self, stages: Sequence = ()) -> str:
         """E.g. "stage 2/3 'top', epoch 1, step 4"; `stages` are the run's StageConfigs."""

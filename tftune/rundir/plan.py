@@ -17,7 +17,7 @@ from tftune.rundir import io, layout
 # Settings that say where and how a run computes, not what: a resume may change them.
 RESUME_FREE = ("output_dir", "train.distribute", "train.tpu", "train.verbose",
                "train.checkpoint_steps", "train.steps_per_execution", "train.tensorboard",
-               "train.callbacks")
+               "train.callbacks", "train.time_limit")
 
 
 def comparable(cfg: RecipeConfig) -> dict:

@@ -179,6 +179,16 @@ class Distribution:
         value = self.strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
         return float(self.strategy.reduce("SUM", value, axis=None)) > 0.0
 
+    def agree_min(self, value: float) -> float:
+        """The smallest of every worker's `value` (one all-gather; local otherwise)."""
+        if not self.multi_worker:
+            return value
+        import numpy as np
+        import tensorflow as tf
+
+        values = self.strategy.run(lambda: tf.constant([float(value)]))
+        return float(np.min(np.asarray(self.strategy.gather(values, axis=0))))
+
 
 def _padder(replicas: int):
     """(x, y) -> (x, y, weight) with the batch padded to a multiple of `replicas`."""

@@ -257,11 +257,15 @@ class Hooks:
     `stop_requested()` says whether to stop at this step boundary: the loop checkpoints there
     and raises `tftune.runtime.preemption.Preempted` (callbacks' `on_train_end` is not called: early
     stopping must not restore its best weights over a stage that is not over);
-    `every_steps` > 0 checkpoints every that many training steps as well as at epoch ends."""
+    `every_steps` > 0 checkpoints every that many training steps as well as at epoch ends;
+    `out_of_time()` ends the epoch at this step boundary and the stage after it."""
 
     checkpoint: Optional[Callable[[Position], None]] = None
     stop_requested: Callable[[], bool] = lambda: False
     every_steps: int = 0
+    # `train.time_limit`: true when the epoch must end at this step boundary (it is then
+    # validated and the stage ends, as if early stopping had ended it).
+    out_of_time: Callable[[], bool] = lambda: False
 
 
 def one_step(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
@@ -332,6 +336,9 @@ def run_epochs(
                     _stop(hooks, here)
                 if every and global_step % every == 0:
                     hooks.checkpoint(here)
+                if hooks.out_of_time():
+                    model.stop_training = True
+                    break
             if count < n:  # the epoch's batches ran out
                 break
         logs = steps.train_results()

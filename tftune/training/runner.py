@@ -86,7 +86,9 @@ def train(
     from tftune.training.callbacks import user_callbacks as made_callbacks
 
     user_callbacks = made_callbacks(cfg.train.callbacks, callbacks)  # before anything loads
-    started = time.perf_counter()
+    from tftune.training.budget import now
+
+    started = now()
     run_path = Path(output_dir or cfg.output_dir).expanduser() / cfg.name
     # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs ops.
     dist = distribute.make_distribution(cfg.train.distribute, cfg.train.tpu)
@@ -174,6 +176,10 @@ class Run:
         self.best = dict(self.state.overall_best) if self.state.overall_best else None
         self.best_weights = loaded.arrays("overall_best") if loaded is not None and self.best else None
         self.saved = self.state  # the state of the last checkpoint written
+        self.started = 0.0  # train()'s start (`budget.now()`), set by `train`
+        self.budget = None  # `train.time_limit` (see `tftune.training.budget`)
+        self.planned = dict(self.state.planned_epochs)
+        self.skipped: list[int] = []
 
     # -- checkpoints and stop requests ---------------------------------------------------
 
@@ -184,7 +190,8 @@ class Run:
             stage=stage_index, epoch=at.epoch if at else 0, step=at.step if at else 0,
             stopped=at.stopped if at else False, history=list(self.history),
             results=[dataclasses.asdict(r) for r in self.results], overall_best=self.best,
-            config_digest=self.digest,
+            config_digest=self.digest, seconds=round(self.spent(), 3),
+            planned_epochs=dict(self.planned),
         )
         variables: dict = {"model": self.model.variables}
         arrays: dict = {"overall_best": self.best_weights} if self.best_weights is not None else {}
@@ -199,8 +206,18 @@ class Run:
             if srun.snapshots is not None:  # a soup's epochs so far
                 for k, weights in enumerate(srun.snapshots.weights):
                     arrays[f"snapshot_{k}"] = weights
+        began = self.budget.clock() if self.budget is not None else 0.0
         ckpt.write(self.run, st, variables, arrays, writer=self.dist.is_chief)
+        if self.budget is not None:
+            self.budget.save_seconds = max(self.budget.save_seconds, self.budget.clock() - began)
         self.saved = st
+
+    def spent(self) -> float:
+        """The run's seconds so far: this process's since `train` began, and those of the
+        processes before a resume."""
+        from tftune.training.budget import now
+
+        return self.state.seconds + now() - self.started
 
     def stop_requested(self) -> bool:
         return self.dist.agree(bool(self.stop))
@@ -212,6 +229,8 @@ class Run:
 
     def train(self, started: float, run_path: Optional[Path] = None) -> RunResult:
         """Every stage not finished yet, then the final evaluation and the run's files."""
+        self.started = started
+        self.budget = self._budget()
         if self.loaded is not None:
             for plan in self.prep.plans:  # LoRA stages before the checkpoint added variables
                 if plan.index < self.state.stage or (plan.index == self.state.stage
@@ -247,10 +266,17 @@ class Run:
                           self.run / ".feature_cache", self.echo)
         st = self.state
         resuming = self.loaded is not None and st.stage == i and (st.epoch or st.step or st.stopped)
+        if self.budget is not None:
+            plan = self._budgeted(plan, data, resuming)
+            if plan is None:  # no time left for it
+                data.close()
+                self.skipped.append(i)
+                self.save(i + 1)
+                return
         try:
             result = run_stage(
                 data.model, plan, self.task, data.train, data.val, self.prep.steps_per_epoch,
-                self._callbacks(plan), self.jit, self.verbose, distribution=self.dist,
+                self._callbacks(plan, data), self.jit, self.verbose, distribution=self.dist,
                 steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
                                                         plan, data),
                 resume=self._resume_stage if resuming else None, hooks=self._hooks(i),
@@ -286,7 +312,72 @@ class Run:
         if self.stop_requested():
             raise self.stopped_here()
 
-    def _callbacks(self, plan) -> list:
+    # -- the time budget ----------------------------------------------------------------
+
+    def _budget(self):
+        """The run's `Budget` under `train.time_limit` (with the time spent before a resume)."""
+        from tftune.training.budget import Budget, format_seconds
+
+        limit = self.cfg.train.time_limit_seconds
+        if limit is None:
+            return None
+        budget = Budget(limit, self.started - self.state.seconds, self.splits.sizes, self.echo,
+                        agree=self.dist.agree, agree_min=self.dist.agree_min)
+        before = (f", {format_seconds(self.state.seconds)} of it spent before this resume"
+                  if self.state.seconds else "")
+        self.echo(f"Time limit: {format_seconds(limit)}{before}; "
+                  f"{format_seconds(budget.left())} left after loading.")
+        return budget
+
+    def _shapes(self):
+        from tftune.training.budget import stage_shapes
+
+        pipes = self.prep.stage_pipes or [self.prep.pipe] * len(self.prep.plans)
+        return stage_shapes(self.cfg, self.prep.plans, pipes)
+
+    def _budgeted(self, plan, data, resuming: bool):
+        """`plan` with the epochs the budget gives it (None: skip the stage). A resumed
+        stage keeps the epochs planned when it began (its schedule spans them)."""
+        i, budget, shapes = plan.index, self.budget, self._shapes()
+        if data.cached:
+            budget.fill_measured(shapes[i], data.caches[0].seconds)
+        if budget.stopped_at_limit:
+            self.echo(f"   time budget: skipping stage {plan.stage.name!r}: the time limit "
+                      f"ended the stage before it")
+            return None
+        if resuming and str(i) in self.planned:
+            epochs = int(self.planned[str(i)])
+        else:
+            epochs = budget.stage_begins(i, shapes)
+            if epochs is None:
+                epochs = plan.stage.epochs
+            self.planned[str(i)] = epochs
+        if epochs == 0:
+            return None
+        if epochs == plan.stage.epochs:
+            return plan
+        return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=epochs))
+
+    def _out_of_time(self, plan):
+        from tftune.training.budget import val_estimate
+
+        shapes = self._shapes()
+        budget = self.budget
+
+        def out_of_time() -> bool:
+            if not budget.out_of_time(val_estimate(budget, plan.index, shapes[plan.index])):
+                return False
+            if not budget.stopped_at_limit:
+                budget.stopped_at_limit = True
+                self.echo(f"   time budget: the time limit is near; stage {plan.stage.name!r} "
+                          f"ends with this epoch (validated, best weights kept)")
+            return True
+
+        return out_of_time
+
+    # -- callbacks and hooks -------------------------------------------------------------
+
+    def _callbacks(self, plan, data=None) -> list:
         from tftune.training.callbacks import EpochLine, HistoryCSV, StopOnNaN, TensorBoardLog
 
         i, stage = plan.index, plan.stage
@@ -298,6 +389,12 @@ class Run:
             callbacks.append(TensorBoardLog(
                 self.run / rundir.TENSORBOARD_DIR, i, plan.banner(self.model).strip("= "),
                 plan.multipliers, self.history))
+        if self.budget is not None:
+            from tftune.training.budget import epoch_timer
+
+            callbacks.append(epoch_timer(
+                self.budget, i, self._shapes(), bool(data is not None and data.cached),
+                stage.steps_per_epoch or self.prep.steps_per_epoch, stage.epochs))
         return callbacks + self.user_callbacks
 
     def _resume_stage(self, srun):
@@ -325,7 +422,9 @@ class Run:
         def hooks(srun):
             return loop.Hooks(checkpoint=lambda at: self.save(i, at, srun),
                               stop_requested=self.stop_requested,
-                              every_steps=self.cfg.train.checkpoint_steps)
+                              every_steps=self.cfg.train.checkpoint_steps,
+                              **({"out_of_time": self._out_of_time(self.prep.plans[i])}
+                                 if self.budget is not None else {}))
 
         return hooks
 
@@ -340,7 +439,8 @@ class Run:
             last.apply(self.backbone, self.prep.head, self.prep.unused)
             compile_model(self.model, self.task, last.optimizer(self.prep.steps_per_epoch), self.jit)
         stages, best = self.cfg.stages, self.best
-        if best is not None and best["stage"] != len(stages) - 1:
+        last = max(set(range(len(stages))) - set(self.skipped), default=len(stages) - 1)
+        if best is not None and best["stage"] != last:
             self.echo(
                 f"The last stage did not beat stage {best['stage'] + 1} "
                 f"({stages[best['stage']].name!r}) on {best['monitor']}; keeping that stage's "
@@ -374,7 +474,15 @@ class Run:
                 metrics[split] = evaluation.evaluate(ds)
         metrics["stages"] = [dataclasses.asdict(r) for r in self.results]
         metrics["sizes"] = self.splits.sizes
-        metrics["seconds"] = round(time.perf_counter() - started, 1)
+        from tftune.training.budget import now
+
+        metrics["seconds"] = round(now() - started, 1)
+        if self.budget is not None:
+            metrics["time_limit"] = {
+                "limit": self.budget.limit, "planned_epochs": dict(self.planned),
+                "seconds": round(self.spent(), 1),
+                "skipped_stages": [cfg.stages[i].name for i in self.skipped],
+                "stopped_at_limit": self.budget.stopped_at_limit}
         faults.point("final:evaluated")
         for line in self.tune_on_validation():
             self.echo(line)

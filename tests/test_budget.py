@@ -1,0 +1,221 @@
+"""`train.time_limit` / `--time-limit`: stages' epochs planned from measured costs, the run
+stopped cleanly at the limit, and `--resume` given what is left of the budget.
+
+The runs use a clock the test advances by one second per training step, so what the budget
+sees (and decides) does not depend on this host's speed."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import (
+    assert_one_line_error,
+    assert_same_run,
+    history_rows,
+    invoke,
+    make_image_folder,
+    resume_recipe,
+    save_tiny_cnn,
+    sigterm_at,
+    write_recipe,
+)
+from tftune.config import config_from_dict
+from tftune.errors import ConfigError
+from tftune.training import budget as budget_module
+from tftune.training.budget import Budget, Cost, StageShape, format_seconds, parse_duration
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    return make_image_folder(root / "images"), save_tiny_cnn(root / "cnn.keras")
+
+
+class Clock:
+    """A clock that only moves when told to."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def install(monkeypatch, c: Clock) -> Clock:
+    """Makes `c` the budget's clock, advanced by one second per training step the loop runs."""
+    from tftune.training import loop
+
+    monkeypatch.setattr(budget_module, "now", c)
+    train_steps = loop.Steps.train_steps
+
+    def timed(self, iterator, n):
+        count, logs = train_steps(self, iterator, n)
+        c.t += count
+        return count, logs
+
+    monkeypatch.setattr(loop.Steps, "train_steps", timed)
+    return c
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    return install(monkeypatch, Clock())
+
+
+# -- durations -------------------------------------------------------------------------------
+
+
+def test_durations():
+    assert [parse_duration(v) for v in ("90s", "10m", "1h30m", "2.5h", "600", 45, " 5m ")] == [
+        90, 600, 5400, 9000, 600, 45, 300]
+    for bad in ("10x", "0", "-5", "m", "", True, "1h-30m"):
+        with pytest.raises(ConfigError, match="Invalid value for 'train.time_limit'. Expected a "
+                                              "duration > 0"):
+            parse_duration(bad)
+    assert [format_seconds(s) for s in (4.4, 245, 3725)] == ["4s", "4m05s", "1h02m"]
+
+
+def test_a_bad_time_limit_is_one_line(tmp_path, data):
+    folder, cnn = data
+    path = write_recipe(tmp_path / "r.yaml", resume_recipe(folder, cnn, tmp_path))
+    assert_one_line_error(invoke("train", path, "--time-limit", "10 minutes"),
+                          "Invalid value for 'train.time_limit'", "e.g. 90s, 10m, 1h30m")
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+STAGES = [StageShape("head", 4, 0.0, True), StageShape("all", 3, 1.0, False)]
+
+
+def planned(limit: float, spent: float, forward: float, index: int = 0, **measured):
+    """(epochs, log lines) of stage `index` with `spent` of `limit` seconds gone and a forward
+    pass over the training split costing `forward` seconds (train 1000, val 100, test 200)."""
+    clock = Clock()
+    b = Budget(limit, clock.t - spent, {"train": 1000, "val": 100, "test": 200}, echo=print,
+               clock=clock)
+    b.forward, b.forward_from = forward, "a test"
+    b.measured.update(measured)
+    return b.plan(index, STAGES)
+
+
+def test_the_configured_epochs_stay_when_they_fit():
+    # head: 4 cached epochs of ~2 % of a forward pass; all: 3 epochs of 3 forward passes + val
+    epochs, lines = planned(limit=1000, spent=10, forward=10)
+    assert epochs == 4
+    assert "plan: head 4 epoch(s)" in lines[0] and "all 3 epoch(s)" in lines[0]
+
+
+def test_a_tight_budget_shares_time_in_proportion_to_need():
+    # `all` needs 3 x 31 s = 93 s; 60 s are left (less the reserve): it gets 1 whole epoch.
+    epochs, lines = planned(limit=100, spent=40, forward=10, index=1)
+    assert epochs == 1
+    assert "all 1 of 3 epoch(s)" in lines[0]
+
+
+def test_less_than_half_an_epoch_skips_the_stage():
+    epochs, _ = planned(limit=100, spent=80, forward=10, index=1)
+    assert epochs == 0
+
+
+def test_a_stage_that_has_trained_needs_a_whole_epoch_for_the_next():
+    clock = Clock()
+    lines = []
+    b = Budget(100, clock.t - 40, {"train": 1000, "val": 100, "test": 200}, lines.append,
+               clock=clock)
+    b.forward = 10
+    b.measured[1] = Cost(0.0, 30.0, 1.0)
+    assert b.keeps_training(1, STAGES, done=1, planned=3)  # 60 - reserve fits one more
+    clock.t += 31
+    assert not b.keeps_training(1, STAGES, done=2, planned=3)
+    assert "stopping stage 'all' after epoch 2 of 3" in lines[-1]
+
+
+def test_nothing_measured_keeps_the_configured_epochs():
+    clock = Clock()
+    b = Budget(100, clock.t, {"train": 10, "val": 2}, print, clock=clock)
+    epochs, lines = b.plan(0, STAGES)
+    assert epochs is None and "nothing timed yet" in lines[0]
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+def run(cfg_dict, clock, out=None, **kwargs):
+    from tftune.training.runner import train
+
+    lines = []
+    try:
+        result = train(config_from_dict(cfg_dict), echo=lines.append, **kwargs)
+    finally:
+        print("\n".join(lines))  # pytest shows it when a test fails
+    return result, lines
+
+
+def limited(folder, cnn, out, limit, top_epochs=4):
+    recipe = resume_recipe(folder, cnn, out, time_limit=limit, steps_per_execution=1)
+    recipe["stages"][1]["epochs"] = top_epochs
+    return recipe
+
+
+@pytest.mark.usefixtures("eager")
+def test_a_run_ends_within_its_limit(tmp_path, data, clock):
+    """Head: 2 epochs of 4 one-second steps; top: 4 such epochs would overrun 21 s. The
+    budget times the top stage's first epoch, cuts the stage to what fits, and the run (final
+    evaluation included) ends within the limit."""
+    folder, cnn = data
+    result, lines = run(limited(folder, cnn, tmp_path, 21), clock)
+    log = "\n".join(lines)
+    assert "Time limit: 21s" in log
+    assert "time budget: stage 'top' revised to 2 epoch(s) (planned 4)" in log
+    assert "stopping stage 'top' after epoch 2 of 4" in log
+    assert [s["epochs_run"] for s in result.metrics["stages"]] == [2, 2]
+    limit = result.metrics["time_limit"]
+    assert limit["seconds"] <= 21 and limit["planned_epochs"] == {"0": 2, "1": 4}
+    assert not limit["stopped_at_limit"] and limit["skipped_stages"] == []
+    assert (result.run_dir / "model.keras").exists()
+
+
+@pytest.mark.usefixtures("eager")
+def test_at_the_limit_the_epoch_ends_and_later_stages_are_skipped(tmp_path, data, clock):
+    """The top stage's costs are underestimated (nothing has timed it): the clock reaches the
+    limit inside its first epoch, which ends there, is validated, and keeps the best weights;
+    with a third stage configured, it is skipped."""
+    folder, cnn = data
+    recipe = limited(folder, cnn, tmp_path, 13.5)
+    recipe["stages"].append(dict(recipe["stages"][1], name="again"))
+    result, lines = run(recipe, clock)
+    log = "\n".join(lines)
+    assert "the time limit is near; stage 'top' ends with this epoch" in log
+    assert "skipping stage 'again'" in log
+    stages = result.metrics["stages"]
+    assert [s["name"] for s in stages] == ["head", "top"] and stages[1]["epochs_run"] == 1
+    rows = [dict(r) for r in history_rows(result.run_dir) if dict(r)["stage_name"] == "top"]
+    assert len(rows) == 1 and rows[0]["val_accuracy"] != ""
+    limit = result.metrics["time_limit"]
+    assert limit["stopped_at_limit"] and limit["skipped_stages"] == ["again"]
+    assert limit["seconds"] <= 13.5
+    assert "test" in result.metrics
+
+
+@pytest.mark.usefixtures("eager")
+def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, monkeypatch):
+    """SIGTERM in the top stage's second epoch: the resumed run counts the seconds spent
+    before it, keeps the epochs planned when the stage began (its schedule spans them), and
+    ends as the uninterrupted run does."""
+    from tftune.runtime.preemption import Preempted
+
+    folder, cnn = data
+    reference, _ = run(limited(folder, cnn, tmp_path / "ref", 21), clock)
+    sigterm_at(monkeypatch, "step", 11)  # head: steps 1-8; top: epoch 1, step 3
+    with pytest.raises(Preempted):
+        run(limited(folder, cnn, tmp_path / "cut", 21), clock)
+    monkeypatch.undo()
+    install(monkeypatch, clock)
+    clock.t += 5000  # the time between the two processes is not the run's
+    resumed, lines = run(limited(folder, cnn, tmp_path / "cut", 21), clock, resume=True)
+    log = "\n".join(lines)
+    assert "Time limit: 21s, 11s of it spent before this resume" in log
+    assert resumed.metrics["time_limit"]["planned_epochs"] == {"0": 2, "1": 4}
+    assert resumed.metrics["time_limit"]["seconds"] <= 21
+    assert_same_run(resumed, reference)

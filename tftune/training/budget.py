@@ -1,0 +1,313 @@
+"""`train.time_limit`: plan each stage's epochs so that the whole run ends within a wall-clock
+budget, and stop cleanly at the limit.
+
+The budget covers everything `train` does: loading, every stage and the final evaluation.
+Costs are measured as the run goes and the plan is made again at every stage start and
+checked after every epoch:
+
+- **One unit, `forward`:** the seconds of one forward pass of the whole backbone over the
+  training split. A feature-cache fill measures it directly (the fill runs the frozen prefix
+  once over the data); a trained epoch measures it through the cost model below. The latest
+  measurement wins (this host's speed drifts).
+- **Cost model of an epoch that trains a fraction `g` of the backbone's layer groups:**
+  uncached, a forward pass plus a backward pass through the trained part, `forward x (1 + 2g)`;
+  on cached features only the trained part runs, `forward x 3g` (and the fill before it,
+  `forward x (1 - g)` over train and validation). Validation is a forward pass over the
+  validation split. A stage's own epochs, once timed, replace its estimate.
+- **The plan:** when the remaining stages' configured epochs do not fit into what is left
+  (less a reserve for the final evaluation and saving), each stage gets a share of the time
+  left in proportion to what it would need, and as many whole epochs as fit into its share (at
+  least one; its learning-rate schedule spans the planned epochs). Time a stage leaves unused
+  goes to the stages after it. A stage for which too little is left is skipped.
+- **At the limit:** the loop checks the clock after every step. When only the validation
+  and the final evaluation still fit, the epoch ends there: it is validated, early stopping
+  keeps the best weights, and the stages after it are skipped. Nothing is written mid-step:
+  the stop goes through the same epoch end and checkpoint as any other.
+
+The time spent is stored in every checkpoint, so `--resume` gets what is left of the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from tftune.errors import ConfigError
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def now() -> float:
+    """The run's clock (`time.perf_counter`); tests replace it with a clock they advance."""
+    return time.perf_counter()
+
+
+def parse_duration(value: Any, where: str = "train.time_limit") -> float:
+    """Seconds from a number of seconds or a duration like "10m", "1h30m", "90s", "2.5h"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*(\d+(\.\d+)?\s*[hms]?\s*)+", value or ""):
+        text = value.strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+            if "".join(n + u for n, u in parts) != re.sub(r"\s", "", text):
+                parts = []
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts) if parts else -1.0
+    else:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"Invalid value for '{where}'. Expected a duration > 0: seconds, or "
+                          f"e.g. 90s, 10m, 1h30m. Received: {value!r}")
+    return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    """E.g. 45s, 4m05s, 1h02m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclasses.dataclass
+class StageShape:
+    """What the cost model needs to know of a stage: its name, configured epochs, the
+    fraction of layer groups it trains, whether its frozen part can be cached."""
+
+    name: str
+    epochs: int
+    trained: float
+    cacheable: bool
+
+
+@dataclasses.dataclass
+class Cost:
+    fill: float  # seconds before the first epoch (a feature-cache fill)
+    train: float  # seconds of one epoch's training steps
+    val: float  # seconds of one validation pass
+
+    @property
+    def epoch(self) -> float:
+        return self.train + self.val
+
+    def need(self, epochs: int) -> float:
+        return self.fill + epochs * self.epoch
+
+
+class Budget:
+    """The run's time budget: `limit` seconds from `started` (a `now()` value,
+    already moved back by the seconds spent before a resume). `sizes` are the splits' example
+    counts ({"train", "val", "test"}). `agree_min(x)` makes a value the same on every worker
+    (the smallest), `agree(flag)` a flag (true on any)."""
+
+    RESERVE_FRACTION = 0.02  # of the limit, on top of the final evaluation's estimate
+    MIN_SAVE_SECONDS = 3.0
+
+    def __init__(self, limit: float, started: float, sizes: dict, echo: Callable[[str], None],
+                 agree: Callable[[bool], bool] = bool, agree_min: Callable[[float], float] = float,
+                 clock: Optional[Callable[[], float]] = None):
+        self.limit, self.started, self.echo = limit, started, echo
+        self.clock = clock or (lambda: now())
+        self.agree, self.agree_min = agree, agree_min
+        n_train = max(int(sizes.get("train") or 1), 1)
+        self.val_ratio = (sizes.get("val") or 0) / n_train
+        self.test_ratio = (sizes.get("test") or 0) / n_train
+        self.forward: Optional[float] = None  # seconds of one forward pass over train
+        self.forward_from = ""
+        self.measured: dict[int, Cost] = {}  # a stage's own epochs, once timed
+        self.save_seconds = 0.0
+        self.revised: dict[int, int] = {}  # a stage's epochs as last revised (logged once)
+        self.stopped_at_limit = False
+
+    # -- the clock -----------------------------------------------------------------------
+
+    def spent(self) -> float:
+        return self.clock() - self.started
+
+    def left(self) -> float:
+        return self.limit - self.spent()
+
+    def reserve(self) -> float:
+        """Seconds kept for the final evaluation (validation and test with the whole model)
+        and for saving the model."""
+        final = (self.forward or 0.05 * self.limit) * (self.val_ratio + self.test_ratio)
+        save = max(2 * self.save_seconds, self.MIN_SAVE_SECONDS)
+        return final + save + self.RESERVE_FRACTION * self.limit
+
+    # -- measurements --------------------------------------------------------------------
+
+    def fill_measured(self, stage: StageShape, seconds: float) -> None:
+        """A cache fill of `stage` ran its frozen part over the training split in `seconds`."""
+        frozen = 1.0 - stage.trained
+        if frozen > 0 and seconds > 0:
+            self.forward = seconds / frozen
+            self.forward_from = f"the cache fill of stage {stage.name!r}"
+
+    def epoch_measured(self, index: int, stage: StageShape, cached: bool, train: float,
+                       val: float) -> None:
+        """Stage `index` trained an epoch in `train` seconds and validated in `val`."""
+        self.measured[index] = Cost(0.0, train, val)
+        units = 3 * stage.trained if cached else 1 + 2 * stage.trained
+        if units > 0.05:
+            self.forward = train / units
+            self.forward_from = f"stage {stage.name!r}'s epochs"
+
+    # -- estimates -----------------------------------------------------------------------
+
+    def estimate(self, index: int, stage: StageShape, filled: bool = False) -> Optional[Cost]:
+        """Stage `index`'s costs: its own timed epochs when it has any, else the cost model's
+        (None when nothing has been measured yet). `filled`: its cache is already filled."""
+        f = self.forward
+        cached = stage.cacheable and stage.trained < 1
+        fill = 0.0 if filled or not cached or f is None else f * (1 - stage.trained) * (1 + self.val_ratio)
+        if index in self.measured:
+            return dataclasses.replace(self.measured[index], fill=fill)
+        if f is None:
+            return None
+        if cached:
+            return Cost(fill, f * max(3 * stage.trained, 0.02), f * self.val_ratio * max(stage.trained, 0.02))
+        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio)
+
+    # -- the plan ------------------------------------------------------------------------
+
+    def plan(self, index: int, stages: Sequence[StageShape], done: int = 0,
+             filled: bool = True) -> tuple[Optional[int], list[str]]:
+        """Epochs for stage `index` (of `stages`, configured epochs; `done` of them trained
+        already): an int in [0, configured] (0 = skip), or None when no cost is known yet
+        (keep the configured epochs). Also the log lines that say why."""
+        left = self.left() - self.reserve()
+        costs = [self.estimate(j, stages[j], filled=(j == index and filled))
+                 for j in range(index, len(stages))]
+        if costs[0] is None:
+            return None, [f"   time budget: {format_seconds(self.left())} left of "
+                          f"{format_seconds(self.limit)}; nothing timed yet, so stage "
+                          f"{stages[index].name!r} keeps its {stages[index].epochs} epoch(s) "
+                          f"until its first epoch is timed"]
+        wanted = [stages[index].epochs - done] + [s.epochs for s in stages[index + 1:]]
+        needs = [c.need(e) if c is not None else 0.0 for c, e in zip(costs, wanted)]
+        cost = costs[0]
+        if sum(needs) <= left:
+            epochs = wanted[0]
+        else:
+            share = left * needs[0] / max(sum(needs), 1e-9)
+            fit = int((share - cost.fill) / max(cost.epoch, 1e-9))
+            # A stage that begins gets an epoch when half of one fits (the limit may end it
+            # early); once it has trained, another epoch must fit whole.
+            epochs = min(wanted[0], max(1 if done == 0 else 0, fit))
+            if done == 0 and left < cost.fill + 0.5 * cost.epoch:
+                epochs = 0
+        epochs = int(self.agree_min(epochs))
+        return epochs, self._plan_lines(index, stages, costs, wanted, epochs, left)
+
+    def _plan_lines(self, index, stages, costs, wanted, epochs, left) -> list[str]:
+        parts = []
+        rest = left
+        for k, (stage, cost, want) in enumerate(zip(stages[index:], costs, wanted)):
+            if cost is None:
+                parts.append(f"{stage.name} {want} epoch(s), cost unknown")
+                continue
+            n = epochs if k == 0 else min(want, max(0, int((rest - cost.fill) / max(cost.epoch, 1e-9))))
+            if k == 0:
+                rest -= cost.need(n)
+            else:
+                rest -= cost.need(n) if n else 0.0
+            parts.append(f"{stage.name} {n}" + (f" of {want}" if n != want else "")
+                         + f" epoch(s) (~{format_seconds(cost.need(n) if n else 0)}, "
+                         f"{format_seconds(cost.epoch)} an epoch)")
+        where = f" (forward pass ~{format_seconds(self.forward)}, from {self.forward_from})" \
+            if self.forward is not None else ""
+        return [f"   time budget: {format_seconds(self.left())} left of "
+                f"{format_seconds(self.limit)} ({format_seconds(self.reserve())} kept for the "
+                f"final evaluation); plan: " + ", ".join(parts) + where]
+
+    def stage_begins(self, index: int, stages: Sequence[StageShape]) -> Optional[int]:
+        """The epochs stage `index` trains (logged); 0 skips it; None keeps the configured."""
+        epochs, lines = self.plan(index, stages)
+        for line in lines:
+            self.echo(line)
+        if epochs == 0:
+            self.echo(f"   time budget: skipping stage {stages[index].name!r}: "
+                      f"{format_seconds(max(self.left() - self.reserve(), 0))} left before the "
+                      f"final evaluation, less than half an epoch")
+        return epochs
+
+    def keeps_training(self, index: int, stages: Sequence[StageShape], done: int,
+                       planned: int) -> bool:
+        """After epoch `done` of stage `index` (planned for `planned`): whether the next one
+        still fits (logging any revision of the plan)."""
+        if done >= planned:
+            return True
+        epochs, lines = self.plan(index, [dataclasses.replace(s, epochs=planned) if i == index
+                                          else s for i, s in enumerate(stages)], done=done)
+        if epochs is None or epochs >= 1:
+            more = epochs if epochs is not None else planned - done
+            if more < planned - done and self.revised.get(index) != done + more:
+                self.revised[index] = done + more
+                self.echo(f"   time budget: stage {stages[index].name!r} revised to "
+                          f"{done + more} epoch(s) (planned {planned})")
+            return True
+        self.echo(f"   time budget: stopping stage {stages[index].name!r} after epoch {done} "
+                  f"of {planned}: {format_seconds(max(self.left(), 0))} left, and the "
+                  f"next epoch and the stages after it do not fit")
+        return False
+
+    def out_of_time(self, val_seconds: float) -> bool:
+        """At a step boundary: whether only validation (`val_seconds`) and the final
+        evaluation still fit (the same answer on every worker)."""
+        return self.agree(self.left() < self.reserve() + val_seconds)
+
+
+def stage_shapes(cfg, plans, pipes) -> list[StageShape]:
+    """The cost model's view of every stage of the run."""
+    shapes = []
+    for plan, pipe in zip(plans, pipes):
+        groups = max(len(plan.group_names), 1)
+        shapes.append(StageShape(plan.stage.name, plan.stage.epochs,
+                                 len(plan.train_indices) / groups,
+                                 cfg.train.feature_cache != "off" and not pipe.random))
+    return shapes
+
+
+def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached: bool,
+                steps_per_epoch: int, planned: int):
+    """A Keras callback timing stage `index`'s epochs for the budget: training (from the
+    epoch's first step to its last, scaled to a whole epoch when the epoch resumed part-way or
+    ended early) and validation (from the last step to the epoch's end). Then it asks the
+    budget whether the next epoch fits, and ends the stage when it does not."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begin = self.last = budget.clock()
+            self.first = self.final = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.first is None:
+                self.first = batch
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last, self.final = budget.clock(), batch
+
+        def on_epoch_end(self, epoch, logs=None):
+            end = budget.clock()
+            ran = (self.final + 1 - self.first) if self.final is not None else 0
+            if ran:
+                train = (self.last - self.begin) * steps_per_epoch / ran
+                budget.epoch_measured(index, stages[index], cached, train, end - self.last)
+            if not self.model.stop_training and not budget.keeps_training(
+                    index, stages, epoch + 1, planned):
+                self.model.stop_training = True
+
+    return EpochTimer()
+
+
+def val_estimate(budget: Budget, index: int, stage: StageShape) -> float:
+    """Seconds of stage `index`'s validation pass (0 while nothing is timed)."""
+    cost = budget.estimate(index, stage, filled=True)
+    return cost.val if cost is not None else 0.0

@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["tftune", "tftune.*"]) + list(DATA_PACKAGES),
     package_dir=DATA_PACKAGES,
     package_data={
-        "tftune.recipes": ["*.yaml"],
+        "tftune.recipes": ["*.yaml", "sweeps/*.yaml"],
         "tftune.assets.bundled": ["*.yaml", "samples/**/*"],
     },
 )

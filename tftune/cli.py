@@ -124,6 +124,70 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
         sys.exit(EXIT_CODE)
 
 
+@main.command()
+@click.argument("target")
+@click.option("--param", "params", multiple=True, metavar="KEY=SPEC",
+              help="A recipe key and its search distribution (repeatable): uniform(LOW, HIGH), "
+                   "loguniform(LOW, HIGH), int(LOW, HIGH) or choice(A, B, ...), e.g. "
+                   "--param 'stages.1.learning_rate=loguniform(1e-5, 3e-4)'.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A fixed recipe override for every trial (repeatable).")
+@click.option("--trials", type=int, default=None, help="Trials to run in all (default 10).")
+@click.option("--time-limit", default=None, metavar="DURATION",
+              help="Wall-clock budget of the whole sweep, e.g. 2h: no trial starts when less "
+                   "than half a trial's time is left.")
+@click.option("--trial-time-limit", default=None, metavar="DURATION",
+              help="Each trial's train.time_limit, e.g. 10m (trials compared at equal time).")
+@click.option("--metric", default=None,
+              help="The validation metric trials are ranked and pruned on (default: the last "
+                   "stage's monitor).")
+@click.option("--name", default=None, help="The sweep's name (default: <recipe name>-sweep).")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Where the sweep directory goes (default: the recipe's output_dir, runs/).")
+@click.option("--storage", default=None, metavar="URL",
+              help="An Optuna storage URL shared by several machines (e.g. "
+                   "postgresql://host/db); default: sqlite in the sweep directory.")
+@click.option("--resume", is_flag=True,
+              help="Continue the sweep (a trial a killed sweep left running resumes from its "
+                   "checkpoint), or join it from another machine through --storage.")
+@click.option("--overwrite", is_flag=True, help="Delete the sweep directory and start again.")
+def sweep(target: str, params, overrides, trials, time_limit, trial_time_limit, metric, name,
+          output, storage, resume: bool, overwrite: bool) -> None:
+    """Search recipe settings with Optuna: TARGET is a sweep file (a YAML with recipe and
+    params) or a recipe with --param options.
+
+    Each trial is an ordinary, resumable run directory in <output>/<name>/trials/; trials are
+    pruned on the per-epoch validation metric (median pruner). The sweep writes sweep.db (the
+    study), results.csv, results.png and best.yaml (the best trial's recipe) in
+    <output>/<name>/. On SIGTERM it stops at a checkpoint and exits with code 75; --resume
+    continues it.
+    """
+    from tftune.runtime.preemption import EXIT_CODE, Preempted
+    from tftune.sweep import SweepSettings, load_sweep_file
+    from tftune.sweep import sweep as run_sweep
+    from tftune.sweep.runner import is_sweep_file, with_cli
+    from tftune.sweep.space import parse_params
+
+    cli = dict(trials=trials, time_limit=time_limit, trial_time_limit=trial_time_limit,
+               metric=metric, name=name, output_dir=output, storage=storage,
+               overrides=tuple(overrides))
+    path = Path(target).expanduser()
+    if not path.is_file():
+        from tftune.config.recipes import find_sweep
+
+        path = find_sweep(target) or path
+    if is_sweep_file(path):
+        settings = load_sweep_file(path, params=tuple(params), **cli)
+    else:
+        settings = with_cli(SweepSettings(recipe=target, params=parse_params(params)), **cli)
+    _import_tensorflow_quietly()
+    try:
+        run_sweep(settings, resume=resume, overwrite=overwrite, echo=click.echo)
+    except Preempted as e:
+        click.echo(f"{e} Resume the sweep with the same command and --resume.", err=True)
+        sys.exit(EXIT_CODE)
+
+
 @main.command("lr-find")
 @click.argument("recipe")
 @click.option("--stage", default=1, show_default=True, help="Which stage (1-based) to sweep.")

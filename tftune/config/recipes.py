@@ -12,7 +12,7 @@ import dataclasses
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from tftune.errors import TftuneError, did_you_mean
 
@@ -99,3 +99,13 @@ def iter_bundled() -> Iterator[Path]:
     """The bundled recipe files (for tests and docs)."""
     d = _bundled_dir()
     return iter(sorted(d.glob(f"*{SUFFIX}")) if d else [])
+
+
+def find_sweep(name: str) -> Optional[Path]:
+    """A sweep file by name: `<name>.yaml` in the `sweeps/` folder of a recipe folder."""
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    for d, _ in search_dirs():
+        path = d / "sweeps" / f"{stem}{SUFFIX}"
+        if path.is_file():
+            return path
+    return None

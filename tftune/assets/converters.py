@@ -18,9 +18,11 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Converter:
     module: str
-    """The module (imported when the converter runs) with `convert(folder)` and `OUTPUTS`."""
+    """The module imported when the converter runs."""
     outputs: tuple[str, ...]
     """Paths the conversion creates in the asset folder."""
+    function: str = "convert"
+    """The module's function that converts: `function(folder)`."""
 
 
 CONVERTERS: dict[str, Converter] = {
@@ -30,4 +32,5 @@ CONVERTERS: dict[str, Converter] = {
 
 def run_converter(name: str, folder: Path) -> None:
     """Run converter `name` on the checked files in `folder`."""
-    importlib.import_module(CONVERTERS[name].module).convert(folder)
+    converter = CONVERTERS[name]
+    getattr(importlib.import_module(converter.module), converter.function)(folder)

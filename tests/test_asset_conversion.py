@@ -274,7 +274,7 @@ def test_a_table_of_another_shape_is_refused(tmp_path: Path, monkeypatch: pytest
 def test_manifest_rejects_an_unknown_converter(tmp_path: Path) -> None:
     archive = make_sdist(tmp_path / "fakepkg-1.0.tar.gz", {"a": b"a"})
     bad = entry("x", archive, {"fakepkg-1.0/a": ("a", b"a")}, convert="run-anything")
-    with pytest.raises(AssetError, match=r"'convert' must be one of cryptopunks-pickle, got 'run-anything'"):
+    with pytest.raises(AssetError, match=r"'convert' must be one of cryptopunks-pickle, .*, got 'run-anything'"):
         assets.parse_manifest({"schema": 1, "assets": [bad]})
 
 

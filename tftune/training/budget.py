@@ -107,6 +107,7 @@ class Budget:
     (the smallest), `agree(flag)` a flag (true on any)."""
 
     RESERVE_FRACTION = 0.02  # of the limit, on top of the final evaluation's estimate
+    CHEAP_FRACTION = 0.05  # a stage needing at most this share of the time left is not cut
     MIN_SAVE_SECONDS = 3.0
 
     def __init__(self, limit: float, started: float, sizes: dict, echo: Callable[[str], None],
@@ -192,10 +193,14 @@ class Budget:
         wanted = [stages[index].epochs - done] + [s.epochs for s in stages[index + 1:]]
         needs = [c.need(e) if c is not None else 0.0 for c, e in zip(costs, wanted)]
         cost = costs[0]
-        if sum(needs) <= left:
+        # A cheap stage (all it wants is a few % of the time left) keeps its epochs whole:
+        # a proportional share of it would be rounded away for nothing.
+        cheap = [k for k, need in enumerate(needs) if need <= self.CHEAP_FRACTION * left]
+        if sum(needs) <= left or 0 in cheap:
             epochs = wanted[0]
         else:
-            share = left * needs[0] / max(sum(needs), 1e-9)
+            rest = left - sum(needs[k] for k in cheap)
+            share = rest * needs[0] / max(sum(n for k, n in enumerate(needs) if k not in cheap), 1e-9)
             fit = int((share - cost.fill) / max(cost.epoch, 1e-9))
             # A stage that begins gets an epoch when half of one fits (the limit may end it
             # early); once it has trained, another epoch must fit whole.

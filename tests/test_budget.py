@@ -121,6 +121,21 @@ def test_a_cheap_stage_keeps_its_epochs_in_a_tight_budget():
     assert "plan: head 4 epoch(s)" in lines[0] and "all 1 of 3 epoch(s)" in lines[0]
 
 
+def test_a_stage_is_not_cut_when_that_buys_the_later_stages_nothing():
+    """34 s left: the head's 4 epochs of 0.6 s would be cut to its share, but no whole `all`
+    epoch (35 s) fits either way, so it keeps them."""
+    clock = Clock()
+    b = Budget(100, clock.t - 66, {"train": 1000, "val": 100, "test": 200}, print, clock=clock)
+    b.forward = 10
+    b.measured[0] = Cost(0.0, 0.3, 0.3)
+    b.measured[1] = Cost(0.0, 34.0, 1.0)
+    b.RESERVE_FRACTION = 0.0
+    assert b.left() - b.reserve() < 35  # less than one `all` epoch
+    epochs, _ = b.plan(0, STAGES)
+    assert epochs == 4
+    assert b.keeps_training(0, STAGES, done=1, planned=4)
+
+
 def test_less_than_half_an_epoch_skips_the_stage():
     epochs, _ = planned(limit=100, spent=80, forward=10, index=1)
     assert epochs == 0

@@ -140,6 +140,7 @@ def test_a_trial_below_the_median_is_pruned_and_its_run_stays_resumable(tmp_path
     table = rows(tmp_path / "out" / "p")
     assert [r["state"] for r in table] == ["complete", "complete", "pruned"], result.output
     assert "trial 2 pruned: val_loss=" in result.output
+    assert "after epoch 2 of stage 1 is worse than the median" in result.output
     pruned = Path(table[2]["run_dir"])
     assert (pruned / "checkpoint").is_dir() and not (pruned / "metrics.json").exists()
 

@@ -6,7 +6,7 @@
   validation metric (best weights kept), so the test split plays no part in the search.
 - **Pruning.** After every epoch the trial reports the metric to the study; Optuna's median
   pruner stops a trial whose value is worse than the median of earlier trials at the same
-  epoch (after two finished trials, never at the first epoch).
+  epoch of the same stage (after two finished trials, never at the run's first epoch).
 - **Budgets.** `trials` counts finished, pruned and running trials; `time_limit` stops
   starting trials when less than half a mean trial's time is left; `trial_time_limit` is each
   trial's `train.time_limit` (never more than what is left of the sweep's).
@@ -39,6 +39,7 @@ PLOT_FILE = "results.png"
 BEST_FILE = "best.yaml"
 DB_FILE = "sweep.db"
 TRIALS_DIR = "trials"
+STEP = 1000  # a reported step is stage * STEP + epoch of the stage (0-based)
 
 
 @dataclasses.dataclass
@@ -406,15 +407,18 @@ class _Loop:
         for t in sorted(trials, key=lambda t: t.number):
             rows.append({
                 "trial": t.number, "state": t.state.name.lower(),
-                self.metric: "" if t.value is None else round(t.value, 6),
+                # a pruned trial's Optuna value is its last report: that goes in its own column
+                self.metric: round(t.value, 6) if t.state.name == "COMPLETE" else "",
+                "last_reported": (round(t.intermediate_values[max(t.intermediate_values)], 6)
+                                  if t.intermediate_values else ""),
                 "seconds": "" if t.duration is None else round(t.duration.total_seconds(), 1),
                 **{k: t.params.get(k, "") for k in keys},
                 "epochs_reported": len(t.intermediate_values),
                 "run_dir": t.user_attrs.get("run_dir", ""),
             })
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=["trial", "state", self.metric, "seconds", *keys,
-                                                 "epochs_reported", "run_dir"])
+        writer = csv.DictWriter(out, fieldnames=["trial", "state", self.metric, "last_reported",
+                                                 "seconds", *keys, "epochs_reported", "run_dir"])
         writer.writeheader()
         writer.writerows(rows)
         rundir.write_text(self.dir / RESULTS_FILE, out.getvalue())
@@ -466,9 +470,11 @@ def _short(value) -> str:
 
 
 def _reporter(trial, metric: str, run_dir: Path):
-    """A Keras callback reporting `metric` to the study after every epoch (the step is the
-    epoch's row in the run's history.csv, counted over stages) and pruning the trial when
-    the study's pruner says so."""
+    """A Keras callback reporting `metric` to the study after every epoch and pruning the
+    trial when the study's pruner says so. The step is (stage, epoch of the stage), read
+    from the epoch's row in the run's history.csv, as `stage * 1000 + epoch`: trials are
+    compared at the same epoch of the same stage, also when a time limit gave their stages
+    different numbers of epochs."""
     import keras
     import optuna
 
@@ -477,12 +483,14 @@ def _reporter(trial, metric: str, run_dir: Path):
             value = (logs or {}).get(metric)
             if value is None:
                 return
-            history = run_dir / "history.csv"
-            step = max(sum(1 for _ in history.open()) - 2, 0) if history.is_file() else epoch
-            trial.report(float(value), step)
+            with open(run_dir / "history.csv", newline="") as f:
+                last = list(csv.DictReader(f))[-1]  # this epoch's row (written before us)
+            stage, in_stage = int(last["stage"]), int(last["epoch"])
+            trial.report(float(value), STEP * stage + in_stage - 1)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"{metric}={float(value):.4f} at epoch {step + 1} of the "
-                                         f"run is below the median of earlier trials there")
+                raise optuna.TrialPruned(
+                    f"{metric}={float(value):.4f} after epoch {in_stage} of stage {stage + 1} is "
+                    f"worse than the median of earlier trials there")
 
     return Report()
 
@@ -497,7 +505,7 @@ def _plot(path: Path, trials, params: Sequence[Param], metric: str, maximize: bo
 
     from tftune import rundir
 
-    done = [t for t in sorted(trials, key=lambda t: t.number) if t.value is not None]
+    done = [t for t in sorted(trials, key=lambda t: t.number) if t.state.name == "COMPLETE"]
     panels = 1 + len(params)
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.4), squeeze=False)
     ax = axes[0][0]

@@ -207,8 +207,33 @@ class Budget:
             epochs = min(wanted[0], max(1 if done == 0 else 0, fit))
             if done == 0 and left < cost.fill + 0.5 * cost.epoch:
                 epochs = 0
+            else:
+                epochs = self._no_regret(epochs, wanted, costs, left)
         epochs = int(self.agree_min(epochs))
         return epochs, self._plan_lines(index, stages, costs, wanted, epochs, left)
+
+    @staticmethod
+    def _later_epochs(seconds: float, wanted, costs) -> int:
+        """Whole epochs the later stages get in `seconds`, taken in order."""
+        total = 0
+        for want, cost in zip(wanted[1:], costs[1:]):
+            if cost is None:
+                continue
+            n = min(want, max(0, int((seconds - cost.fill) / max(cost.epoch, 1e-9))))
+            seconds -= cost.need(n) if n else 0.0
+            total += n
+        return total
+
+    def _no_regret(self, epochs: int, wanted, costs, left: float) -> int:
+        """More epochs for this stage than its share, up to its wanted ones, as long as they
+        fit and take no whole epoch from the later stages (cutting it would buy nothing)."""
+        cost = costs[0]
+        later = self._later_epochs(left - cost.need(epochs), wanted, costs)
+        for more in range(wanted[0], epochs, -1):
+            if cost.need(more) <= left and \
+                    self._later_epochs(left - cost.need(more), wanted, costs) >= later:
+                return more
+        return epochs
 
     def _plan_lines(self, index, stages, costs, wanted, epochs, left) -> list[str]:
         parts = []

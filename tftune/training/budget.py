@@ -123,7 +123,6 @@ class Budget:
         self.forward_from = ""
         self.measured: dict[int, Cost] = {}  # a stage's own epochs, once timed
         self.save_seconds = 0.0
-        self.revised: dict[int, int] = {}  # a stage's epochs as last revised (logged once)
         self.stopped_at_limit = False
 
     # -- the clock -----------------------------------------------------------------------
@@ -270,17 +269,13 @@ class Budget:
     def keeps_training(self, index: int, stages: Sequence[StageShape], done: int,
                        planned: int) -> bool:
         """After epoch `done` of stage `index` (planned for `planned`): whether the next one
-        still fits (logging any revision of the plan)."""
+        still fits with what the later stages need (the plan made again with the stage's
+        timed epochs; a stop is logged, with why)."""
         if done >= planned:
             return True
         epochs, lines = self.plan(index, [dataclasses.replace(s, epochs=planned) if i == index
                                           else s for i, s in enumerate(stages)], done=done)
         if epochs is None or epochs >= 1:
-            more = epochs if epochs is not None else planned - done
-            if more < planned - done and self.revised.get(index) != done + more:
-                self.revised[index] = done + more
-                self.echo(f"   time budget: stage {stages[index].name!r} revised to "
-                          f"{done + more} epoch(s) (planned {planned})")
             return True
         self.echo(f"   time budget: stopping stage {stages[index].name!r} after epoch {done} "
                   f"of {planned}: {format_seconds(max(self.left(), 0))} left, and the "

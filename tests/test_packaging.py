@@ -117,8 +117,9 @@ def test_built_tree_holds_every_module(built: Path) -> None:
 
 def test_recipes_reachable_through_importlib_resources(probe: dict, built: Path) -> None:
     assert Path(probe["tftune"]).is_relative_to(built)  # not the checkout or an editable install
-    recipes = _files(ROOT / "recipes", "*.yaml")
+    recipes = {**_files(ROOT / "recipes", "*.yaml"), **_files(ROOT / "recipes", "sweeps/*.yaml")}
     assert len(recipes) >= 4 and "text_sentiment_minilm.yaml" in recipes
+    assert "sweeps/text_sentiment_minilm_sweep.yaml" in recipes  # `tftune sweep NAME` finds it
     assert probe["recipes"] == recipes
 
 

@@ -212,16 +212,22 @@ class Budget:
         return epochs, self._plan_lines(index, stages, costs, wanted, epochs, left)
 
     @staticmethod
-    def _later_epochs(seconds: float, wanted, costs) -> int:
-        """Whole epochs the later stages get in `seconds`, taken in order."""
-        total = 0
-        for want, cost in zip(wanted[1:], costs[1:]):
+    def _fit_in_order(seconds: float, wanted, costs) -> list[Optional[int]]:
+        """Whole epochs each of these stages gets in `seconds`, taken in order (None: its
+        cost is unknown)."""
+        counts: list[Optional[int]] = []
+        for want, cost in zip(wanted, costs):
             if cost is None:
+                counts.append(None)
                 continue
             n = min(want, max(0, int((seconds - cost.fill) / max(cost.epoch, 1e-9))))
             seconds -= cost.need(n) if n else 0.0
-            total += n
-        return total
+            counts.append(n)
+        return counts
+
+    def _later_epochs(self, seconds: float, wanted, costs) -> int:
+        """Whole epochs the later stages get in `seconds`, taken in order."""
+        return sum(n or 0 for n in self._fit_in_order(seconds, wanted[1:], costs[1:]))
 
     def _no_regret(self, epochs: int, wanted, costs, left: float) -> int:
         """More epochs for this stage than its share, up to its wanted ones, as long as they
@@ -235,17 +241,12 @@ class Budget:
         return epochs
 
     def _plan_lines(self, index, stages, costs, wanted, epochs, left) -> list[str]:
+        counts = [epochs] + self._fit_in_order(left - costs[0].need(epochs), wanted[1:], costs[1:])
         parts = []
-        rest = left
-        for k, (stage, cost, want) in enumerate(zip(stages[index:], costs, wanted)):
+        for stage, cost, want, n in zip(stages[index:], costs, wanted, counts):
             if cost is None:
                 parts.append(f"{stage.name} {want} epoch(s), cost unknown")
                 continue
-            n = epochs if k == 0 else min(want, max(0, int((rest - cost.fill) / max(cost.epoch, 1e-9))))
-            if k == 0:
-                rest -= cost.need(n)
-            else:
-                rest -= cost.need(n) if n else 0.0
             parts.append(f"{stage.name} {n}" + (f" of {want}" if n != want else "")
                          + f" epoch(s) (~{format_seconds(cost.need(n) if n else 0)}, "
                          f"{format_seconds(cost.epoch)} an epoch)")

@@ -177,8 +177,9 @@ class Run:
         self.saved = self.state  # the state of the last checkpoint written
         self.started = 0.0  # train()'s start (`budget.now()`), set by `train`
         self.budget = None  # `train.time_limit` (see `tftune.training.budget`)
+        # {stage index as str: epochs} the budget gave each stage that began (0: skipped)
         self.planned = dict(self.state.planned_epochs)
-        self.skipped: list[int] = []
+        self.shapes = None  # the budget's view of the stages (`budget.stage_shapes`)
 
     # -- checkpoints and stop requests ---------------------------------------------------
 
@@ -269,7 +270,7 @@ class Run:
             plan = self._budgeted(plan, data, resuming)
             if plan is None:  # no time left for it
                 data.close()
-                self.skipped.append(i)
+                self.planned[str(i)] = 0
                 self.save(i + 1)
                 return
         try:
@@ -315,11 +316,13 @@ class Run:
 
     def _budget(self):
         """The run's `Budget` under `train.time_limit` (with the time spent before a resume)."""
-        from tftune.training.budget import Budget, format_seconds
+        from tftune.training.budget import Budget, format_seconds, stage_shapes
 
         limit = self.cfg.train.time_limit_seconds
         if limit is None:
             return None
+        pipes = self.prep.stage_pipes or [self.prep.pipe] * len(self.prep.plans)
+        self.shapes = stage_shapes(self.cfg, self.prep.plans, pipes)
         budget = Budget(limit, self.started - self.state.seconds, self.splits.sizes, self.echo,
                         agree=self.dist.agree, agree_min=self.dist.agree_min)
         before = (f", {format_seconds(self.state.seconds)} of it spent before this resume"
@@ -328,16 +331,14 @@ class Run:
                   f"{format_seconds(budget.left())} left after loading.")
         return budget
 
-    def _shapes(self):
-        from tftune.training.budget import stage_shapes
-
-        pipes = self.prep.stage_pipes or [self.prep.pipe] * len(self.prep.plans)
-        return stage_shapes(self.cfg, self.prep.plans, pipes)
+    def skipped(self) -> list[int]:
+        """The stages the time limit skipped (this process's and before a resume)."""
+        return sorted(int(i) for i, epochs in self.planned.items() if epochs == 0)
 
     def _budgeted(self, plan, data, resuming: bool):
         """`plan` with the epochs the budget gives it (None: skip the stage). A resumed
         stage keeps the epochs planned when it began (its schedule spans them)."""
-        i, budget, shapes = plan.index, self.budget, self._shapes()
+        i, budget, shapes = plan.index, self.budget, self.shapes
         if data.cached:
             budget.fill_measured(shapes[i], data.caches[0].seconds)
         if budget.stopped_at_limit:
@@ -360,11 +361,10 @@ class Run:
     def _out_of_time(self, plan):
         from tftune.training.budget import val_estimate
 
-        shapes = self._shapes()
-        budget = self.budget
+        budget, shape = self.budget, self.shapes[plan.index]
 
         def out_of_time() -> bool:
-            if not budget.out_of_time(val_estimate(budget, plan.index, shapes[plan.index])):
+            if not budget.out_of_time(val_estimate(budget, plan.index, shape)):
                 return False
             if not budget.stopped_at_limit:
                 budget.stopped_at_limit = True
@@ -392,7 +392,7 @@ class Run:
             from tftune.training.budget import epoch_timer
 
             callbacks.append(epoch_timer(
-                self.budget, i, self._shapes(), bool(data is not None and data.cached),
+                self.budget, i, self.shapes, bool(data is not None and data.cached),
                 stage.steps_per_epoch or self.prep.steps_per_epoch, stage.epochs))
         return callbacks + self.user_callbacks
 
@@ -438,7 +438,7 @@ class Run:
             last.apply(self.backbone, self.prep.head, self.prep.unused)
             compile_model(self.model, self.task, last.optimizer(self.prep.steps_per_epoch), self.jit)
         stages, best = self.cfg.stages, self.best
-        last = max(set(range(len(stages))) - set(self.skipped), default=len(stages) - 1)
+        last = max(set(range(len(stages))) - set(self.skipped()), default=len(stages) - 1)
         if best is not None and best["stage"] != last:
             self.echo(
                 f"The last stage did not beat stage {best['stage'] + 1} "
@@ -480,7 +480,7 @@ class Run:
             metrics["time_limit"] = {
                 "limit": self.budget.limit, "planned_epochs": dict(self.planned),
                 "seconds": round(self.spent(), 1),
-                "skipped_stages": [cfg.stages[i].name for i in self.skipped],
+                "skipped_stages": [cfg.stages[i].name for i in self.skipped()],
                 "stopped_at_limit": self.budget.stopped_at_limit}
         faults.point("final:evaluated")
         for line in self.tune_on_validation():

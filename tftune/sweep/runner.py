@@ -387,7 +387,6 @@ class _Loop:
         finally:
             self._clear()
         self.study.set_user_attr("seconds", round(self.spent(), 1))
-        self.started, self.before = time.perf_counter(), self.spent()
         self._write_results()
 
     @staticmethod

@@ -43,11 +43,6 @@ class Param:
             return trial.suggest_int(self.key, *self.values)
         return trial.suggest_float(self.key, *self.values, log=self.kind == "loguniform")
 
-    @property
-    def extremes(self) -> tuple:
-        """The values the schema check tries: both bounds, or every choice."""
-        return self.values
-
     def describe(self) -> str:
         return f"{self.key}={self.kind}({', '.join(map(str, self.values))})"
 
@@ -55,7 +50,7 @@ class Param:
 def yaml_value(value: Any) -> str:
     """`value` as `--set KEY=VALUE` takes it."""
     text = yaml.safe_dump(value, default_flow_style=True).strip()
-    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+    return text.removesuffix("\n...").strip()  # a scalar's document-end marker
 
 
 def parse_param(key: str, spec: Any, where: str = "params") -> Param:
@@ -84,12 +79,10 @@ def parse_param(key: str, spec: Any, where: str = "params") -> Param:
             raise ConfigError(f"Invalid values for '{here}': choice needs two or more distinct "
                               f"values. Received: {values}")
         return Param(key, kind, tuple(values))
-    number = int if kind == "int" else float
-    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                   or _is_number(v) for v in values):
+    if len(values) != 2 or not all(_is_number(v) for v in values):
         raise ConfigError(f"Invalid values for '{here}': {kind} takes two numbers, LOW and "
                           f"HIGH. Received: {values}")
-    low, high = (number(float(v)) if number is float else _as_int(v, here) for v in values)
+    low, high = (_as_int(v, here) if kind == "int" else float(v) for v in values)
     if not low < high or (kind == "loguniform" and low <= 0):
         raise ConfigError(f"Invalid values for '{here}': expected LOW < HIGH"
                           f"{' and LOW > 0' if kind == 'loguniform' else ''}. "
@@ -137,5 +130,5 @@ def check_params(recipe_path, overrides: Sequence[str], params: Sequence[Param])
     from tftune.config import load_recipe
 
     for p in params:
-        for value in p.extremes:
+        for value in p.values:  # both bounds, or every choice
             load_recipe(recipe_path, tuple(overrides) + (f"{p.key}={yaml_value(value)}",))

@@ -29,6 +29,19 @@ over the iterator's optionals, as Keras's own multi-step function does): the cal
 batch per call, and stop requests and checkpoints fall on call boundaries. It pays where a
 step is so cheap that Python's per-call work dominates it: a head trained on cached features.
 
+XLA (`jit_compile`, see `tftune.training.device`): what is compiled is each replica's
+forward and backward pass (`_gradients`) and its forward pass in evaluation, as Keras's own
+trainer compiles its one-step function inside `strategy.run`; the iterator, the
+`tf.while_loop` over batches, the cross-replica sums and the optimizer's update stay
+ordinary graph ops (XLA cannot compile an iterator, and the optimizer's merge calls belong to
+the strategy). Under TPUStrategy nothing is added: `strategy.run` in a `tf.function`
+compiles the whole replica step with XLA anyway.
+
+Float16 (`mixed_float16`): the model's compiled optimizer is a `LossScaleOptimizer`
+(`stage.compile_model`): the loss is multiplied by its dynamic scale before the gradients,
+which it divides by the scale before the update; a step with non-finite gradients is
+skipped and the scale halved, and after 2000 finite steps it doubles.
+
 Not supported here: a `sample_weight` column in the data, models whose `train_step` is
 customised (it is not called).
 """
@@ -70,12 +83,17 @@ class Steps:
             self.train_metrics = self._metrics()
             self.test_metrics = self._metrics()
         kind = distribution.kind if distribution else "default"
-        jit = bool(getattr(model, "jit_compile", False)) and kind != "tpu"
         eager = bool(getattr(model, "run_eagerly", False))
+        # TPUStrategy compiles the replica step with XLA itself (see the module docstring).
+        self.jit = bool(getattr(model, "jit_compile", False)) and kind != "tpu" and not eager
+        self._gradients_fn = tf.function(
+            self._gradients, jit_compile=True, reduce_retracing=True) if self.jit else self._gradients
+        self._forward_fn = tf.function(
+            self._forward, jit_compile=True, reduce_retracing=True) if self.jit else self._forward
         self._train_fn = self._train_many if eager else tf.function(
-            self._train_many, jit_compile=jit, reduce_retracing=True)
+            self._train_many, reduce_retracing=True)
         self._test_fn = self._test_batch if eager else tf.function(
-            self._test_batch, jit_compile=jit, reduce_retracing=True)
+            self._test_batch, reduce_retracing=True)
         self.steps_per_execution = max(1, int(steps_per_execution))
 
     @property
@@ -134,7 +152,18 @@ class Steps:
         ctx = tf.distribute.get_replica_context()
         count = tf.cast(tf.shape(y)[0], tf.float32) if weight is None else tf.reduce_sum(weight)
         total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
-        optimizer = self.model.optimizer
+        grads, y_pred, per_example, reg = self._gradients_fn(
+            x, y, weight, total, float(ctx.num_replicas_in_sync))
+        self.model.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self._update(self.train_metrics, self.task.metric_labels(y), y_pred, per_example, reg,
+                     weight)
+
+    def _gradients(self, x, y, weight, total, replicas):
+        """One replica's forward and backward pass (what XLA compiles): the gradients of its
+        share of the global batch's mean loss (scaled by the optimizer's loss scale under
+        float16), its predictions, per-example losses and regularisation loss."""
+        import tensorflow as tf
+
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             per_example = tf.cast(self.loss_fn(y, y_pred), tf.float32)
@@ -142,13 +171,10 @@ class Steps:
             loss = summed / tf.maximum(total, 1.0)
             reg = self._regularization()
             if reg is not None:
-                loss += reg / ctx.num_replicas_in_sync
-            scaled = optimizer.scale_loss(loss)
-        variables = self.model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        self._update(self.train_metrics, self.task.metric_labels(y), y_pred, per_example, reg,
-                     weight)
+                loss += reg / replicas
+            scaled = self.model.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        return grads, y_pred, per_example, reg
 
     def _example_weights(self, y, weight):
         """The padding weights times the task's per-example weights (class weights), or
@@ -161,11 +187,16 @@ class Steps:
         return task_weights if weight is None else tf.cast(weight, tf.float32) * task_weights
 
     def _replica_test(self, x, y, weight=None):
+        y_pred, per_example, reg = self._forward_fn(x, y)
+        self._update(self.test_metrics, y, y_pred, per_example, reg, weight)
+
+    def _forward(self, x, y):
+        """One replica's evaluation forward pass (what XLA compiles): predictions,
+        per-example losses and the regularisation loss."""
         import tensorflow as tf
 
         y_pred = self.model(x, training=False)
-        per_example = tf.cast(self.loss_fn(y, y_pred), tf.float32)
-        self._update(self.test_metrics, y, y_pred, per_example, self._regularization(), weight)
+        return y_pred, tf.cast(self.loss_fn(y, y_pred), tf.float32), self._regularization()
 
     def _metrics(self) -> dict:
         return {"loss": keras.metrics.Mean(name="loss"), **self.task.metrics()}

@@ -11,13 +11,16 @@ from typing import Any, Optional
 from tftune.config import RecipeConfig
 from tftune.data import DataSplits, load_data, pipeline
 from tftune.errors import ConfigError, DataError
-from tftune.training.device import mixed_precision_policy
+from tftune.training.device import choose_precision, describe_device
 
 
 @contextlib.contextmanager
-def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, backbone_model=None):
+def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, backbone_model=None,
+                  device=None):
     """Seeds, loads the data and the backbone, and sets the run's dtype policy for the
-    duration: yields (splits, backbone, policy name)."""
+    duration: yields (splits, backbone, `device.Precision`). `device` (a
+    `device.DeviceDescription`) is this machine as TensorFlow describes it unless given
+    (the runner passes the one its distribution sees: a TPU)."""
     import keras
 
     from tftune.model import backbones
@@ -28,8 +31,9 @@ def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, back
     reader.check_settings()
     splits = datasets if datasets is not None else load_data(cfg.data, cfg.train.seed, reader)
     previous_policy = keras.mixed_precision.dtype_policy().name
-    policy = mixed_precision_policy(cfg.train.mixed_precision, splits.modality)
-    keras.mixed_precision.set_global_policy(policy)
+    precision = choose_precision(cfg.train.mixed_precision, cfg.train.jit_compile,
+                                 splits.modality, device or describe_device())
+    keras.mixed_precision.set_global_policy(precision.policy)
     try:
         if backbone_model is not None:
             backbone = backbones.from_keras_model(backbone_model, cfg.backbone)
@@ -40,7 +44,7 @@ def loaded_inputs(cfg: RecipeConfig, datasets: Optional[DataSplits] = None, back
                 f"Backbone {backbone.spec!r} takes {backbone.modality} inputs but the data is "
                 f"{splits.modality}. Use a {splits.modality} backbone (see `tftune recipes`)."
             )
-        yield splits, backbone, policy
+        yield splits, backbone, precision
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -163,8 +167,9 @@ def train_labels(splits: DataSplits):
     return np.concatenate([np.asarray(y) for y in splits.train.map(lambda x, y: y).batch(4096)])
 
 
-def describe(splits: DataSplits, backbone, policy: str, echo) -> None:
-    """The run log's first lines: the data and the backbone."""
+def describe(splits: DataSplits, backbone, precision, echo) -> None:
+    """The run log's first lines: the data, the backbone and the precision (dtype policy,
+    loss scaling, XLA, and why: a `device.Precision`)."""
     names = splits.class_names
     labels = (f"{len(names)} classes ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})"
               if names else "a numeric target")
@@ -172,5 +177,5 @@ def describe(splits: DataSplits, backbone, policy: str, echo) -> None:
     echo(
         f"Backbone: {backbone.spec}"
         + (f"; {'; '.join(backbone.notes)}" if backbone.notes else "")
-        + (f"; dtype policy {policy}" if policy != "float32" else "")
     )
+    echo(precision.describe())

@@ -23,7 +23,8 @@ from tftune.rundir import checkpoint as ckpt
 from tftune.rundir import plan as run_plan
 from tftune.runtime import distribute, faults
 from tftune.runtime.preemption import Preempted, StopRequest, watch
-from tftune.training.device import jit_setting, steps_per_execution, verbosity
+from tftune.training.device import (choose_precision, describe_device, run_jit,
+                                    steps_per_execution, verbosity)
 from tftune.training.prepare import describe, loaded_inputs, prepare_run
 
 
@@ -93,7 +94,8 @@ def train(
     dist = distribute.make_distribution(cfg.train.distribute, cfg.train.tpu)
     with watch() as stop, dist.scope():
         loaded, error = _plan(cfg, run_path, resume, overwrite, dist, echo)
-        with loaded_inputs(cfg, datasets, backbone_model) as (splits, backbone, policy):
+        device = describe_device(dist.kind)  # a TPU is known from the strategy
+        with loaded_inputs(cfg, datasets, backbone_model, device) as (splits, backbone, precision):
             run, scratch = None, False
             if error is None:
                 try:
@@ -107,9 +109,9 @@ def train(
             if dist.multi_worker:
                 distribute.agree_to_start(dist, error, loaded)
             try:
-                describe(splits, backbone, policy, echo)
+                describe(splits, backbone, precision, echo)
                 return Run(cfg, splits, backbone, run, dist, stop, echo, loaded,
-                           user_callbacks).train(started, run_path)
+                           user_callbacks, precision).train(started, run_path)
             except Preempted as e:
                 raise Preempted(
                     f"{stop.signal_name or 'A stop request'} received: stopped at {e.where} with a "
@@ -148,7 +150,8 @@ class Run:
     plan and its optimizer, epoch metric sums and early stopping from the checkpoint."""
 
     def __init__(self, cfg: RecipeConfig, splits: DataSplits, backbone, run: Path, dist,
-                 stop: Optional[StopRequest], echo, loaded=None, user_callbacks=()):
+                 stop: Optional[StopRequest], echo, loaded=None, user_callbacks=(),
+                 precision=None):
         self.cfg, self.splits, self.backbone, self.run = cfg, splits, backbone, run
         self.dist, self.echo, self.loaded = dist, echo, loaded
         self.user_callbacks = list(user_callbacks)
@@ -165,7 +168,13 @@ class Run:
             rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
         self.prep = prepare_run(cfg, splits, backbone, echo)
         self.task, self.model = self.prep.task, self.prep.model
-        self.jit = jit_setting(cfg.train.jit_compile)
+        # XLA per `device.choose_precision` (the dtype policy is already in force), off
+        # for a model with a layer XLA cannot compile.
+        if precision is None:
+            precision = choose_precision(cfg.train.mixed_precision, cfg.train.jit_compile,
+                                         splits.modality, describe_device(dist.kind))
+        self.precision = precision
+        self.jit = run_jit(precision, self.model, echo)
         self.verbose, self.epoch_lines = verbosity(cfg.train.verbose)
         self.history_path = run / rundir.HISTORY_FILE
         self.state = loaded.state if loaded is not None else ckpt.RunState()

@@ -30,13 +30,24 @@ class StageResult:
 
 def compile_model(model, task, optimizer, jit_compile) -> None:
     """Compiles `model` with `optimizer` and the task's loss and metrics (what `model.fit` /
-    `model.evaluate` and a saved model's compile config then use)."""
+    `model.evaluate` and a saved model's compile config then use). A model that computes in
+    float16 gets the optimizer wrapped in Keras's `LossScaleOptimizer` (dynamic loss
+    scaling, which tftune's loop applies): Keras wraps it only when the model's own policy
+    is `mixed_float16`, and a functional model built around layers of that policy need not be."""
+    if uses_float16(model) and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.get(optimizer))
     model.compile(
         optimizer=optimizer,
         loss=task.loss(),
         metrics=list(task.metrics().values()),
         jit_compile=jit_compile,
     )
+
+
+def uses_float16(model) -> bool:
+    """Whether a layer of `model` computes in float16 (under `mixed_float16`)."""
+    return any(getattr(layer.dtype_policy, "compute_dtype", None) == "float16"
+               for layer in model._flatten_layers())
 
 
 def compile_like(model, trained, task, jit_compile) -> None:

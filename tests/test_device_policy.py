@@ -175,3 +175,17 @@ def test_a_model_with_a_layer_xla_cannot_compile_turns_xla_off():
     layer.supports_jit = False
     assert dev.run_jit(on, model, lines.append) is False
     assert "supports_jit" in lines[0]
+
+
+def test_a_mid_stage_checkpoint_resumes_only_with_the_loss_scaling_it_was_taken_with():
+    scaled = [["optimizer/iterations", []], ["loss_scale_optimizer/dynamic_scale", []]]
+    plain = [["adamw/iterations", []], ["adamw/dense_kernel_momentum", [4, 2]]]
+    v100 = dev.choose_precision("auto", "auto", "image", gpus(V100))
+    a100 = dev.choose_precision("auto", "auto", "image", gpus(A100))
+    assert dev.resume_conflict(v100, scaled) is None
+    assert dev.resume_conflict(a100, plain) is None
+    assert dev.resume_conflict(a100, []) is None and dev.resume_conflict(v100, None) is None
+    message = dev.resume_conflict(a100, scaled)
+    assert "mid-stage float16 with loss scaling" in message and "mixed_bfloat16" in message
+    assert "same kind of accelerator" in message
+    assert "without float16 loss scaling" in dev.resume_conflict(v100, plain)

@@ -281,3 +281,34 @@ def test_xla_and_loss_scaling_under_mirrored_strategy_match_one_device(tmp_path)
                for a, b in zip(one["weights"], two["weights"]))
     print(f"max |weight difference| mirrored vs one device (float16, XLA): {diff:.2e}")
     assert diff < 1e-3
+
+
+@pytest.mark.usefixtures("eager")
+def test_auto_on_a_v100_trains_float16_and_resumes_there_but_not_on_an_a100(tmp_path, data,
+                                                                             monkeypatch):
+    """`mixed_precision: auto` with the device description mocked: a V100 (7.0) trains in
+    float16 with loss scaling; its mid-stage checkpoint resumes on a V100, and on an A100
+    (bfloat16, no loss scale in the optimizer) the resume is refused with the reason."""
+    from tftune.config import config_from_dict
+    from tftune.errors import ConfigError
+    from tftune.runtime.preemption import Preempted
+    from tftune.training import runner
+    from tftune.training.device import DeviceDescription
+
+    root, folder, cnn = data
+    cfg = config_from_dict(resume_recipe(folder, cnn, tmp_path, mixed_precision="auto"))
+    v100, a100 = DeviceDescription("gpu", ((7, 0),)), DeviceDescription("gpu", ((8, 0),))
+    monkeypatch.setattr(runner, "describe_device", lambda kind=None: v100)
+    sigterm_at(monkeypatch, "step", 11)
+    lines = []
+    with pytest.raises(Preempted):
+        runner.train(cfg, echo=lines.append)
+    assert any(l.startswith("Precision: mixed_float16 with dynamic loss scaling, XLA on (auto: "
+                            "compute capability 7.0") for l in lines), lines
+    monkeypatch.undo()
+    monkeypatch.setattr(runner, "describe_device", lambda kind=None: a100)
+    with pytest.raises(ConfigError, match="mid-stage float16 with loss scaling.*mixed_bfloat16"):
+        runner.train(cfg, resume=True, echo=lambda _: None)
+    monkeypatch.setattr(runner, "describe_device", lambda kind=None: v100)
+    result = runner.train(cfg, resume=True, echo=lambda _: None)
+    assert [s["epochs_run"] for s in result.metrics["stages"]] == [2, 2]

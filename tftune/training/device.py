@@ -140,6 +140,25 @@ def choose_precision(mixed_precision: str, jit_compile: str, modality: str,
     return Precision(policy, jit, policy == "mixed_float16", "; ".join(reasons))
 
 
+def resume_conflict(precision: Precision, optimizer_layout) -> Optional[str]:
+    """Why a checkpoint taken mid-stage cannot resume under `precision`, or None.
+    `optimizer_layout` is the checkpoint's optimizer variables ([[path, shape], ...], empty
+    at a stage boundary, where the next stage's optimizer starts fresh): float16 loss
+    scaling adds the scale and its step counter to them, so a run checkpointed with it
+    resumes only with it, and one without it only without (`mixed_precision: auto` picks
+    per device: a V100's float16 run resumed on an A100 would be bfloat16)."""
+    if not optimizer_layout:
+        return None
+    scaled = any(str(path).endswith("dynamic_scale") for path, *_ in optimizer_layout)
+    if scaled == precision.loss_scaling:
+        return None
+    was = "float16 with loss scaling" if scaled else "without float16 loss scaling"
+    return (f"its checkpoint was taken mid-stage {was}, and here the run would compute in "
+            f"{precision.policy} ({precision.reason}): the stage's optimizer state does not "
+            f"carry over. Resume on the same kind of accelerator as before, or from a "
+            f"checkpoint at a stage boundary.")
+
+
 # -- the adapter: TensorFlow's view of this machine ---------------------------------------
 
 

@@ -23,8 +23,8 @@ from tftune.rundir import checkpoint as ckpt
 from tftune.rundir import plan as run_plan
 from tftune.runtime import distribute, faults
 from tftune.runtime.preemption import Preempted, StopRequest, watch
-from tftune.training.device import (choose_precision, describe_device, run_jit,
-                                    steps_per_execution, verbosity)
+from tftune.training.device import (choose_precision, describe_device, resume_conflict,
+                                    run_jit, steps_per_execution, verbosity)
 from tftune.training.prepare import describe, loaded_inputs, prepare_run
 
 
@@ -96,6 +96,9 @@ def train(
         loaded, error = _plan(cfg, run_path, resume, overwrite, dist, echo)
         device = describe_device(dist.kind)  # a TPU is known from the strategy
         with loaded_inputs(cfg, datasets, backbone_model, device) as (splits, backbone, precision):
+            conflict = loaded and resume_conflict(precision, loaded.state.variables.get("optimizer"))
+            if conflict:
+                raise ConfigError(f"Cannot resume {run_path}: {conflict}")
             run, scratch = None, False
             if error is None:
                 try:

@@ -346,6 +346,10 @@ class TrainConfig:
 
     batch_size: Count = 32
     seed: Annotated[int, Range("[0, 4294967295]")] = 42
+    # XLA and the dtype policy per device (`tftune.training.device.choose_precision`): auto
+    # is XLA on GPU / TPU, off on CPU; mixed precision auto is bfloat16 on TPU and on GPUs of
+    # compute capability >= 8.0, float16 with loss scaling on 7.x, float32 below, and on CPU
+    # bfloat16 for text with native bfloat16, else float32.
     jit_compile: Literal["auto", "on", "off"] = "auto"
     mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "off"
     verbose: Literal["auto", "bar", "epoch", "quiet"] = "auto"

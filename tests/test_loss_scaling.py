@@ -312,3 +312,24 @@ def test_auto_on_a_v100_trains_float16_and_resumes_there_but_not_on_an_a100(tmp_
     monkeypatch.setattr(runner, "describe_device", lambda kind=None: v100)
     result = runner.train(cfg, resume=True, echo=lambda _: None)
     assert [s["epochs_run"] for s in result.metrics["stages"]] == [2, 2]
+
+
+def test_lr_find_scales_the_loss_of_a_float16_model(float16_policy, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from tftune.training import lr_find
+
+    m = model()
+    before = m.get_weights()
+    wrapped = []
+    original = keras.optimizers.LossScaleOptimizer.scale_loss
+    monkeypatch.setattr(keras.optimizers.LossScaleOptimizer, "scale_loss",
+                        lambda self, loss: (wrapped.append(True), original(self, loss))[1])
+    x, y = batch()
+    result = lr_find.sweep(m, tf.data.Dataset.from_tensor_slices((x, y)).batch(4),
+                           keras.optimizers.SGD(), steps=8, min_lr=1e-4, max_lr=1e-1,
+                           echo=lambda _: None)
+    assert wrapped and len(result.losses) == 8 and np.isfinite(result.losses).all()
+    for a, b in zip(m.get_weights(), before):  # restored after the sweep
+        np.testing.assert_array_equal(a, b)

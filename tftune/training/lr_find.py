@@ -60,22 +60,28 @@ def sweep(model, train_ds, optimizer, loss_fn=None, *, steps: int = 100, min_lr:
     """Runs the range test on `model`'s trainable weights with `optimizer` (whose learning
     rate is set each step) and `loss_fn` (the task's loss; default: sparse categorical
     cross-entropy); every weight of `model` is restored afterwards. `progress(step, note)`
-    (a `tftune.runtime.progress.Progress`) is called after each step."""
+    (a `tftune.runtime.progress.Progress`) is called after each step. A model computing in
+    float16 gets dynamic loss scaling, as in training (`stage.compile_model`)."""
     import keras
     import tensorflow as tf
+
+    from tftune.training.stage import uses_float16
 
     if not 0 < min_lr < max_lr:
         raise ConfigError(f"Expected 0 < min_lr < max_lr. Received: min_lr={min_lr}, max_lr={max_lr}")
     saved = [np.array(v.numpy()) for v in model.weights]
     loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy()
     variables = model.trainable_variables
+    if uses_float16(model) and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)
 
     @tf.function(reduce_retracing=True)
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, variables)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
 

@@ -107,10 +107,21 @@ def test_the_configured_epochs_stay_when_they_fit():
 
 
 def test_a_tight_budget_shares_time_in_proportion_to_need():
-    # `all` needs 3 x 31 s = 93 s; 60 s are left (less the reserve): it gets 1 whole epoch.
+    # `all` needs 3 x 31 s = 93 s; 60 s are left, 52 s less the reserve (8 s): 1.67 epochs,
+    # in hundredths of an epoch.
     epochs, lines = planned(limit=100, spent=40, forward=10, index=1)
-    assert epochs == 1
-    assert "all 1 of 3 epoch(s)" in lines[0]
+    assert epochs == 1.67
+    assert "all 1.67 of 3 epoch(s) (~52s, 31s an epoch)" in lines[0]
+
+
+def test_a_planned_part_of_an_epoch_is_whole_epochs_and_the_steps_of_the_last():
+    from tftune.training.budget import epochs_text, stage_steps
+
+    assert stage_steps(2.75, 100) == (3, 75)
+    assert stage_steps(1.67, 7) == (2, 4)  # 11.69 steps: 11, the second epoch's first 4
+    assert stage_steps(2, 50) == (2, 50)
+    assert stage_steps(0.001, 50) == (1, 1)
+    assert [epochs_text(e) for e in (2, 2.0, 2.5, 1.67)] == ["2", "2", "2.5", "1.67"]
 
 
 def test_a_cheap_stage_keeps_its_epochs_in_a_tight_budget():
@@ -118,7 +129,7 @@ def test_a_cheap_stage_keeps_its_epochs_in_a_tight_budget():
     a proportional share would round the head's epochs away; it keeps them, `all` is cut."""
     epochs, lines = planned(limit=100, spent=40, forward=10)
     assert epochs == 4
-    assert "plan: head 4 epoch(s)" in lines[0] and "all 1 of 3 epoch(s)" in lines[0]
+    assert "plan: head 4 epoch(s)" in lines[0] and "all 1.64 of 3 epoch(s)" in lines[0]
 
 
 def test_a_stage_is_not_cut_when_that_buys_the_later_stages_nothing():
@@ -141,17 +152,24 @@ def test_less_than_half_an_epoch_skips_the_stage():
     assert epochs == 0
 
 
-def test_a_stage_that_has_trained_needs_a_whole_epoch_for_the_next():
+@pytest.mark.parametrize("last", [False, True])
+def test_a_stage_that_has_trained_needs_its_next_epoch_to_fit(last):
+    """With a stage after it, the next epoch must fit whole; the last stage goes on when half
+    of it fits (the limit then ends the epoch, validated)."""
     clock = Clock()
     lines = []
     b = Budget(100, clock.t - 40, {"train": 1000, "val": 100, "test": 200}, lines.append,
                clock=clock)
     b.forward = 10
     b.measured[1] = Cost(0.0, 30.0, 1.0)
-    assert b.keeps_training(1, STAGES, done=1, planned=3)  # 60 - reserve fits one more
-    clock.t += 31
-    assert not b.keeps_training(1, STAGES, done=2, planned=3)
-    assert "stopping stage 'all' after epoch 2 of 3" in lines[-1]
+    stages = STAGES if last else STAGES + [StageShape("more", 1, 0.0, True)]
+    assert b.keeps_training(1, stages, done=1, planned=3)  # 60 - reserve fits one more
+    clock.t += 31  # 21 s left after the reserve: 0.67 of an epoch
+    assert b.keeps_training(1, stages, done=2, planned=3) == last
+    if not last:
+        assert "stopping stage 'all' after epoch 2 of 3" in lines[-1]
+    clock.t += 6  # 15 s: less than half an epoch
+    assert not b.keeps_training(1, stages, done=2, planned=3)
 
 
 def test_nothing_measured_keeps_the_configured_epochs():
@@ -240,4 +258,64 @@ def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, 
     assert "Time limit: 21s, 11s of it spent before this resume" in log
     assert resumed.metrics["time_limit"]["planned_epochs"] == {"0": 2, "1": 4}
     assert resumed.metrics["time_limit"]["seconds"] <= 21
+    assert_same_run(resumed, reference)
+
+
+def _steps_by_stage(trace) -> list[int]:
+    """Training steps per stage, from a `TFTUNE_TRACE` file."""
+    counts: list[int] = []
+    for line in trace.read_text().splitlines():
+        if line.startswith("stage_begin#"):
+            counts.append(0)
+        elif line.startswith("step#"):
+            counts[-1] += 1
+    return counts
+
+
+@pytest.mark.usefixtures("eager")
+def test_a_planned_part_of_an_epoch_ends_the_stage_with_its_schedule(tmp_path, data, clock,
+                                                                     monkeypatch):
+    """Head, `top` (one timed epoch of 4 one-second steps), then `again` (all, 4 epochs)
+    with too little time left for them: `again` gets a fractional plan, runs its whole epochs
+    and the planned steps of the last one, and its cosine schedule ends there at 0. SIGTERM
+    inside that last part, then --resume, ends as the uninterrupted run did."""
+    import math
+
+    from tftune.training.budget import stage_steps
+
+    folder, cnn = data
+
+    def recipe(out):
+        r = limited(folder, cnn, out, 24, top_epochs=1)
+        # `train: all` (nothing to cache): its cost comes from `top`'s timed epoch
+        r["stages"].append(dict(r["stages"][1], name="again", train="all", epochs=4, warmup=0))
+        return r
+
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("TFTUNE_TRACE", str(trace))
+    reference, lines = run(recipe(tmp_path / "ref"), clock)
+    planned = reference.metrics["time_limit"]["planned_epochs"]["2"]
+    assert 0.5 <= planned < 4 and not float(planned).is_integer()
+    whole, last = stage_steps(planned, 4)
+    assert f"again {planned:g} of 4 epoch(s)" in "\n".join(lines)
+    assert reference.metrics["stages"][2]["epochs_run"] == whole
+    assert _steps_by_stage(trace)[2] == (whole - 1) * 4 + last
+    assert reference.metrics["time_limit"]["seconds"] <= 24
+    # The schedule spans exactly the planned steps: cosine at its end is 0.
+    optimizer = reference.model.optimizer
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
+    if schedule is None:
+        schedule = optimizer._learning_rate
+    assert math.isclose(float(schedule(int(optimizer.iterations))), 0.0, abs_tol=1e-9)
+
+    monkeypatch.delenv("TFTUNE_TRACE")
+    sigterm_at(monkeypatch, "step", 8 + 4 + (whole - 1) * 4 + 1)  # in the last part
+    from tftune.runtime.preemption import Preempted
+
+    with pytest.raises(Preempted):
+        run(recipe(tmp_path / "cut"), clock)
+    monkeypatch.undo()
+    install(monkeypatch, clock)
+    resumed, _ = run(recipe(tmp_path / "cut"), clock, resume=True)
+    assert resumed.metrics["time_limit"]["planned_epochs"]["2"] == planned
     assert_same_run(resumed, reference)

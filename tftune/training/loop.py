@@ -266,6 +266,9 @@ class Hooks:
     # `train.time_limit`: true when the epoch must end at this step boundary (it is then
     # validated and the stage ends, as if early stopping had ended it).
     out_of_time: Callable[[], bool] = lambda: False
+    # `train.time_limit`'s planned part of an epoch: (epoch, steps): that epoch ends after
+    # that many steps, is validated, and the stage ends there.
+    last_epoch: Optional[tuple[int, int]] = None
 
 
 def one_step(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
@@ -321,10 +324,17 @@ def run_epochs(
             dataset = dataset.skip(first)
         iterator = steps.batches(dataset)
         batch_index = first
+        stop_at = hooks.last_epoch[1] if hooks.last_epoch and epoch == hooks.last_epoch[0] \
+            else None
         while True:
+            if stop_at is not None and batch_index >= stop_at:  # the planned part ran
+                model.stop_training = True
+                break
             n = steps.steps_per_execution
             if every:  # a call ends where a step checkpoint falls
                 n = min(n, every - global_step % every)
+            if stop_at is not None:
+                n = min(n, stop_at - batch_index)
             count = one_call(steps, callbacks, iterator, batch_index, n)
             for i in range(batch_index, batch_index + count):
                 faults.point("step", f"epoch {epoch + 1} step {i + 1}")

@@ -217,11 +217,13 @@ def build_optimizer(
     steps_per_epoch: int,
     lr_multipliers: Optional[Mapping[str, float]] = None,
     ema_momentum: Optional[float] = None,
+    total_steps: Optional[int] = None,
 ) -> keras.optimizers.Optimizer:
     """A fresh optimizer for `stage`, with its warmup/decay schedule over the stage's steps
-    and `lr_multipliers` ({variable path: multiplier}) for discriminative learning rates;
-    with `ema_momentum`, it also keeps a moving average of the weights (Keras' `use_ema`)."""
-    total = max(1, stage.epochs * steps_per_epoch)
+    (`total_steps`, or its epochs' steps) and `lr_multipliers` ({variable path: multiplier})
+    for discriminative learning rates; with `ema_momentum`, it also keeps a moving average
+    of the weights (Keras' `use_ema`)."""
+    total = max(1, total_steps or stage.epochs * steps_per_epoch)
     warmup = warmup_steps(stage, total)
     lr = (
         stage.learning_rate

@@ -279,7 +279,7 @@ class Run:
                 self._callbacks(plan, data), self.jit, self.verbose, distribution=self.dist,
                 steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
                                                         plan, data),
-                resume=self._resume_stage if resuming else None, hooks=self._hooks(i),
+                resume=self._resume_stage if resuming else None, hooks=self._hooks(plan),
             )
         except Preempted:
             raise self.stopped_here() from None
@@ -336,8 +336,11 @@ class Run:
         return sorted(int(i) for i, epochs in self.planned.items() if epochs == 0)
 
     def _budgeted(self, plan, data, resuming: bool):
-        """`plan` with the epochs the budget gives it (None: skip the stage). A resumed
-        stage keeps the epochs planned when it began (its schedule spans them)."""
+        """`plan` with the epochs the budget gives it (None: skip the stage): whole epochs,
+        and the steps of a last part of one. A resumed stage keeps the epochs planned when it
+        began (its schedule spans them)."""
+        from tftune.training.budget import stage_steps
+
         i, budget, shapes = plan.index, self.budget, self.shapes
         if data.cached:
             budget.fill_measured(shapes[i], data.caches[0].seconds)
@@ -346,17 +349,20 @@ class Run:
                       f"ended the stage before it")
             return None
         if resuming and str(i) in self.planned:
-            epochs = int(self.planned[str(i)])
+            epochs = float(self.planned[str(i)])
         else:
             epochs = budget.stage_begins(i, shapes)
             if epochs is None:
                 epochs = plan.stage.epochs
-            self.planned[str(i)] = epochs
+            self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
         if epochs == 0:
             return None
         if epochs == plan.stage.epochs:
             return plan
-        return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=epochs))
+        per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
+        whole, last = stage_steps(epochs, per_epoch)
+        return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=whole),
+                                   last_epoch_steps=last if last < per_epoch else None)
 
     def _out_of_time(self, plan):
         from tftune.training.budget import val_estimate
@@ -393,7 +399,8 @@ class Run:
 
             callbacks.append(epoch_timer(
                 self.budget, i, self.shapes, bool(data is not None and data.cached),
-                stage.steps_per_epoch or self.prep.steps_per_epoch, stage.epochs))
+                stage.steps_per_epoch or self.prep.steps_per_epoch,
+                float(self.planned.get(str(i), stage.epochs))))
         return callbacks + self.user_callbacks
 
     def _resume_stage(self, srun):
@@ -415,13 +422,17 @@ class Run:
         srun.epoch_logs[:] = [dict(l) for l in st.epoch_logs]
         return loop.Position(st.epoch, st.step, st.stopped)
 
-    def _hooks(self, i: int):
+    def _hooks(self, plan):
         from tftune.training import loop
+
+        i = plan.index
+        last = None if plan.last_epoch_steps is None else (plan.stage.epochs - 1,
+                                                            plan.last_epoch_steps)
 
         def hooks(srun):
             return loop.Hooks(checkpoint=lambda at: self.save(i, at, srun),
                               stop_requested=self.stop_requested,
-                              every_steps=self.cfg.train.checkpoint_steps,
+                              every_steps=self.cfg.train.checkpoint_steps, last_epoch=last,
                               **({"out_of_time": self._out_of_time(self.prep.plans[i])}
                                  if self.budget is not None else {}))
 

@@ -144,7 +144,7 @@ def test_a_stage_is_not_cut_when_that_buys_the_later_stages_nothing():
     assert b.left() - b.reserve() < 35  # less than one `all` epoch
     epochs, _ = b.plan(0, STAGES)
     assert epochs == 4
-    assert b.keeps_training(0, STAGES, done=1, planned=4)
+    assert b.revise(0, STAGES, done=1, planned=4) == 4
 
 
 def test_less_than_half_an_epoch_skips_the_stage():
@@ -152,24 +152,26 @@ def test_less_than_half_an_epoch_skips_the_stage():
     assert epochs == 0
 
 
-@pytest.mark.parametrize("last", [False, True])
-def test_a_stage_that_has_trained_needs_its_next_epoch_to_fit(last):
-    """With a stage after it, the next epoch must fit whole; the last stage goes on when half
-    of it fits (the limit then ends the epoch, validated)."""
+def test_between_epochs_a_stage_is_planned_again_from_its_timed_epochs():
+    """`all` was planned for 1.5 epochs from an estimate; its first epoch took 10 s, not 31:
+    it is lengthened (up to its 3 configured epochs); when its epochs then take longer, it is
+    shortened; with less than a tenth of an epoch left, it stops."""
     clock = Clock()
     lines = []
     b = Budget(100, clock.t - 40, {"train": 1000, "val": 100, "test": 200}, lines.append,
                clock=clock)
     b.forward = 10
-    b.measured[1] = Cost(0.0, 30.0, 1.0)
-    stages = STAGES if last else STAGES + [StageShape("more", 1, 0.0, True)]
-    assert b.keeps_training(1, stages, done=1, planned=3)  # 60 - reserve fits one more
-    clock.t += 31  # 21 s left after the reserve: 0.67 of an epoch
-    assert b.keeps_training(1, stages, done=2, planned=3) == last
-    if not last:
-        assert "stopping stage 'all' after epoch 2 of 3" in lines[-1]
-    clock.t += 6  # 15 s: less than half an epoch
-    assert not b.keeps_training(1, stages, done=2, planned=3)
+    b.measured[1] = Cost(0.0, 9.0, 1.0)  # 52 s left after the reserve: 5.2 more epochs fit
+    assert b.revise(1, STAGES, done=1, planned=1.5) == 3
+    assert "stage 'all' planned again after epoch 1: 1.5 -> 3 of 3 epoch(s)" in lines[-1]
+    assert b.revise(1, STAGES, done=1, planned=3) == 3  # unchanged: nothing logged
+    assert len(lines) == 1
+    b.measured[1] = Cost(0.0, 39.0, 1.0)  # 52 s: 1.3 more epochs
+    assert b.revise(1, STAGES, done=1, planned=3) == 2.3
+    clock.t += 49  # 3 s left: less than a tenth of an epoch
+    assert b.revise(1, STAGES, done=2, planned=2.3) == 2
+    assert "stopping stage 'all' after epoch 2 of 2.3" in lines[-1]
+    assert b.revise(1, STAGES, done=3, planned=3) == 3  # the stage is over
 
 
 def test_nothing_measured_keeps_the_configured_epochs():
@@ -202,16 +204,16 @@ def limited(folder, cnn, out, limit, top_epochs=4):
 @pytest.mark.usefixtures("eager")
 def test_a_run_ends_within_its_limit(tmp_path, data, clock):
     """Head: 2 epochs of 4 one-second steps; top: 4 such epochs would overrun 21 s. The
-    budget times the top stage's first epoch, ends the stage when the next epoch no longer
-    fits, and the run (final evaluation included) ends within the limit."""
+    budget times the top stage's first epoch, plans the stage again (2.19 epochs: 8 of its
+    steps), and the run (final evaluation included) ends within the limit."""
     folder, cnn = data
     result, lines = run(limited(folder, cnn, tmp_path, 21), clock)
     log = "\n".join(lines)
     assert "Time limit: 21s" in log
-    assert "stopping stage 'top' after epoch 2 of 4" in log
+    assert "stage 'top' planned again after epoch 1: 4 -> 2.19 of 4 epoch(s)" in log
     assert [s["epochs_run"] for s in result.metrics["stages"]] == [2, 2]
     limit = result.metrics["time_limit"]
-    assert limit["seconds"] <= 21 and limit["planned_epochs"] == {"0": 2, "1": 4}
+    assert limit["seconds"] <= 21 and limit["planned_epochs"] == {"0": 2, "1": 2.19}
     assert not limit["stopped_at_limit"] and limit["skipped_stages"] == []
     assert (result.run_dir / "model.keras").exists()
 
@@ -239,15 +241,18 @@ def test_at_the_limit_the_epoch_ends_and_later_stages_are_skipped(tmp_path, data
 
 
 @pytest.mark.usefixtures("eager")
-def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, monkeypatch):
-    """SIGTERM in the top stage's second epoch: the resumed run counts the seconds spent
-    before it, keeps the epochs planned when the stage began (its schedule spans them), and
-    ends as the uninterrupted run does."""
+@pytest.mark.parametrize("step", [11, 14])
+def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, monkeypatch,
+                                                         step):
+    """SIGTERM in the top stage's first epoch (step 11: before the budget plans it again) or
+    its second (14: after, its schedule stretched): the resumed run counts the seconds spent
+    before it, keeps the stage's plan and its schedule's stretches, and ends as the
+    uninterrupted run does."""
     from tftune.runtime.preemption import Preempted
 
     folder, cnn = data
     reference, _ = run(limited(folder, cnn, tmp_path / "ref", 21), clock)
-    sigterm_at(monkeypatch, "step", 11)  # head: steps 1-8; top: epoch 1, step 3
+    sigterm_at(monkeypatch, "step", step)  # head: steps 1-8; top: epoch 1 steps 9-12
     with pytest.raises(Preempted):
         run(limited(folder, cnn, tmp_path / "cut", 21), clock)
     monkeypatch.undo()
@@ -255,8 +260,8 @@ def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, 
     clock.t += 5000  # the time between the two processes is not the run's
     resumed, lines = run(limited(folder, cnn, tmp_path / "cut", 21), clock, resume=True)
     log = "\n".join(lines)
-    assert "Time limit: 21s, 11s of it spent before this resume" in log
-    assert resumed.metrics["time_limit"]["planned_epochs"] == {"0": 2, "1": 4}
+    assert f"Time limit: 21s, {step}s of it spent before this resume" in log
+    assert resumed.metrics["time_limit"]["planned_epochs"] == {"0": 2, "1": 2.19}
     assert resumed.metrics["time_limit"]["seconds"] <= 21
     assert_same_run(resumed, reference)
 

@@ -22,6 +22,10 @@ checked after every epoch:
   cheap stage (a few % of the time left) keeps its configured epochs. Time a stage leaves
   unused goes to the stages after it. A stage for which less than half an epoch is left is
   skipped.
+- **Between epochs:** a stage is planned again from its own timed epochs: lengthened (up to
+  its configured epochs) when they took less time than estimated, shortened when more, ended
+  when not a tenth of an epoch fits. Its schedule's remaining part is stretched to the new
+  length (`optim.WarmupDecay.stretch`), and the stretch is checkpointed with the plan.
 - **At the limit:** the loop checks the clock after every step. When only the validation
   and the final evaluation still fit, the epoch ends there: it is validated, early stopping
   keeps the best weights, and the stages after it are skipped. Nothing is written mid-step:
@@ -273,25 +277,35 @@ class Budget:
                       f"final evaluation, less than half an epoch")
         return epochs
 
-    def keeps_training(self, index: int, stages: Sequence[StageShape], done: int,
-                       planned: float) -> bool:
-        """After epoch `done` of stage `index` (planned for `planned` epochs): whether the
-        next one (or the part of one that is planned) still fits with what the later stages
-        need (the plan made again with the stage's timed epochs; a stop is logged, with why).
-        The next part must fit whole when stages come after this one; in the last stage half
-        of it is enough (the limit ends it, validated, at the step where time runs out)."""
+    REVISE_EPOCHS = 0.1  # a plan changes between epochs by at least this much, or not at all
+
+    def revise(self, index: int, stages: Sequence[StageShape], done: int,
+               planned: float) -> float:
+        """After epoch `done` of stage `index` (planned for `planned` epochs; `stages` hold the
+        configured ones): the epochs the stage should end at now, planned again with its own
+        timed epochs. More than `planned` (up to the configured epochs) when its epochs took
+        less time than estimated, less when they took more, `done` to end it now (less than
+        a tenth of an epoch fits). Changes are logged, with why."""
         if done >= planned:
-            return True
-        epochs, lines = self.plan(index, [dataclasses.replace(s, epochs=planned) if i == index
-                                          else s for i, s in enumerate(stages)], done=done)
-        part = min(1.0, planned - done)
-        needed = part if index < len(stages) - 1 else 0.5 * part
-        if epochs is None or epochs >= needed - 1e-9:
-            return True
-        self.echo(f"   time budget: stopping stage {stages[index].name!r} after epoch {done} "
-                  f"of {epochs_text(planned)}: {format_seconds(max(self.left(), 0))} left, and "
-                  f"the next epoch and the stages after it do not fit")
-        return False
+            return planned
+        epochs, _ = self.plan(index, stages, done=done)
+        if epochs is None:
+            return planned
+        revised = min(float(stages[index].epochs), _hundredths(done + epochs))
+        if revised - done < self.REVISE_EPOCHS:
+            self.echo(f"   time budget: stopping stage {stages[index].name!r} after epoch {done} "
+                      f"of {epochs_text(planned)}: {format_seconds(max(self.left(), 0))} left, "
+                      f"and the next epoch and the stages after it do not fit")
+            return float(done)
+        if abs(revised - planned) < self.REVISE_EPOCHS:
+            return planned
+        cost = self.measured.get(index)
+        took = f"its epochs take {format_seconds(cost.epoch)}" if cost is not None else ""
+        self.echo(f"   time budget: stage {stages[index].name!r} planned again after epoch "
+                  f"{done}: {epochs_text(planned)} -> {epochs_text(revised)} of "
+                  f"{stages[index].epochs} epoch(s) ({took}; {format_seconds(max(self.left(), 0))}"
+                  f" left); the rest of its schedule spans the new length")
+        return revised
 
     def out_of_time(self, val_seconds: float) -> bool:
         """At a step boundary: whether only validation (`val_seconds`) and the final
@@ -311,11 +325,13 @@ def stage_shapes(cfg, plans, pipes) -> list[StageShape]:
 
 
 def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached: bool,
-                steps_per_epoch: int, planned: int):
+                steps_per_epoch: int, planned: Callable[[], float],
+                revised: Callable[[float, Any], None]):
     """A Keras callback timing stage `index`'s epochs for the budget: training (from the
     epoch's first step to its last, scaled to a whole epoch when the epoch resumed part-way or
     ended early) and validation (from the last step to the epoch's end). Then it asks the
-    budget whether the next epoch fits, and ends the stage when it does not."""
+    budget to plan the stage again (`planned()`: its epochs now): it ends the stage when
+    nothing more fits, and calls `revised(epochs, model)` when the stage's length changes."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
@@ -336,9 +352,14 @@ def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached
             if ran:
                 train = (self.last - self.begin) * steps_per_epoch / ran
                 budget.epoch_measured(index, stages[index], cached, train, end - self.last)
-            if not self.model.stop_training and not budget.keeps_training(
-                    index, stages, epoch + 1, planned):
+            if self.model.stop_training:
+                return
+            now_planned = planned()
+            epochs = budget.revise(index, stages, epoch + 1, now_planned)
+            if epochs <= epoch + 1 < now_planned:
                 self.model.stop_training = True
+            elif epochs != now_planned:
+                revised(epochs, self.model)
 
     return EpochTimer()
 

@@ -250,6 +250,15 @@ class Steps:
 
 
 @dataclasses.dataclass
+class Length:
+    """How long a stage runs (`train.time_limit` plans it, and may plan it again between
+    epochs): `epochs` begun, the last of them ending after `last_steps` steps (None: whole)."""
+
+    epochs: int
+    last_steps: Optional[int] = None
+
+
+@dataclasses.dataclass
 class Hooks:
     """What the loop asks of its caller at step boundaries.
 
@@ -266,9 +275,9 @@ class Hooks:
     # `train.time_limit`: true when the epoch must end at this step boundary (it is then
     # validated and the stage ends, as if early stopping had ended it).
     out_of_time: Callable[[], bool] = lambda: False
-    # `train.time_limit`'s planned part of an epoch: (epoch, steps): that epoch ends after
-    # that many steps, is validated, and the stage ends there.
-    last_epoch: Optional[tuple[int, int]] = None
+    # `train.time_limit`'s plan of the stage, read at every epoch: it replaces `epochs`, and
+    # its last epoch ends after `last_steps` steps, is validated, and the stage ends there.
+    length: Optional[Length] = None
 
 
 def one_step(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
@@ -310,8 +319,11 @@ def run_epochs(
     model.stop_training = start.stopped
     global_step = 0
     every = hooks.every_steps if hooks.checkpoint is not None else 0
-    for epoch in range(start.epoch, epochs):
-        if model.stop_training:
+    epoch = start.epoch - 1
+    while True:
+        epoch += 1
+        length = hooks.length
+        if epoch >= (length.epochs if length is not None else epochs) or model.stop_training:
             break
         first = start.step if epoch == start.epoch else 0
         if first == 0:
@@ -324,7 +336,7 @@ def run_epochs(
             dataset = dataset.skip(first)
         iterator = steps.batches(dataset)
         batch_index = first
-        stop_at = hooks.last_epoch[1] if hooks.last_epoch and epoch == hooks.last_epoch[0] \
+        stop_at = length.last_steps if length is not None and epoch == length.epochs - 1 \
             else None
         while True:
             if stop_at is not None and batch_index >= stop_at:  # the planned part ran

@@ -179,6 +179,8 @@ class Run:
         self.budget = None  # `train.time_limit` (see `tftune.training.budget`)
         # {stage index as str: epochs} the budget gave each stage that began (0: skipped)
         self.planned = dict(self.state.planned_epochs)
+        self.stretches = {k: [list(r) for r in v] for k, v in self.state.stretches.items()}
+        self.lengths = {}  # {stage index: loop.Length} of the stages the budget planned
         self.shapes = None  # the budget's view of the stages (`budget.stage_shapes`)
 
     # -- checkpoints and stop requests ---------------------------------------------------
@@ -192,6 +194,7 @@ class Run:
             results=[dataclasses.asdict(r) for r in self.results], overall_best=self.best,
             config_digest=self.digest, seconds=round(self.spent(), 3),
             planned_epochs=dict(self.planned),
+            stretches={k: [list(r) for r in v] for k, v in self.stretches.items()},
         )
         variables: dict = {"model": self.model.variables}
         arrays: dict = {"overall_best": self.best_weights} if self.best_weights is not None else {}
@@ -357,12 +360,39 @@ class Run:
             self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
         if epochs == 0:
             return None
-        if epochs == plan.stage.epochs:
-            return plan
+        from tftune.training import loop
+
         per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
         whole, last = stage_steps(epochs, per_epoch)
+        last = last if last < per_epoch else None
+        self.lengths[i] = loop.Length(whole, last)
+        stretches = tuple(tuple(r) for r in self.stretches.get(str(i), ())) if resuming else ()
         return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=whole),
-                                   last_epoch_steps=last if last < per_epoch else None)
+                                   last_epoch_steps=last, stretches=stretches, stretchable=True)
+
+    def _revised(self, plan):
+        """What `budget.epoch_timer` calls when the budget plans stage `plan` again: the
+        stage's length, its schedule stretched to the new length, both kept for a resume."""
+        from tftune.training.budget import stage_steps
+        from tftune.training.optim import WarmupDecay
+
+        i = plan.index
+        per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
+
+        def revised(epochs: float, model) -> None:
+            whole, last = stage_steps(epochs, per_epoch)
+            optimizer = model.optimizer
+            optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+            schedule = getattr(optimizer, "_learning_rate", None)
+            if isinstance(schedule, WarmupDecay):
+                if not schedule.stretch(int(optimizer.iterations), (whole - 1) * per_epoch + last):
+                    return  # its schedule cannot follow: the stage keeps its length
+                self.stretches[str(i)] = [list(r) for r in schedule.stretches]
+            self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
+            length = self.lengths[i]
+            length.epochs, length.last_steps = whole, (last if last < per_epoch else None)
+
+        return revised
 
     def _out_of_time(self, plan):
         from tftune.training.budget import val_estimate
@@ -389,7 +419,7 @@ class Run:
         callbacks = [HistoryCSV(self.history_path, i, stage.name, self.history),
                      StopOnNaN(stage.name, f"stages.{i}.learning_rate")]
         if self.epoch_lines:
-            callbacks.append(EpochLine(stage.name, stage.epochs, self.echo))
+            callbacks.append(EpochLine(stage.name, self.lengths.get(i, stage.epochs), self.echo))
         if self.cfg.train.tensorboard:
             callbacks.append(TensorBoardLog(
                 self.run / rundir.TENSORBOARD_DIR, i, plan.banner(self.model).strip("= "),
@@ -400,7 +430,7 @@ class Run:
             callbacks.append(epoch_timer(
                 self.budget, i, self.shapes, bool(data is not None and data.cached),
                 stage.steps_per_epoch or self.prep.steps_per_epoch,
-                float(self.planned.get(str(i), stage.epochs))))
+                lambda: float(self.planned.get(str(i), stage.epochs)), self._revised(plan)))
         return callbacks + self.user_callbacks
 
     def _resume_stage(self, srun):
@@ -426,13 +456,12 @@ class Run:
         from tftune.training import loop
 
         i = plan.index
-        last = None if plan.last_epoch_steps is None else (plan.stage.epochs - 1,
-                                                            plan.last_epoch_steps)
 
         def hooks(srun):
             return loop.Hooks(checkpoint=lambda at: self.save(i, at, srun),
                               stop_requested=self.stop_requested,
-                              every_steps=self.cfg.train.checkpoint_steps, last_epoch=last,
+                              every_steps=self.cfg.train.checkpoint_steps,
+                              length=self.lengths.get(i),
                               **({"out_of_time": self._out_of_time(self.prep.plans[i])}
                                  if self.budget is not None else {}))
 

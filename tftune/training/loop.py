@@ -114,10 +114,10 @@ class Steps:
                 var.assign(average.value)
                 average.assign(held)
 
-    def distribute(self, dataset):
+    def distribute(self, dataset, skip: int = 0):
         if self.distribution is None:
-            return dataset
-        return self.distribution.distribute(dataset)
+            return dataset.skip(skip) if skip else dataset
+        return self.distribution.distribute(dataset, skip)
 
     # -- one replica -------------------------------------------------------------------
 
@@ -208,9 +208,10 @@ class Steps:
     def _test_batch(self, iterator):
         self.strategy.run(self._replica_test, args=tuple(iterator.get_next()))
 
-    def batches(self, dataset):
-        """An iterator over `dataset` split across the replicas, for `train_batch`."""
-        return iter(self.distribute(dataset))
+    def batches(self, dataset, skip: int = 0):
+        """An iterator over `dataset` split across the replicas, from its step `skip` on, for
+        `train_batch`."""
+        return iter(self.distribute(dataset, skip))
 
     def train_batch(self, iterator) -> Optional[dict]:
         """One step on the next batch of `iterator`; returns the epoch's running loss and
@@ -317,9 +318,7 @@ def run_epochs(
         dataset = epoch_data(epoch)
         if steps_per_epoch:
             dataset = dataset.repeat().take(steps_per_epoch)
-        if first:
-            dataset = dataset.skip(first)
-        iterator = steps.batches(dataset)
+        iterator = steps.batches(dataset, skip=first)
         batch_index = first
         while True:
             n = steps.steps_per_execution

@@ -1,0 +1,95 @@
+"""Per-worker input (`tftune.data.shards`): which examples a worker of a multi-worker run
+takes, before anything is decoded. The 2-process runs are in tests/test_distribute.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import make_image_folder
+from tftune.data.shards import WorkerInput, shard_splits
+from tftune.data.splits import DataSplits
+from tftune.errors import ConfigError, DataError
+from tftune.runtime.distribute import ClusterSpec, Distribution
+
+
+def _labels(ds) -> list[int]:
+    return [int(y) for _, y in ds.as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_shards_are_disjoint_and_cover_every_split(count):
+    import tensorflow as tf
+
+    def split(n, offset):
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.zeros([n, 4, 4, 3]), tf.range(offset, offset + n)))
+
+    splits = DataSplits.from_datasets(split(11, 0), split(5, 100), split(4, 200),
+                                      class_names=["a", "b"], modality="image")
+    seen = {"train": [], "val": [], "test": []}
+    for index in range(count):
+        shard = shard_splits(splits, WorkerInput.for_workers(count, index, 6, count))
+        for name in seen:
+            got = _labels(getattr(shard, name))
+            assert got == _labels(getattr(splits, name))[index::count]  # in the split's order
+            assert shard.sizes[name] == len(got) == int(getattr(shard, name).cardinality())
+            seen[name] += got
+    for name, got in seen.items():
+        assert sorted(got) == _labels(getattr(splits, name))
+
+
+def test_a_folder_source_builds_only_its_shard(tmp_path, monkeypatch):
+    """The folder source's shard is a dataset of its own files: the others are never read
+    (the decode trace lists what was decoded)."""
+    from tftune.config import load_recipe
+    from tftune.data import load_data
+
+    folder = make_image_folder(tmp_path / "images", per_class=5)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({
+        "recipe": "image_classification", "name": "s", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": "keras_applications:MobileNetV2", "weights": "none"}}))
+    cfg = load_recipe(path)
+    trace = tmp_path / "decoded.txt"
+    monkeypatch.setenv("TFTUNE_DECODE_TRACE", str(trace))
+    splits = load_data(cfg.data, cfg.train.seed)
+    shard = shard_splits(splits, WorkerInput.for_workers(2, 1, 8, 2))
+    assert shard.ids["train"] == splits.ids["train"][1::2]
+    assert shard.sizes["train"] == len(splits.ids["train"]) // 2
+    np.testing.assert_array_equal(shard.labels["train"], splits.labels["train"][1::2])
+    assert _labels(shard.train) == list(splits.labels["train"][1::2])
+    decoded = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+    assert sorted(decoded) == sorted(shard.ids["train"])
+
+
+def test_a_split_smaller_than_the_workers_is_a_clear_error():
+    import tensorflow as tf
+
+    one = tf.data.Dataset.from_tensor_slices((tf.zeros([1, 4, 4, 3]), tf.zeros([1], tf.int32)))
+    splits = DataSplits.from_datasets(one.repeat(4), one, class_names=["a", "b"],
+                                      modality="image")
+    with pytest.raises(DataError, match="val split has 1 example.*fewer than the 2 workers"):
+        shard_splits(splits, WorkerInput.for_workers(2, 1, 4, 2))
+
+
+def test_the_global_batch_must_split_over_the_replicas():
+    with pytest.raises(ConfigError, match="train.batch_size must split evenly over the 4 "
+                                          "replicas.*Received: train.batch_size=10"):
+        WorkerInput.for_workers(2, 0, 10, 4)
+    assert WorkerInput.for_workers(2, 1, 16, 4) == WorkerInput(2, 1, 4, 2)
+    assert WorkerInput(2, 0, 4, 2).steps(5) == 3
+
+
+@pytest.mark.parametrize("cluster, task, index", [
+    ({"worker": ["a:1", "b:1"]}, ("worker", 1), 1),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), 0),
+    ({"chief": ["c:1"], "worker": ["a:1", "b:1"]}, ("worker", 1), 2),
+])
+def test_worker_index_follows_the_input_pipeline_order(cluster, task, index):
+    dist = Distribution(strategy=None, kind="multi_worker",
+                        cluster=ClusterSpec(cluster, task[0], task[1]))
+    assert dist.worker_index == index

@@ -199,10 +199,10 @@ class Distribution:
         return self.strategy.experimental_distribute_dataset(dataset)
 
     def _per_worker(self, dataset, skip: int):
+        import math
+
         import numpy as np
         import tensorflow as tf
-
-        from tftune.data.shards import WorkerInput
 
         local_replicas = max(1, self.replicas // self.cluster.num_workers)
         batches = int(dataset.cardinality())
@@ -210,8 +210,8 @@ class Distribution:
             raise ValueError("A multi-worker epoch must be finite; take(n) its batches first.")
         if batches < 0:  # e.g. length buckets: one pass over the (cached) examples counts them
             batches = int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
-        shard = WorkerInput(self.cluster.num_workers, self.worker_index, 0, local_replicas)
-        steps = int(self.agree_max(float(shard.steps(batches))))
+        steps = int(self.agree_max(float(math.ceil(batches / local_replicas))))
+        count, index = self.cluster.num_workers, self.worker_index
         padded = dataset.map(_weighted(1.0))
         if steps * local_replicas > batches:
             padded = padded.concatenate(
@@ -220,12 +220,11 @@ class Distribution:
             padded = padded.skip(skip * local_replicas)
 
         def dataset_fn(context: tf.distribute.InputContext):
-            if (context.num_input_pipelines, context.input_pipeline_id) != (
-                    shard.count, shard.index):
+            if (context.num_input_pipelines, context.input_pipeline_id) != (count, index):
                 raise RuntimeError(
                     f"The strategy reads input pipeline {context.input_pipeline_id} of "
                     f"{context.num_input_pipelines} on this worker, but its shard is "
-                    f"{shard.index} of {shard.count} (TF_CONFIG's task order).")
+                    f"{index} of {count} (TF_CONFIG's task order).")
             return padded
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)

@@ -93,3 +93,33 @@ def test_worker_index_follows_the_input_pipeline_order(cluster, task, index):
     dist = Distribution(strategy=None, kind="multi_worker",
                         cluster=ClusterSpec(cluster, task[0], task[1]))
     assert dist.worker_index == index
+
+
+def _same_examples(shard_ds, whole_ds, index: int, count: int):
+    whole = list(whole_ds.as_numpy_iterator())[index::count]
+    got = list(shard_ds.as_numpy_iterator())
+    assert len(got) == len(whole)
+    for (x, y), (wx, wy) in zip(got, whole):
+        np.testing.assert_array_equal(x, wx)
+        np.testing.assert_array_equal(y, wy)
+
+
+def test_text_and_record_sources_build_their_shards(tmp_path):
+    """The CSV and TFRecord sources' `subsets`: worker i's split is the whole split's
+    examples i, i + N, ..., in order."""
+    from helpers import write_sentiment_csv
+    from test_tfrecord_source import colour_records, write_shards
+    from tftune.config import config_from_dict
+    from tftune.data import load_data
+
+    csv = write_sentiment_csv(tmp_path / "texts.csv", per_class=10)
+    records = write_shards(tmp_path / "records", "train", colour_records(5, 0), 2)
+    for data in ({"source": "csv", "path": str(csv), "val_fraction": 0.2, "test_fraction": 0.2},
+                 {"source": "tfrecord", "path": records, "image_size": [32, 32],
+                  "val_fraction": 0.2, "test_fraction": 0.2}):
+        splits = load_data(config_from_dict({"data": data}).data, 0)
+        assert set(splits.subsets) == {"train", "val", "test"}, data["source"]
+        for index in range(2):
+            shard = shard_splits(splits, WorkerInput.for_workers(2, index, 4, 2))
+            for name in ("train", "val", "test"):
+                _same_examples(getattr(shard, name), getattr(splits, name), index, 2)

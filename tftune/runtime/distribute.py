@@ -147,6 +147,14 @@ class Distribution:
         first = 1 if "chief" in spec.cluster and spec.task_type == "worker" else 0
         return first + spec.task_id
 
+    @property
+    def batches_per_step(self) -> int:
+        """Batches of an input dataset one step takes: this worker's replicas' under several
+        workers (each takes its own batch), else 1 (one global batch)."""
+        if not self.multi_worker:
+            return 1
+        return max(1, self.replicas // self.cluster.num_workers)
+
     def worker_input(self, global_batch: int):
         """This worker's shard of the input (`tftune.data.shards.WorkerInput`) under several
         workers; None otherwise (every replica's batch is cut from one global batch)."""
@@ -204,7 +212,7 @@ class Distribution:
         import numpy as np
         import tensorflow as tf
 
-        local_replicas = max(1, self.replicas // self.cluster.num_workers)
+        local_replicas = self.batches_per_step
         batches = int(dataset.cardinality())
         if batches == tf.data.INFINITE_CARDINALITY:
             raise ValueError("A multi-worker epoch must be finite; take(n) its batches first.")

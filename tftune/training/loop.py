@@ -114,6 +114,12 @@ class Steps:
                 var.assign(average.value)
                 average.assign(held)
 
+    @property
+    def batches_per_step(self) -> int:
+        """Batches of an epoch's dataset one step takes (a multi-worker worker's replicas
+        take one each; otherwise one global batch)."""
+        return self.distribution.batches_per_step if self.distribution is not None else 1
+
     def distribute(self, dataset, skip: int = 0):
         if self.distribution is None:
             return dataset.skip(skip) if skip else dataset
@@ -317,7 +323,7 @@ def run_epochs(
         callbacks.on_epoch_begin(epoch)
         dataset = epoch_data(epoch)
         if steps_per_epoch:
-            dataset = dataset.repeat().take(steps_per_epoch)
+            dataset = dataset.repeat().take(steps_per_epoch * steps.batches_per_step)
         iterator = steps.batches(dataset, skip=first)
         batch_index = first
         while True:

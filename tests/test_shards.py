@@ -123,3 +123,42 @@ def test_text_and_record_sources_build_their_shards(tmp_path):
             shard = shard_splits(splits, WorkerInput.for_workers(2, index, 4, 2))
             for name in ("train", "val", "test"):
                 _same_examples(getattr(shard, name), getattr(splits, name), index, 2)
+
+
+class _FakeStrategy:
+    """`distribute_datasets_from_function` as worker `index` of 2 sees it (one replica each)."""
+
+    num_replicas_in_sync = 2
+
+    def __init__(self, index):
+        self.index = index
+
+    def distribute_datasets_from_function(self, fn):
+        import tensorflow as tf
+
+        return fn(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=self.index))
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+def test_a_short_shard_is_padded_with_weight_0_batches_to_the_longest(monkeypatch, bucketed):
+    """Worker 1 has 3 batches, worker 0 five: worker 1 runs five steps, the last two on
+    weight-0 copies of its batches; a resumed epoch skips the same steps on both. Unknown
+    cardinality (length buckets) is counted with a pass over the dataset."""
+    import tensorflow as tf
+
+    dist = Distribution(_FakeStrategy(1), "multi_worker",
+                        cluster=ClusterSpec({"worker": ["a:1", "b:1"]}, "worker", 1))
+    monkeypatch.setattr(Distribution, "agree_max", lambda self, v: max(v, 5.0))
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(10.0), tf.range(10))).batch(4)  # 4, 4, 2
+    if bucketed:
+        ds = ds.filter(lambda x, y: True)
+        assert int(ds.cardinality()) < 0
+    out = [(y.tolist(), w.tolist()) for _, y, w in dist.distribute(ds).as_numpy_iterator()]
+    assert [len(y) for y, _ in out] == [4, 4, 2, 4, 4]
+    assert [sum(w) for _, w in out] == [4, 4, 2, 0, 0]
+    assert [y for y, _ in out[:3]] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    resumed = [w.tolist() for _, _, w in dist.distribute(ds, skip=2).as_numpy_iterator()]
+    assert [sum(w) for w in resumed] == [2, 0, 0]
+    with pytest.raises(RuntimeError, match="input pipeline 1 of 2.*its shard is 0 of 2"):
+        Distribution(_FakeStrategy(1), "multi_worker", cluster=ClusterSpec(
+            {"worker": ["a:1", "b:1"]}, "worker", 0)).distribute(ds)

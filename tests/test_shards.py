@@ -162,3 +162,32 @@ def test_a_short_shard_is_padded_with_weight_0_batches_to_the_longest(monkeypatc
     with pytest.raises(RuntimeError, match="input pipeline 1 of 2.*its shard is 0 of 2"):
         Distribution(_FakeStrategy(1), "multi_worker", cluster=ClusterSpec(
             {"worker": ["a:1", "b:1"]}, "worker", 0)).distribute(ds)
+
+
+def test_a_worker_learns_the_task_from_the_whole_training_split(tmp_path):
+    """`train.class_weight: balanced` on a worker's shard: the class weights come from every
+    training label (the same on each worker, and the chief's task.json is one device's)."""
+    from helpers import save_tiny_cnn
+    from tftune.config import load_recipe
+    from tftune.training.prepare import loaded_inputs, prepare_run
+
+    folder = tmp_path / "images"
+    for name, n in (("red", 9), ("green", 4), ("blue", 6)):  # uneven classes
+        make_image_folder(folder, per_class=n, classes={name: (200, 10, 10)})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({
+        "recipe": "image_classification", "name": "w", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "folder", "path": str(folder), "image_size": [32, 32]},
+        "backbone": {"spec": f"keras:{save_tiny_cnn(tmp_path / 'cnn.keras')}"},
+        "train": {"batch_size": 4, "class_weight": "balanced"}}))
+    cfg = load_recipe(path)
+    with loaded_inputs(cfg) as (splits, backbone, _):
+        one = prepare_run(cfg, splits, backbone, echo=lambda _: None).task.state()
+        shard = shard_splits(splits, WorkerInput.for_workers(2, 1, 4, 2))
+        worker = prepare_run(cfg, shard, backbone, lambda _: None,
+                             WorkerInput.for_workers(2, 1, 4, 2), lambda v: v, whole=splits)
+        from_shard = prepare_run(cfg, shard, backbone, lambda _: None,
+                                 WorkerInput.for_workers(2, 1, 4, 2), lambda v: v)
+    assert worker.task.state() == one and one["class_weights"]
+    assert from_shard.task.state() != one  # what the shard alone would give
+    assert worker.pipe.batch_size == 2

@@ -96,12 +96,15 @@ def _stage_pipes(cfg: RecipeConfig, pipe: pipeline.Pipeline, task) -> list:
 
 
 def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print, worker=None,
-                agree_max=None) -> Prepared:
+                agree_max=None, whole: Optional[DataSplits] = None) -> Prepared:
     """Input pipelines, the task, the classifier and its layer groups; every stage's plan and
     monitor are checked here, before anything trains (a typo in stage 3 must not cost stage 1).
 
     `worker` (a `tftune.data.shards.WorkerInput`): `splits` are this worker's shard, batched
-    per replica; the steps per epoch are the longest shard's (`agree_max` over the workers)."""
+    per replica; the steps per epoch are the longest shard's (`agree_max` over the workers);
+    the task learns from the labels of the `whole` training split (a standardised target's
+    mean and std, class weights: the same on every worker), balanced sampling draws from the
+    worker's shard."""
     from tftune.model import heads
     from tftune.tasks import get_task
     from tftune.training.plan import StagePlan
@@ -116,7 +119,7 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print, wor
                         f"Received: {splits.class_names}")
     labels = train_labels(splits) if task.needs_train_labels or cfg.data.sampling != "shuffle" else None
     if task.needs_train_labels:
-        task.fit(labels)
+        task.fit(labels if whole is None else train_labels(whole))
     batch = worker.batch_size if worker is not None else cfg.train.batch_size
     pipe = _pipeline(cfg, splits, backbone, n_train, batch)
     if cfg.data.sampling == "balanced":  # Task.check_settings allowed it

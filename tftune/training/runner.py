@@ -165,13 +165,15 @@ class Run:
             rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
         # Several workers: each reads, decodes and caches only its shard (`data.shards`).
         self.worker = dist.worker_input(cfg.train.batch_size)
-        if self.worker is not None:
+        if self.worker is None:
+            self.prep = prepare_run(cfg, splits, backbone, echo)
+        else:
             from tftune.data.shards import shard_splits
 
             shard = shard_splits(splits, self.worker)
             echo(self.worker.describe(splits, shard))
-        self.prep = prepare_run(cfg, splits if self.worker is None else shard, backbone, echo,
-                                self.worker, dist.agree_max)
+            self.prep = prepare_run(cfg, shard, backbone, echo, self.worker, dist.agree_max,
+                                    whole=splits)
         self.task, self.model = self.prep.task, self.prep.model
         self.jit = jit_setting(cfg.train.jit_compile)
         self.verbose, self.epoch_lines = verbosity(cfg.train.verbose)

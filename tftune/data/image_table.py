@@ -62,7 +62,8 @@ def load_image_table(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     """The images of the CSV `data.path`, split with a seeded split kept in proportion over
     the task's strata (classes; target quantiles for regression; none for multi-label)."""
     from tftune.assets import resolve
-    from tftune.data.images import SKIP_BAD_FILES, _paths_dataset, check_images, leave_out, path_subsets
+    from tftune.data.images import (SKIP_BAD_FILES, _paths_dataset, check_images, leave_out,
+                                    path_subsets)
 
     if task is None:
         from tftune.tasks import Classification

@@ -114,10 +114,16 @@ class Steps:
                 var.assign(average.value)
                 average.assign(held)
 
-    def distribute(self, dataset):
+    @property
+    def batches_per_step(self) -> int:
+        """Batches of an epoch's dataset one step takes (a multi-worker worker's replicas
+        take one each; otherwise one global batch)."""
+        return self.distribution.batches_per_step if self.distribution is not None else 1
+
+    def distribute(self, dataset, skip: int = 0):
         if self.distribution is None:
-            return dataset
-        return self.distribution.distribute(dataset)
+            return dataset.skip(skip) if skip else dataset
+        return self.distribution.distribute(dataset, skip)
 
     # -- one replica -------------------------------------------------------------------
 
@@ -208,9 +214,10 @@ class Steps:
     def _test_batch(self, iterator):
         self.strategy.run(self._replica_test, args=tuple(iterator.get_next()))
 
-    def batches(self, dataset):
-        """An iterator over `dataset` split across the replicas, for `train_batch`."""
-        return iter(self.distribute(dataset))
+    def batches(self, dataset, skip: int = 0):
+        """An iterator over `dataset` split across the replicas, from its step `skip` on, for
+        `train_batch`."""
+        return iter(self.distribute(dataset, skip))
 
     def train_batch(self, iterator) -> Optional[dict]:
         """One step on the next batch of `iterator`; returns the epoch's running loss and
@@ -331,10 +338,8 @@ def run_epochs(
         callbacks.on_epoch_begin(epoch)
         dataset = epoch_data(epoch)
         if steps_per_epoch:
-            dataset = dataset.repeat().take(steps_per_epoch)
-        if first:
-            dataset = dataset.skip(first)
-        iterator = steps.batches(dataset)
+            dataset = dataset.repeat().take(steps_per_epoch * steps.batches_per_step)
+        iterator = steps.batches(dataset, skip=first)
         batch_index = first
         stop_at = length.last_steps if length is not None and epoch == length.epochs - 1 \
             else None

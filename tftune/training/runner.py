@@ -163,7 +163,17 @@ class Run:
                  f"(data.skip_bad_files): {shown}; listed in {run / rundir.SKIPPED_FILE}")
         if splits.modality == "text":
             rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
-        self.prep = prepare_run(cfg, splits, backbone, echo)
+        # Several workers: each reads, decodes and caches only its shard (`data.shards`).
+        self.worker = dist.worker_input(cfg.train.batch_size)
+        if self.worker is None:
+            self.prep = prepare_run(cfg, splits, backbone, echo)
+        else:
+            from tftune.data.shards import shard_splits
+
+            shard = shard_splits(splits, self.worker)
+            echo(self.worker.describe(splits, shard))
+            self.prep = prepare_run(cfg, shard, backbone, echo, self.worker, dist.agree_max,
+                                    whole=splits)
         self.task, self.model = self.prep.task, self.prep.model
         self.jit = jit_setting(cfg.train.jit_compile)
         self.verbose, self.epoch_lines = verbosity(cfg.train.verbose)
@@ -552,7 +562,11 @@ class Run:
         if not self.task.tunes_on_validation:
             return []
         ys, outputs = [], []
-        for x, y in self.prep.val_ds:
+        val_ds = self.prep.val_ds
+        if self.worker is not None:  # a worker's shard: tune on the whole split, as one device
+            pipe = self.prep.pipe
+            val_ds = pipe.eval_batches(pipe.source(self.splits.val))
+        for x, y in val_ds:
             outputs.append(np.asarray(self.model(x, training=False), np.float32))
             ys.append(np.asarray(y))
         return self.task.after_training(np.concatenate(ys), np.concatenate(outputs))

@@ -107,10 +107,21 @@ def test_the_configured_epochs_stay_when_they_fit():
 
 
 def test_a_tight_budget_shares_time_in_proportion_to_need():
-    # `all` needs 3 x 31 s = 93 s; 60 s are left (less the reserve): it gets 1 whole epoch.
+    # `all` needs 3 x 31 s = 93 s; 60 s are left, 52 s less the reserve (8 s): 1.67 epochs,
+    # in hundredths of an epoch.
     epochs, lines = planned(limit=100, spent=40, forward=10, index=1)
-    assert epochs == 1
-    assert "all 1 of 3 epoch(s)" in lines[0]
+    assert epochs == 1.67
+    assert "all 1.67 of 3 epoch(s) (~52s, 31s an epoch)" in lines[0]
+
+
+def test_a_planned_part_of_an_epoch_is_whole_epochs_and_the_steps_of_the_last():
+    from tftune.training.budget import epochs_text, stage_steps
+
+    assert stage_steps(2.75, 100) == (3, 75)
+    assert stage_steps(1.67, 7) == (2, 4)  # 11.69 steps: 11, the second epoch's first 4
+    assert stage_steps(2, 50) == (2, 50)
+    assert stage_steps(0.001, 50) == (1, 1)
+    assert [epochs_text(e) for e in (2, 2.0, 2.5, 1.67)] == ["2", "2", "2.5", "1.67"]
 
 
 def test_a_cheap_stage_keeps_its_epochs_in_a_tight_budget():
@@ -118,7 +129,7 @@ def test_a_cheap_stage_keeps_its_epochs_in_a_tight_budget():
     a proportional share would round the head's epochs away; it keeps them, `all` is cut."""
     epochs, lines = planned(limit=100, spent=40, forward=10)
     assert epochs == 4
-    assert "plan: head 4 epoch(s)" in lines[0] and "all 1 of 3 epoch(s)" in lines[0]
+    assert "plan: head 4 epoch(s)" in lines[0] and "all 1.64 of 3 epoch(s)" in lines[0]
 
 
 def test_a_stage_is_not_cut_when_that_buys_the_later_stages_nothing():
@@ -133,7 +144,7 @@ def test_a_stage_is_not_cut_when_that_buys_the_later_stages_nothing():
     assert b.left() - b.reserve() < 35  # less than one `all` epoch
     epochs, _ = b.plan(0, STAGES)
     assert epochs == 4
-    assert b.keeps_training(0, STAGES, done=1, planned=4)
+    assert b.revise(0, STAGES, done=1, planned=4) == 4
 
 
 def test_less_than_half_an_epoch_skips_the_stage():
@@ -141,17 +152,26 @@ def test_less_than_half_an_epoch_skips_the_stage():
     assert epochs == 0
 
 
-def test_a_stage_that_has_trained_needs_a_whole_epoch_for_the_next():
+def test_between_epochs_a_stage_is_planned_again_from_its_timed_epochs():
+    """`all` was planned for 1.5 epochs from an estimate; its first epoch took 10 s, not 31:
+    it is lengthened (up to its 3 configured epochs); when its epochs then take longer, it is
+    shortened; with less than a tenth of an epoch left, it stops."""
     clock = Clock()
     lines = []
     b = Budget(100, clock.t - 40, {"train": 1000, "val": 100, "test": 200}, lines.append,
                clock=clock)
     b.forward = 10
-    b.measured[1] = Cost(0.0, 30.0, 1.0)
-    assert b.keeps_training(1, STAGES, done=1, planned=3)  # 60 - reserve fits one more
-    clock.t += 31
-    assert not b.keeps_training(1, STAGES, done=2, planned=3)
-    assert "stopping stage 'all' after epoch 2 of 3" in lines[-1]
+    b.measured[1] = Cost(0.0, 9.0, 1.0)  # 52 s left after the reserve: 5.2 more epochs fit
+    assert b.revise(1, STAGES, done=1, planned=1.5) == 3
+    assert "stage 'all' planned again after epoch 1: 1.5 -> 3 of 3 epoch(s)" in lines[-1]
+    assert b.revise(1, STAGES, done=1, planned=3) == 3  # unchanged: nothing logged
+    assert len(lines) == 1
+    b.measured[1] = Cost(0.0, 39.0, 1.0)  # 52 s: 1.3 more epochs
+    assert b.revise(1, STAGES, done=1, planned=3) == 2.3
+    clock.t += 49  # 3 s left: less than a tenth of an epoch
+    assert b.revise(1, STAGES, done=2, planned=2.3) == 2
+    assert "stopping stage 'all' after epoch 2 of 2.3" in lines[-1]
+    assert b.revise(1, STAGES, done=3, planned=3) == 3  # the stage is over
 
 
 def test_nothing_measured_keeps_the_configured_epochs():
@@ -184,16 +204,16 @@ def limited(folder, cnn, out, limit, top_epochs=4):
 @pytest.mark.usefixtures("eager")
 def test_a_run_ends_within_its_limit(tmp_path, data, clock):
     """Head: 2 epochs of 4 one-second steps; top: 4 such epochs would overrun 21 s. The
-    budget times the top stage's first epoch, ends the stage when the next epoch no longer
-    fits, and the run (final evaluation included) ends within the limit."""
+    budget times the top stage's first epoch, plans the stage again (2.19 epochs: 8 of its
+    steps), and the run (final evaluation included) ends within the limit."""
     folder, cnn = data
     result, lines = run(limited(folder, cnn, tmp_path, 21), clock)
     log = "\n".join(lines)
     assert "Time limit: 21s" in log
-    assert "stopping stage 'top' after epoch 2 of 4" in log
+    assert "stage 'top' planned again after epoch 1: 4 -> 2.19 of 4 epoch(s)" in log
     assert [s["epochs_run"] for s in result.metrics["stages"]] == [2, 2]
     limit = result.metrics["time_limit"]
-    assert limit["seconds"] <= 21 and limit["planned_epochs"] == {"0": 2, "1": 4}
+    assert limit["seconds"] <= 21 and limit["planned_epochs"] == {"0": 2, "1": 2.19}
     assert not limit["stopped_at_limit"] and limit["skipped_stages"] == []
     assert (result.run_dir / "model.keras").exists()
 
@@ -221,15 +241,18 @@ def test_at_the_limit_the_epoch_ends_and_later_stages_are_skipped(tmp_path, data
 
 
 @pytest.mark.usefixtures("eager")
-def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, monkeypatch):
-    """SIGTERM in the top stage's second epoch: the resumed run counts the seconds spent
-    before it, keeps the epochs planned when the stage began (its schedule spans them), and
-    ends as the uninterrupted run does."""
+@pytest.mark.parametrize("step", [11, 14])
+def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, monkeypatch,
+                                                         step):
+    """SIGTERM in the top stage's first epoch (step 11: before the budget plans it again) or
+    its second (14: after, its schedule stretched): the resumed run counts the seconds spent
+    before it, keeps the stage's plan and its schedule's stretches, and ends as the
+    uninterrupted run does."""
     from tftune.runtime.preemption import Preempted
 
     folder, cnn = data
     reference, _ = run(limited(folder, cnn, tmp_path / "ref", 21), clock)
-    sigterm_at(monkeypatch, "step", 11)  # head: steps 1-8; top: epoch 1, step 3
+    sigterm_at(monkeypatch, "step", step)  # head: steps 1-8; top: epoch 1 steps 9-12
     with pytest.raises(Preempted):
         run(limited(folder, cnn, tmp_path / "cut", 21), clock)
     monkeypatch.undo()
@@ -237,7 +260,67 @@ def test_resume_gets_what_is_left_and_the_planned_epochs(tmp_path, data, clock, 
     clock.t += 5000  # the time between the two processes is not the run's
     resumed, lines = run(limited(folder, cnn, tmp_path / "cut", 21), clock, resume=True)
     log = "\n".join(lines)
-    assert "Time limit: 21s, 11s of it spent before this resume" in log
-    assert resumed.metrics["time_limit"]["planned_epochs"] == {"0": 2, "1": 4}
+    assert f"Time limit: 21s, {step}s of it spent before this resume" in log
+    assert resumed.metrics["time_limit"]["planned_epochs"] == {"0": 2, "1": 2.19}
     assert resumed.metrics["time_limit"]["seconds"] <= 21
+    assert_same_run(resumed, reference)
+
+
+def _steps_by_stage(trace) -> list[int]:
+    """Training steps per stage, from a `TFTUNE_TRACE` file."""
+    counts: list[int] = []
+    for line in trace.read_text().splitlines():
+        if line.startswith("stage_begin#"):
+            counts.append(0)
+        elif line.startswith("step#"):
+            counts[-1] += 1
+    return counts
+
+
+@pytest.mark.usefixtures("eager")
+def test_a_planned_part_of_an_epoch_ends_the_stage_with_its_schedule(tmp_path, data, clock,
+                                                                     monkeypatch):
+    """Head, `top` (one timed epoch of 4 one-second steps), then `again` (all, 4 epochs)
+    with too little time left for them: `again` gets a fractional plan, runs its whole epochs
+    and the planned steps of the last one, and its cosine schedule ends there at 0. SIGTERM
+    inside that last part, then --resume, ends as the uninterrupted run did."""
+    import math
+
+    from tftune.training.budget import stage_steps
+
+    folder, cnn = data
+
+    def recipe(out):
+        r = limited(folder, cnn, out, 24, top_epochs=1)
+        # `train: all` (nothing to cache): its cost comes from `top`'s timed epoch
+        r["stages"].append(dict(r["stages"][1], name="again", train="all", epochs=4, warmup=0))
+        return r
+
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("TFTUNE_TRACE", str(trace))
+    reference, lines = run(recipe(tmp_path / "ref"), clock)
+    planned = reference.metrics["time_limit"]["planned_epochs"]["2"]
+    assert 0.5 <= planned < 4 and not float(planned).is_integer()
+    whole, last = stage_steps(planned, 4)
+    assert f"again {planned:g} of 4 epoch(s)" in "\n".join(lines)
+    assert reference.metrics["stages"][2]["epochs_run"] == whole
+    assert _steps_by_stage(trace)[2] == (whole - 1) * 4 + last
+    assert reference.metrics["time_limit"]["seconds"] <= 24
+    # The schedule spans exactly the planned steps: cosine at its end is 0.
+    optimizer = reference.model.optimizer
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
+    if schedule is None:
+        schedule = optimizer._learning_rate
+    assert math.isclose(float(schedule(int(optimizer.iterations))), 0.0, abs_tol=1e-9)
+
+    monkeypatch.delenv("TFTUNE_TRACE")
+    sigterm_at(monkeypatch, "step", 8 + 4 + (whole - 1) * 4 + 1)  # in the last part
+    from tftune.runtime.preemption import Preempted
+
+    with pytest.raises(Preempted):
+        run(recipe(tmp_path / "cut"), clock)
+    monkeypatch.undo()
+    install(monkeypatch, clock)
+    resumed, _ = run(recipe(tmp_path / "cut"), clock, resume=True)
+    assert resumed.metrics["time_limit"]["planned_epochs"]["2"] == planned
     assert_same_run(resumed, reference)

@@ -62,7 +62,8 @@ def load_image_table(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     """The images of the CSV `data.path`, split with a seeded split kept in proportion over
     the task's strata (classes; target quantiles for regression; none for multi-label)."""
     from tftune.assets import resolve
-    from tftune.data.images import SKIP_BAD_FILES, _paths_dataset, check_images, leave_out
+    from tftune.data.images import (SKIP_BAD_FILES, _paths_dataset, check_images, leave_out,
+                                    path_subsets)
 
     if task is None:
         from tftune.tasks import Classification
@@ -101,4 +102,6 @@ def load_image_table(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         ids=split_paths,
         labels=split_labels,
         skipped=bad,
+        subsets={s: path_subsets(split_paths[s], split_labels[s], size)
+                 for s in ("train", "val", "test") if len(split_paths[s])},
     )

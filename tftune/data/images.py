@@ -12,6 +12,7 @@ import numpy as np
 from tftune.config import DataConfig
 from tftune.data.splits import DataSplits, class_index, stratified_split, subsample
 from tftune.errors import DataError
+from tftune.runtime import faults
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLIT_DIRS = ("train", "val", "test")
@@ -138,7 +139,14 @@ def _paths_dataset(paths, labels, image_size):
     labels = np.asarray(labels)  # class indices as int32; numbers and multi-hot rows as given
     labels = labels if labels.dtype.kind == "f" else labels.astype(np.int32)
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels))
+    ds = faults.trace_decodes(ds, lambda path, label: path)  # off unless TFTUNE_DECODE_TRACE
     return ds.map(_decode_fn(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def path_subsets(paths, labels, image_size):
+    """positions -> `_paths_dataset` of just those files (`DataSplits.subsets`)."""
+    labels = np.asarray(labels)
+    return lambda idx: _paths_dataset([paths[i] for i in idx], labels[idx], image_size)
 
 
 def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
@@ -206,6 +214,8 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
         ids={s: list(p) for s, p in split_paths.items()},
         labels=dict(split_labels),
         skipped=bad,
+        subsets={s: path_subsets(split_paths[s], split_labels[s], tuple(cfg.image_size))
+                 for s in datasets},
     )
 
 
@@ -278,4 +288,9 @@ def load_fashion_mnist(cfg: DataConfig, seed: int) -> DataSplits:
         },
         labels={"train": y_train[train_idx].astype(np.int32), "val": y_train[val_idx].astype(np.int32),
                 "test": y_test[test_idx].astype(np.int32)},
+        subsets={
+            "train": lambda i: _array_dataset(x_train[train_idx[i]], y_train[train_idx[i]], size),
+            "val": lambda i: _array_dataset(x_train[val_idx[i]], y_train[val_idx[i]], size),
+            "test": lambda i: _array_dataset(x_test[test_idx[i]], y_test[test_idx[i]], size),
+        },
     )

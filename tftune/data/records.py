@@ -180,7 +180,7 @@ def record_splits(parts: dict[str, Part], cfg, seed: int, task, int_names, prepa
         task = Classification()
     names, labels = direct if direct is not None else read_labels(parts, cfg, task, int_names)
     chosen = assign_splits(parts, labels, task, cfg, seed, what)
-    datasets, sizes, ids, split_labels = {}, {}, {}, {}
+    datasets, sizes, ids, split_labels, subsets = {}, {}, {}, {}, {}
     for split in SPLITS:
         part_name, positions = chosen[split]
         part = parts[part_name]
@@ -190,6 +190,8 @@ def record_splits(parts: dict[str, Part], cfg, seed: int, task, int_names, prepa
         split_labels[split] = all_labels[positions]
         if len(positions):
             datasets[split] = split_dataset(part, positions, all_labels, prepare)
+            subsets[split] = (lambda i, part=part, positions=positions, all_labels=all_labels:
+                              split_dataset(part, positions[i], all_labels, prepare))
     return DataSplits(
         train=datasets["train"],
         val=datasets["val"],
@@ -199,4 +201,5 @@ def record_splits(parts: dict[str, Part], cfg, seed: int, task, int_names, prepa
         sizes=sizes,
         ids=ids,
         labels=split_labels,
+        subsets=subsets,
     )

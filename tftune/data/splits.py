@@ -36,6 +36,10 @@ class DataSplits:
     # Files left out because they cannot be decoded (`data.skip_bad_files`); the run lists
     # them in its log and in skipped_files.txt.
     skipped: list[str] = dataclasses.field(default_factory=list)
+    # split -> (positions in the split, ascending -> a dataset of just those examples, read
+    # and decoded only for them): how a worker of a multi-worker run takes its shard
+    # (`tftune.data.shards`). Sources without it are sharded after their own maps.
+    subsets: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_datasets(

@@ -165,4 +165,5 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         modality="text",
         sizes={s: len(ix) for s, ix in parts.items()},
         labels={s: labels[ix] for s, ix in parts.items()},
+        subsets={s: (lambda i, ix=ix: make(ix[i])) for s, ix in parts.items() if len(ix)},
     )

@@ -70,6 +70,9 @@ class RunState:
     # budget planned for each stage that started ({stage index as str: epochs}).
     seconds: float = 0.0
     planned_epochs: dict = dataclasses.field(default_factory=dict)
+    # {stage index as str: [[at step, old total, new total], ...]}: the stretches of a
+    # stage's schedule when the budget planned it again (`optim.WarmupDecay.stretch`)
+    stretches: dict = dataclasses.field(default_factory=dict)
 
     def describe(self, stages: Sequence = ()) -> str:
         """E.g. "stage 2/3 'top', epoch 1, step 4"; `stages` are the run's StageConfigs."""

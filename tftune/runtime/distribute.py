@@ -15,6 +15,13 @@
   `TPUStrategy`.
 
 The recipe's `train.batch_size` is the global batch: each of the N replicas gets 1/N of it.
+
+Input: one device, `MirroredStrategy` and `TPUStrategy` read one pipeline whose global batches
+are split across the replicas (`Distribution.distribute`). Several workers each read only
+their own shard of every split (`worker_input`, `tftune.data.shards`): a worker decodes,
+tokenises and feature-caches about 1/workers of the examples and batches them per replica;
+the steps are padded with weight-0 batches so every worker runs as many as the longest shard.
+
 Everything that creates variables (the backbone, the head, the optimizer, the metrics, the
 feature cache's model) runs inside `Distribution.scope()`.
 """
@@ -130,6 +137,34 @@ class Distribution:
     def scope(self):
         return self.strategy.scope()
 
+    @property
+    def worker_index(self) -> int:
+        """This worker's input pipeline among the cluster's: the chief first, then the
+        workers in order (as `tf.distribute.InputContext.input_pipeline_id` numbers them)."""
+        spec = self.cluster
+        if spec is None:
+            return 0
+        first = 1 if "chief" in spec.cluster and spec.task_type == "worker" else 0
+        return first + spec.task_id
+
+    @property
+    def batches_per_step(self) -> int:
+        """Batches of an input dataset one step takes: this worker's replicas' under several
+        workers (each takes its own batch), else 1 (one global batch)."""
+        if not self.multi_worker:
+            return 1
+        return max(1, self.replicas // self.cluster.num_workers)
+
+    def worker_input(self, global_batch: int):
+        """This worker's shard of the input (`tftune.data.shards.WorkerInput`) under several
+        workers; None otherwise (every replica's batch is cut from one global batch)."""
+        if not self.multi_worker:
+            return None
+        from tftune.data.shards import WorkerInput
+
+        return WorkerInput.for_workers(self.cluster.num_workers, self.worker_index,
+                                       global_batch, self.replicas)
+
     def describe(self, global_batch: int) -> str:
         names = {"default": "default strategy (one device)", "mirrored": "MirroredStrategy",
                  "multi_worker": "MultiWorkerMirroredStrategy", "tpu": "TPUStrategy"}
@@ -146,28 +181,61 @@ class Distribution:
             text += f"; global batch {global_batch} = {per:g} per replica"
         return text
 
-    def distribute(self, dataset):
-        """`dataset` (batched with the global batch) split across the replicas. Across
-        workers every worker runs the whole input pipeline and keeps its part of each global
-        batch (`AutoShardPolicy.DATA`), so the batches are the ones one device would see.
+    def distribute(self, dataset, skip: int = 0):
+        """`dataset` split across the replicas, from its step `skip` on.
 
-        With several replicas each (x, y) batch becomes (x, y, weight): a batch whose size
-        is not a multiple of the replicas (the last one) is padded with copies of its first
-        example at weight 0, so no replica gets an empty batch (some ops fail on those) and
-        the steps' weighted sums count the real examples only."""
-        import tensorflow as tf
+        One pipeline (default, mirrored, TPU): `dataset` holds global batches, each cut into
+        the replicas' parts. With several replicas each (x, y) batch becomes (x, y, weight):
+        a batch whose size is not a multiple of the replicas (the last one) is padded with
+        copies of its first example at weight 0, so no replica gets an empty batch (some ops
+        fail on those) and the steps' weighted sums count the real examples only.
 
+        Several workers: `dataset` is this worker's shard in per-replica batches
+        (`worker_input`); its replicas take one batch each per step
+        (`distribute_datasets_from_function`). The workers agree on the number of steps (the
+        longest shard's; one all-gather), and a shorter shard is followed by weight-0 copies
+        of its batches, so no worker waits in a collective another never joins and the sums
+        count every real example of the split once."""
         if self.kind == "default":
-            return dataset
+            return dataset.skip(skip) if skip else dataset
+        if self.multi_worker:
+            return self._per_worker(dataset, skip)
+        if skip:
+            dataset = dataset.skip(skip)
         if self.replicas > 1:
             dataset = dataset.map(_padder(self.replicas))
-        if self.kind == "multi_worker":
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = (
-                tf.data.experimental.AutoShardPolicy.DATA
-            )
-            dataset = dataset.with_options(options)
         return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _per_worker(self, dataset, skip: int):
+        import math
+
+        import numpy as np
+        import tensorflow as tf
+
+        local_replicas = self.batches_per_step
+        batches = int(dataset.cardinality())
+        if batches == tf.data.INFINITE_CARDINALITY:
+            raise ValueError("A multi-worker epoch must be finite; take(n) its batches first.")
+        if batches < 0:  # e.g. length buckets: one pass over the (cached) examples counts them
+            batches = int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+        steps = int(self.agree_max(float(math.ceil(batches / local_replicas))))
+        count, index = self.cluster.num_workers, self.worker_index
+        padded = dataset.map(_weighted(1.0))
+        if steps * local_replicas > batches:
+            padded = padded.concatenate(
+                dataset.map(_weighted(0.0)).repeat().take(steps * local_replicas - batches))
+        if skip:
+            padded = padded.skip(skip * local_replicas)
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            if (context.num_input_pipelines, context.input_pipeline_id) != (count, index):
+                raise RuntimeError(
+                    f"The strategy reads input pipeline {context.input_pipeline_id} of "
+                    f"{context.num_input_pipelines} on this worker, but its shard is "
+                    f"{index} of {count} (TF_CONFIG's task order).")
+            return padded
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def agree(self, flag: bool) -> bool:
         """True when `flag` is true on any worker (one all-reduce across workers; local
@@ -179,6 +247,10 @@ class Distribution:
         value = self.strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
         return float(self.strategy.reduce("SUM", value, axis=None)) > 0.0
 
+    def agree_max(self, value: float) -> float:
+        """The largest of every worker's `value` (one all-gather; local otherwise)."""
+        return -self.agree_min(-value)
+
     def agree_min(self, value: float) -> float:
         """The smallest of every worker's `value` (one all-gather; local otherwise)."""
         if not self.multi_worker:
@@ -188,6 +260,16 @@ class Distribution:
 
         values = self.strategy.run(lambda: tf.constant([float(value)]))
         return float(np.min(np.asarray(self.strategy.gather(values, axis=0))))
+
+
+def _weighted(weight: float):
+    """(x, y) -> (x, y, that weight for every example)."""
+    import tensorflow as tf
+
+    def add(x, y):
+        return x, y, tf.fill(tf.shape(y)[:1], weight)
+
+    return add
 
 
 def _padder(replicas: int):

@@ -16,9 +16,16 @@ checked after every epoch:
   validation split. A stage's own epochs, once timed, replace its estimate.
 - **The plan:** when the remaining stages' configured epochs do not fit into what is left
   (less a reserve for the final evaluation and saving), each stage gets a share of the time
-  left in proportion to what it would need, and as many whole epochs as fit into its share (at
-  least one; its learning-rate schedule spans the planned epochs). Time a stage leaves unused
-  goes to the stages after it. A stage for which too little is left is skipped.
+  left in proportion to what it would need, and as much training as fits into its share, in
+  hundredths of an epoch: 2.75 epochs are two whole epochs and three quarters of a third,
+  and the stage's learning-rate schedule spans exactly those steps, so it ends decayed. A
+  cheap stage (a few % of the time left) keeps its configured epochs. Time a stage leaves
+  unused goes to the stages after it. A stage for which less than half an epoch is left is
+  skipped.
+- **Between epochs:** a stage is planned again from its own timed epochs: lengthened (up to
+  its configured epochs) when they took less time than estimated, shortened when more, ended
+  when not a tenth of an epoch fits. Its schedule's remaining part is stretched to the new
+  length (`optim.WarmupDecay.stretch`), and the stretch is checkpointed with the plan.
 - **At the limit:** the loop checks the clock after every step. When only the validation
   and the final evaluation still fit, the epoch ends there: it is validated, early stopping
   keeps the best weights, and the stages after it are skipped. Nothing is written mid-step:
@@ -30,6 +37,7 @@ The time spent is stored in every checkpoint, so `--resume` gets what is left of
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -75,6 +83,24 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _hundredths(epochs: float) -> float:
+    """`epochs` rounded down to hundredths of an epoch (the plan's resolution)."""
+    return math.floor(epochs * 100 + 1e-6) / 100
+
+
+def epochs_text(epochs: float) -> str:
+    """2 -> "2", 2.75 -> "2.75"."""
+    return f"{epochs:.2f}".rstrip("0").rstrip(".")
+
+
+def stage_steps(epochs: float, steps_per_epoch: int) -> tuple[int, int]:
+    """A stage planned for `epochs` (maybe fractional) of `steps_per_epoch` steps: (whole
+    epochs it runs, steps of its last epoch); 2.75 epochs of 100 steps -> (3, 75)."""
+    total = max(1, int(math.floor(epochs * steps_per_epoch + 1e-6)))
+    whole = -(-total // steps_per_epoch)
+    return whole, total - (whole - 1) * steps_per_epoch
+
+
 @dataclasses.dataclass
 class StageShape:
     """What the cost model needs to know of a stage: its name, configured epochs, the
@@ -107,7 +133,7 @@ class Budget:
     (the smallest), `agree(flag)` a flag (true on any)."""
 
     RESERVE_FRACTION = 0.02  # of the limit, on top of the final evaluation's estimate
-    CHEAP_FRACTION = 0.05  # a stage needing at most this share of the time left is not cut
+    CHEAP_FRACTION = 0.1  # a stage needing at most this share of the time left is not cut
     MIN_SAVE_SECONDS = 3.0
 
     def __init__(self, limit: float, started: float, sizes: dict, echo: Callable[[str], None],
@@ -177,10 +203,11 @@ class Budget:
     # -- the plan ------------------------------------------------------------------------
 
     def plan(self, index: int, stages: Sequence[StageShape], done: int = 0,
-             filled: bool = True) -> tuple[Optional[int], list[str]]:
+             filled: bool = True) -> tuple[Optional[float], list[str]]:
         """Epochs for stage `index` (of `stages`, configured epochs; `done` of them trained
-        already): an int in [0, configured] (0 = skip), or None when no cost is known yet
-        (keep the configured epochs). Also the log lines that say why."""
+        already): a number in [0, configured] in hundredths of an epoch (0 = skip), or None
+        when no cost is known yet (keep the configured epochs). Also the log lines that say
+        why."""
         left = self.left() - self.reserve()
         costs = [self.estimate(j, stages[j], filled=(j == index and filled))
                  for j in range(index, len(stages))]
@@ -196,49 +223,32 @@ class Budget:
         # a proportional share of it would be rounded away for nothing.
         cheap = [k for k, need in enumerate(needs) if need <= self.CHEAP_FRACTION * left]
         if sum(needs) <= left or 0 in cheap:
-            epochs = wanted[0]
+            epochs = float(wanted[0])
         else:
             rest = left - sum(needs[k] for k in cheap)
             share = rest * needs[0] / max(sum(n for k, n in enumerate(needs) if k not in cheap), 1e-9)
-            fit = int((share - cost.fill) / max(cost.epoch, 1e-9))
-            # A stage that begins gets an epoch when half of one fits (the limit may end it
-            # early); once it has trained, another epoch must fit whole.
-            epochs = min(wanted[0], max(1 if done == 0 else 0, fit))
-            if done == 0 and left < cost.fill + 0.5 * cost.epoch:
-                epochs = 0
-            else:
-                epochs = self._no_regret(epochs, wanted, costs, left)
-        epochs = int(self.agree_min(epochs))
+            epochs = min(float(wanted[0]), _hundredths((share - cost.fill) / max(cost.epoch, 1e-9)))
+            # A stage that begins needs half an epoch to fit (the limit may end it early).
+            if epochs < 0.5 and done == 0:
+                epochs = 0.0
+        epochs = max(epochs, 0.0)
+        epochs = float(self.agree_min(epochs))
         return epochs, self._plan_lines(index, stages, costs, wanted, epochs, left)
 
     @staticmethod
-    def _fit_in_order(seconds: float, wanted, costs) -> list[Optional[int]]:
-        """Whole epochs each of these stages gets in `seconds`, taken in order (None: its
-        cost is unknown)."""
-        counts: list[Optional[int]] = []
+    def _fit_in_order(seconds: float, wanted, costs) -> list[Optional[float]]:
+        """Epochs (in hundredths) each of these stages gets in `seconds`, taken in order
+        (None: its cost is unknown)."""
+        counts: list[Optional[float]] = []
         for want, cost in zip(wanted, costs):
             if cost is None:
                 counts.append(None)
                 continue
-            n = min(want, max(0, int((seconds - cost.fill) / max(cost.epoch, 1e-9))))
+            n = min(float(want), max(0.0, _hundredths((seconds - cost.fill) / max(cost.epoch, 1e-9))))
+            n = n if n >= 0.5 else 0.0
             seconds -= cost.need(n) if n else 0.0
             counts.append(n)
         return counts
-
-    def _later_epochs(self, seconds: float, wanted, costs) -> int:
-        """Whole epochs the later stages get in `seconds`, taken in order."""
-        return sum(n or 0 for n in self._fit_in_order(seconds, wanted[1:], costs[1:]))
-
-    def _no_regret(self, epochs: int, wanted, costs, left: float) -> int:
-        """More epochs for this stage than its share, up to its wanted ones, as long as they
-        fit and take no whole epoch from the later stages (cutting it would buy nothing)."""
-        cost = costs[0]
-        later = self._later_epochs(left - cost.need(epochs), wanted, costs)
-        for more in range(wanted[0], epochs, -1):
-            if cost.need(more) <= left and \
-                    self._later_epochs(left - cost.need(more), wanted, costs) >= later:
-                return more
-        return epochs
 
     def _plan_lines(self, index, stages, costs, wanted, epochs, left) -> list[str]:
         counts = [epochs] + self._fit_in_order(left - costs[0].need(epochs), wanted[1:], costs[1:])
@@ -247,7 +257,7 @@ class Budget:
             if cost is None:
                 parts.append(f"{stage.name} {want} epoch(s), cost unknown")
                 continue
-            parts.append(f"{stage.name} {n}" + (f" of {want}" if n != want else "")
+            parts.append(f"{stage.name} {epochs_text(n)}" + (f" of {want}" if n != want else "")
                          + f" epoch(s) (~{format_seconds(cost.need(n) if n else 0)}, "
                          f"{format_seconds(cost.epoch)} an epoch)")
         where = f" (forward pass ~{format_seconds(self.forward)}, from {self.forward_from})" \
@@ -256,7 +266,7 @@ class Budget:
                 f"{format_seconds(self.limit)} ({format_seconds(self.reserve())} kept for the "
                 f"final evaluation); plan: " + ", ".join(parts) + where]
 
-    def stage_begins(self, index: int, stages: Sequence[StageShape]) -> Optional[int]:
+    def stage_begins(self, index: int, stages: Sequence[StageShape]) -> Optional[float]:
         """The epochs stage `index` trains (logged); 0 skips it; None keeps the configured."""
         epochs, lines = self.plan(index, stages)
         for line in lines:
@@ -267,21 +277,35 @@ class Budget:
                       f"final evaluation, less than half an epoch")
         return epochs
 
-    def keeps_training(self, index: int, stages: Sequence[StageShape], done: int,
-                       planned: int) -> bool:
-        """After epoch `done` of stage `index` (planned for `planned`): whether the next one
-        still fits with what the later stages need (the plan made again with the stage's
-        timed epochs; a stop is logged, with why)."""
+    REVISE_EPOCHS = 0.1  # a plan changes between epochs by at least this much, or not at all
+
+    def revise(self, index: int, stages: Sequence[StageShape], done: int,
+               planned: float) -> float:
+        """After epoch `done` of stage `index` (planned for `planned` epochs; `stages` hold the
+        configured ones): the epochs the stage should end at now, planned again with its own
+        timed epochs. More than `planned` (up to the configured epochs) when its epochs took
+        less time than estimated, less when they took more, `done` to end it now (less than
+        a tenth of an epoch fits). Changes are logged, with why."""
         if done >= planned:
-            return True
-        epochs, lines = self.plan(index, [dataclasses.replace(s, epochs=planned) if i == index
-                                          else s for i, s in enumerate(stages)], done=done)
-        if epochs is None or epochs >= 1:
-            return True
-        self.echo(f"   time budget: stopping stage {stages[index].name!r} after epoch {done} "
-                  f"of {planned}: {format_seconds(max(self.left(), 0))} left, and the "
-                  f"next epoch and the stages after it do not fit")
-        return False
+            return planned
+        epochs, _ = self.plan(index, stages, done=done)
+        if epochs is None:
+            return planned
+        revised = min(float(stages[index].epochs), _hundredths(done + epochs))
+        if revised - done < self.REVISE_EPOCHS:
+            self.echo(f"   time budget: stopping stage {stages[index].name!r} after epoch {done} "
+                      f"of {epochs_text(planned)}: {format_seconds(max(self.left(), 0))} left, "
+                      f"and the next epoch and the stages after it do not fit")
+            return float(done)
+        if abs(revised - planned) < self.REVISE_EPOCHS:
+            return planned
+        cost = self.measured.get(index)
+        took = f"its epochs take {format_seconds(cost.epoch)}" if cost is not None else ""
+        self.echo(f"   time budget: stage {stages[index].name!r} planned again after epoch "
+                  f"{done}: {epochs_text(planned)} -> {epochs_text(revised)} of "
+                  f"{stages[index].epochs} epoch(s) ({took}; {format_seconds(max(self.left(), 0))}"
+                  f" left); the rest of its schedule spans the new length")
+        return revised
 
     def out_of_time(self, val_seconds: float) -> bool:
         """At a step boundary: whether only validation (`val_seconds`) and the final
@@ -301,11 +325,13 @@ def stage_shapes(cfg, plans, pipes) -> list[StageShape]:
 
 
 def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached: bool,
-                steps_per_epoch: int, planned: int):
+                steps_per_epoch: int, planned: Callable[[], float],
+                revised: Callable[[float, Any], None]):
     """A Keras callback timing stage `index`'s epochs for the budget: training (from the
     epoch's first step to its last, scaled to a whole epoch when the epoch resumed part-way or
     ended early) and validation (from the last step to the epoch's end). Then it asks the
-    budget whether the next epoch fits, and ends the stage when it does not."""
+    budget to plan the stage again (`planned()`: its epochs now): it ends the stage when
+    nothing more fits, and calls `revised(epochs, model)` when the stage's length changes."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
@@ -326,9 +352,14 @@ def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached
             if ran:
                 train = (self.last - self.begin) * steps_per_epoch / ran
                 budget.epoch_measured(index, stages[index], cached, train, end - self.last)
-            if not self.model.stop_training and not budget.keeps_training(
-                    index, stages, epoch + 1, planned):
+            if self.model.stop_training:
+                return
+            now_planned = planned()
+            epochs = budget.revise(index, stages, epoch + 1, now_planned)
+            if epochs <= epoch + 1 < now_planned:
                 self.model.stop_training = True
+            elif epochs != now_planned:
+                revised(epochs, self.model)
 
     return EpochTimer()
 

@@ -75,9 +75,10 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class EpochLine(keras.callbacks.Callback):
-    """One concise line per epoch (the quiet alternative to the progress bar)."""
+    """One concise line per epoch (the quiet alternative to the progress bar). `epochs`: the
+    stage's epochs, or its `loop.Length` (which a time limit may change between epochs)."""
 
-    def __init__(self, stage_name: str, epochs: int, echo=print):
+    def __init__(self, stage_name: str, epochs, echo=print):
         super().__init__()
         self.stage_name = stage_name
         self.epochs = epochs
@@ -92,7 +93,7 @@ class EpochLine(keras.callbacks.Callback):
             f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate"
         )
         self.echo(
-            f"  [{self.stage_name}] epoch {epoch + 1}/{self.epochs} "
+            f"  [{self.stage_name}] epoch {epoch + 1}/{getattr(self.epochs, 'epochs', self.epochs)} "
             f"({time.perf_counter() - self._start:.0f}s) {parts}"
         )
 

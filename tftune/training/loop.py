@@ -132,10 +132,16 @@ class Steps:
                 var.assign(average.value)
                 average.assign(held)
 
-    def distribute(self, dataset):
+    @property
+    def batches_per_step(self) -> int:
+        """Batches of an epoch's dataset one step takes (a multi-worker worker's replicas
+        take one each; otherwise one global batch)."""
+        return self.distribution.batches_per_step if self.distribution is not None else 1
+
+    def distribute(self, dataset, skip: int = 0):
         if self.distribution is None:
-            return dataset
-        return self.distribution.distribute(dataset)
+            return dataset.skip(skip) if skip else dataset
+        return self.distribution.distribute(dataset, skip)
 
     # -- one replica -------------------------------------------------------------------
 
@@ -239,9 +245,10 @@ class Steps:
     def _test_batch(self, iterator):
         self.strategy.run(self._replica_test, args=tuple(iterator.get_next()))
 
-    def batches(self, dataset):
-        """An iterator over `dataset` split across the replicas, for `train_batch`."""
-        return iter(self.distribute(dataset))
+    def batches(self, dataset, skip: int = 0):
+        """An iterator over `dataset` split across the replicas, from its step `skip` on, for
+        `train_batch`."""
+        return iter(self.distribute(dataset, skip))
 
     def train_batch(self, iterator) -> Optional[dict]:
         """One step on the next batch of `iterator`; returns the epoch's running loss and
@@ -281,6 +288,15 @@ class Steps:
 
 
 @dataclasses.dataclass
+class Length:
+    """How long a stage runs (`train.time_limit` plans it, and may plan it again between
+    epochs): `epochs` begun, the last of them ending after `last_steps` steps (None: whole)."""
+
+    epochs: int
+    last_steps: Optional[int] = None
+
+
+@dataclasses.dataclass
 class Hooks:
     """What the loop asks of its caller at step boundaries.
 
@@ -297,6 +313,9 @@ class Hooks:
     # `train.time_limit`: true when the epoch must end at this step boundary (it is then
     # validated and the stage ends, as if early stopping had ended it).
     out_of_time: Callable[[], bool] = lambda: False
+    # `train.time_limit`'s plan of the stage, read at every epoch: it replaces `epochs`, and
+    # its last epoch ends after `last_steps` steps, is validated, and the stage ends there.
+    length: Optional[Length] = None
 
 
 def one_step(steps: Steps, callbacks: keras.callbacks.CallbackList, iterator,
@@ -338,8 +357,11 @@ def run_epochs(
     model.stop_training = start.stopped
     global_step = 0
     every = hooks.every_steps if hooks.checkpoint is not None else 0
-    for epoch in range(start.epoch, epochs):
-        if model.stop_training:
+    epoch = start.epoch - 1
+    while True:
+        epoch += 1
+        length = hooks.length
+        if epoch >= (length.epochs if length is not None else epochs) or model.stop_training:
             break
         first = start.step if epoch == start.epoch else 0
         if first == 0:
@@ -347,15 +369,20 @@ def run_epochs(
         callbacks.on_epoch_begin(epoch)
         dataset = epoch_data(epoch)
         if steps_per_epoch:
-            dataset = dataset.repeat().take(steps_per_epoch)
-        if first:
-            dataset = dataset.skip(first)
-        iterator = steps.batches(dataset)
+            dataset = dataset.repeat().take(steps_per_epoch * steps.batches_per_step)
+        iterator = steps.batches(dataset, skip=first)
         batch_index = first
+        stop_at = length.last_steps if length is not None and epoch == length.epochs - 1 \
+            else None
         while True:
+            if stop_at is not None and batch_index >= stop_at:  # the planned part ran
+                model.stop_training = True
+                break
             n = steps.steps_per_execution
             if every:  # a call ends where a step checkpoint falls
                 n = min(n, every - global_step % every)
+            if stop_at is not None:
+                n = min(n, stop_at - batch_index)
             count = one_call(steps, callbacks, iterator, batch_index, n)
             for i in range(batch_index, batch_index + count):
                 faults.point("step", f"epoch {epoch + 1} step {i + 1}")

@@ -34,7 +34,16 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
       linear fall back to `peak / ratio`; `ratio` = 32.
     - `one_cycle` (Smith 2018, as in fastai): cosine rise from `peak / 25` to `peak` over
       `warmup_steps`, then cosine annealing to `peak / 25e4`.
+
+    `stretch(at, total)` (the time limit's revision of a stage's length) makes the rest of
+    the schedule, from step `at` on, span the steps up to `total` instead: the same curve
+    from the same value at `at`, stretched or squeezed, ending where it ended. Stretches are
+    kept in a variable (the traced step reads them) and in the config, as (at, old total, new
+    total) rows; `stretches` builds the schedule with earlier ones (a resumed stage). Only a
+    schedule made `stretchable` (or with stretches) can be stretched after its first call.
     """
+
+    MAX_STRETCHES = 8
 
     def __init__(
         self,
@@ -43,6 +52,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         warmup_steps: int = 0,
         decay: str = "constant",
         ratio: float = 32.0,
+        stretches: Sequence = (),
+        stretchable: bool = False,
     ):
         if decay not in SCHEDULES:
             raise ConfigError(
@@ -53,9 +64,41 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(min(max(warmup_steps, 0), self.total_steps))
         self.decay = decay
         self.ratio = float(ratio)
+        self.stretches = [tuple(int(v) for v in row) for row in stretches]
+        self._table = None  # the stretches as a variable, read by the traced step
+        if stretchable or self.stretches:
+            import tensorflow as tf
+
+            self._table = tf.Variable(self._rows(), trainable=False, dtype="float32",
+                                      name="schedule_stretches")
+
+    def _rows(self):
+        rows = [list(map(float, r)) for r in self.stretches[: self.MAX_STRETCHES]]
+        return rows + [[1e12, 1.0, 1.0]] * (self.MAX_STRETCHES - len(rows))  # no-op rows
+
+    def stretch(self, at: int, total: int) -> bool:
+        """The rest of the schedule from step `at` spans up to step `total` (see the class
+        docstring); False when it cannot (the table is full, or `total` <= `at`)."""
+        current = self.stretches[-1][2] if self.stretches else self.total_steps
+        if self._table is None or len(self.stretches) >= self.MAX_STRETCHES or total <= at \
+                or total == current:
+            return False
+        self.stretches.append((int(at), int(current), int(total)))
+        self._table.assign(self._rows())
+        return True
+
+    def _warped(self, step):
+        """The step of the unstretched schedule that `step` of the stretched one is at."""
+        for k in reversed(range(self.MAX_STRETCHES)):
+            at, old, new = self._table[k, 0], self._table[k, 1], self._table[k, 2]
+            step = ops.where(step > at, at + (step - at) * (old - at) / ops.maximum(new - at, 1.0),
+                             step)
+        return step
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
+        if self._table is not None:
+            step = self._warped(step)
         peak = self.peak
         warm = float(max(self.warmup_steps, 1))
         total = float(self.total_steps)
@@ -87,6 +130,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "decay": self.decay,
             "ratio": self.ratio,
+            "stretches": [list(r) for r in self.stretches],
         }
 
 
@@ -217,16 +261,21 @@ def build_optimizer(
     steps_per_epoch: int,
     lr_multipliers: Optional[Mapping[str, float]] = None,
     ema_momentum: Optional[float] = None,
+    total_steps: Optional[int] = None,
+    stretches: Sequence = (),
+    stretchable: bool = False,
 ) -> keras.optimizers.Optimizer:
     """A fresh optimizer for `stage`, with its warmup/decay schedule over the stage's steps
-    and `lr_multipliers` ({variable path: multiplier}) for discriminative learning rates;
-    with `ema_momentum`, it also keeps a moving average of the weights (Keras' `use_ema`)."""
-    total = max(1, stage.epochs * steps_per_epoch)
+    (`total_steps`, or its epochs' steps) and `lr_multipliers` ({variable path: multiplier})
+    for discriminative learning rates; with `ema_momentum`, it also keeps a moving average
+    of the weights (Keras' `use_ema`)."""
+    total = max(1, total_steps or stage.epochs * steps_per_epoch)
     warmup = warmup_steps(stage, total)
     lr = (
         stage.learning_rate
         if stage.schedule == "constant" and warmup == 0
-        else WarmupDecay(stage.learning_rate, total, warmup, stage.schedule)
+        else WarmupDecay(stage.learning_rate, total, warmup, stage.schedule,
+                         stretches=stretches, stretchable=stretchable)
     )
     multipliers = dict(lr_multipliers or {})
     ema = {} if ema_momentum is None else {"use_ema": True, "ema_momentum": float(ema_momentum)}

@@ -40,6 +40,12 @@ class StagePlan:
     ema_momentum: Optional[float] = None  # `train.average: ema`: the moving average's momentum
     soup: str = "none"  # `train.average: uniform | greedy`: the soup made when the stage ends
     soup_epochs: int = 3  # `train.average_epochs`: how many best epochs a uniform soup takes
+    # `train.time_limit`: the planned part of an epoch (the last epoch ends after this many
+    # steps, and the schedule spans the stage's steps up to there; None: whole epochs); the
+    # schedule's stretches so far (a resumed stage) and whether it may be stretched.
+    last_epoch_steps: Optional[int] = None
+    stretches: tuple = ()
+    stretchable: bool = False
 
     @classmethod
     def build(cls, cfg: RecipeConfig, index: int, groups: Sequence) -> "StagePlan":
@@ -114,9 +120,18 @@ class StagePlan:
         `steps_per_epoch`) steps an epoch, with the groups' learning-rate multipliers.
         `stage` replaces the stage's settings (lr-find sweeps a constant rate, unaveraged)."""
         ema = self.ema_momentum if stage is None else None
+        total, timed = None, stage is None
+        if timed and self.stretches:  # the schedule as first planned, then its stretches
+            total = int(self.stretches[0][1])
+        elif timed and self.last_epoch_steps is not None:
+            per_epoch = self.stage.steps_per_epoch or steps_per_epoch
+            total = (self.stage.epochs - 1) * per_epoch + self.last_epoch_steps
         stage = stage or self.stage
         return optim.build_optimizer(stage, stage.steps_per_epoch or steps_per_epoch,
-                                     self.variable_multipliers(), ema_momentum=ema)
+                                     self.variable_multipliers(), ema_momentum=ema,
+                                     total_steps=total,
+                                     stretches=self.stretches if timed else (),
+                                     stretchable=self.stretchable and timed)
 
     # -- the run log ---------------------------------------------------------------------
 

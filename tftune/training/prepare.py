@@ -69,8 +69,7 @@ class Prepared:
     stage_pipes: list = dataclasses.field(default_factory=list)
 
 
-def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
-    batch = cfg.train.batch_size
+def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int, batch: int):
     if splits.modality == "text":
         return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
     return pipeline.image_pipeline(
@@ -100,9 +99,16 @@ def _stage_pipes(cfg: RecipeConfig, pipe: pipeline.Pipeline, task) -> list:
     return pipes
 
 
-def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> Prepared:
+def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print, worker=None,
+                agree_max=None, whole: Optional[DataSplits] = None) -> Prepared:
     """Input pipelines, the task, the classifier and its layer groups; every stage's plan and
-    monitor are checked here, before anything trains (a typo in stage 3 must not cost stage 1)."""
+    monitor are checked here, before anything trains (a typo in stage 3 must not cost stage 1).
+
+    `worker` (a `tftune.data.shards.WorkerInput`): `splits` are this worker's shard, batched
+    per replica; the steps per epoch are the longest shard's (`agree_max` over the workers);
+    the task learns from the labels of the `whole` training split (a standardised target's
+    mean and std, class weights: the same on every worker), balanced sampling draws from the
+    worker's shard."""
     from tftune.model import heads
     from tftune.tasks import get_task
     from tftune.training.plan import StagePlan
@@ -117,8 +123,9 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
                         f"Received: {splits.class_names}")
     labels = train_labels(splits) if task.needs_train_labels or cfg.data.sampling != "shuffle" else None
     if task.needs_train_labels:
-        task.fit(labels)
-    pipe = _pipeline(cfg, splits, backbone, n_train)
+        task.fit(labels if whole is None else train_labels(whole))
+    batch = worker.batch_size if worker is not None else cfg.train.batch_size
+    pipe = _pipeline(cfg, splits, backbone, n_train, batch)
     if cfg.data.sampling == "balanced":  # Task.check_settings allowed it
         pipe.resample = pipeline.balanced_counts(labels, len(splits.class_names))
     stage_pipes = _stage_pipes(cfg, pipe, task)
@@ -132,7 +139,9 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
         # (this also fills the tokenised cache), so schedules span the steps really run.
         steps_per_epoch = int(train_ds.reduce(0, lambda n, _: n + 1))
     else:
-        steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
+        steps_per_epoch = math.ceil(n_train / batch)
+    if worker is not None:
+        steps_per_epoch = int(agree_max(float(worker.steps(steps_per_epoch))))
 
     model = heads.build_classifier(backbone, task, cfg.head, tuple(cfg.data.image_size))
     head = heads.head_layers(model)

@@ -169,7 +169,17 @@ class Run:
                  f"(data.skip_bad_files): {shown}; listed in {run / rundir.SKIPPED_FILE}")
         if splits.modality == "text":
             rundir.save_preprocessor(backbone.preprocessor, backbone.model, run)
-        self.prep = prepare_run(cfg, splits, backbone, echo)
+        # Several workers: each reads, decodes and caches only its shard (`data.shards`).
+        self.worker = dist.worker_input(cfg.train.batch_size)
+        if self.worker is None:
+            self.prep = prepare_run(cfg, splits, backbone, echo)
+        else:
+            from tftune.data.shards import shard_splits
+
+            shard = shard_splits(splits, self.worker)
+            echo(self.worker.describe(splits, shard))
+            self.prep = prepare_run(cfg, shard, backbone, echo, self.worker, dist.agree_max,
+                                    whole=splits)
         self.task, self.model = self.prep.task, self.prep.model
         # XLA per `device.choose_precision` (the dtype policy is already in force), off
         # for a model with a layer XLA cannot compile.
@@ -191,6 +201,8 @@ class Run:
         self.budget = None  # `train.time_limit` (see `tftune.training.budget`)
         # {stage index as str: epochs} the budget gave each stage that began (0: skipped)
         self.planned = dict(self.state.planned_epochs)
+        self.stretches = {k: [list(r) for r in v] for k, v in self.state.stretches.items()}
+        self.lengths = {}  # {stage index: loop.Length} of the stages the budget planned
         self.shapes = None  # the budget's view of the stages (`budget.stage_shapes`)
 
     # -- checkpoints and stop requests ---------------------------------------------------
@@ -204,6 +216,7 @@ class Run:
             results=[dataclasses.asdict(r) for r in self.results], overall_best=self.best,
             config_digest=self.digest, seconds=round(self.spent(), 3),
             planned_epochs=dict(self.planned),
+            stretches={k: [list(r) for r in v] for k, v in self.stretches.items()},
         )
         variables: dict = {"model": self.model.variables}
         arrays: dict = {"overall_best": self.best_weights} if self.best_weights is not None else {}
@@ -291,7 +304,7 @@ class Run:
                 self._callbacks(plan, data), self.jit, self.verbose, distribution=self.dist,
                 steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
                                                         plan, data),
-                resume=self._resume_stage if resuming else None, hooks=self._hooks(i),
+                resume=self._resume_stage if resuming else None, hooks=self._hooks(plan),
             )
         except Preempted:
             raise self.stopped_here() from None
@@ -348,8 +361,11 @@ class Run:
         return sorted(int(i) for i, epochs in self.planned.items() if epochs == 0)
 
     def _budgeted(self, plan, data, resuming: bool):
-        """`plan` with the epochs the budget gives it (None: skip the stage). A resumed
-        stage keeps the epochs planned when it began (its schedule spans them)."""
+        """`plan` with the epochs the budget gives it (None: skip the stage): whole epochs,
+        and the steps of a last part of one. A resumed stage keeps the epochs planned when it
+        began (its schedule spans them)."""
+        from tftune.training.budget import stage_steps
+
         i, budget, shapes = plan.index, self.budget, self.shapes
         if data.cached:
             budget.fill_measured(shapes[i], data.caches[0].seconds)
@@ -358,17 +374,47 @@ class Run:
                       f"ended the stage before it")
             return None
         if resuming and str(i) in self.planned:
-            epochs = int(self.planned[str(i)])
+            epochs = float(self.planned[str(i)])
         else:
             epochs = budget.stage_begins(i, shapes)
             if epochs is None:
                 epochs = plan.stage.epochs
-            self.planned[str(i)] = epochs
+            self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
         if epochs == 0:
             return None
-        if epochs == plan.stage.epochs:
-            return plan
-        return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=epochs))
+        from tftune.training import loop
+
+        per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
+        whole, last = stage_steps(epochs, per_epoch)
+        last = last if last < per_epoch else None
+        self.lengths[i] = loop.Length(whole, last)
+        stretches = tuple(tuple(r) for r in self.stretches.get(str(i), ())) if resuming else ()
+        return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=whole),
+                                   last_epoch_steps=last, stretches=stretches, stretchable=True)
+
+    def _revised(self, plan):
+        """What `budget.epoch_timer` calls when the budget plans stage `plan` again: the
+        stage's length, its schedule stretched to the new length, both kept for a resume."""
+        from tftune.training.budget import stage_steps
+        from tftune.training.optim import WarmupDecay
+
+        i = plan.index
+        per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
+
+        def revised(epochs: float, model) -> None:
+            whole, last = stage_steps(epochs, per_epoch)
+            optimizer = model.optimizer
+            optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+            schedule = getattr(optimizer, "_learning_rate", None)
+            if isinstance(schedule, WarmupDecay):
+                if not schedule.stretch(int(optimizer.iterations), (whole - 1) * per_epoch + last):
+                    return  # its schedule cannot follow: the stage keeps its length
+                self.stretches[str(i)] = [list(r) for r in schedule.stretches]
+            self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
+            length = self.lengths[i]
+            length.epochs, length.last_steps = whole, (last if last < per_epoch else None)
+
+        return revised
 
     def _out_of_time(self, plan):
         from tftune.training.budget import val_estimate
@@ -395,7 +441,7 @@ class Run:
         callbacks = [HistoryCSV(self.history_path, i, stage.name, self.history),
                      StopOnNaN(stage.name, f"stages.{i}.learning_rate")]
         if self.epoch_lines:
-            callbacks.append(EpochLine(stage.name, stage.epochs, self.echo))
+            callbacks.append(EpochLine(stage.name, self.lengths.get(i, stage.epochs), self.echo))
         if self.cfg.train.tensorboard:
             callbacks.append(TensorBoardLog(
                 self.run / rundir.TENSORBOARD_DIR, i, plan.banner(self.model).strip("= "),
@@ -405,7 +451,8 @@ class Run:
 
             callbacks.append(epoch_timer(
                 self.budget, i, self.shapes, bool(data is not None and data.cached),
-                stage.steps_per_epoch or self.prep.steps_per_epoch, stage.epochs))
+                stage.steps_per_epoch or self.prep.steps_per_epoch,
+                lambda: float(self.planned.get(str(i), stage.epochs)), self._revised(plan)))
         return callbacks + self.user_callbacks
 
     def _resume_stage(self, srun):
@@ -427,13 +474,16 @@ class Run:
         srun.epoch_logs[:] = [dict(l) for l in st.epoch_logs]
         return loop.Position(st.epoch, st.step, st.stopped)
 
-    def _hooks(self, i: int):
+    def _hooks(self, plan):
         from tftune.training import loop
+
+        i = plan.index
 
         def hooks(srun):
             return loop.Hooks(checkpoint=lambda at: self.save(i, at, srun),
                               stop_requested=self.stop_requested,
                               every_steps=self.cfg.train.checkpoint_steps,
+                              length=self.lengths.get(i),
                               **({"out_of_time": self._out_of_time(self.prep.plans[i])}
                                  if self.budget is not None else {}))
 
@@ -524,7 +574,11 @@ class Run:
         if not self.task.tunes_on_validation:
             return []
         ys, outputs = [], []
-        for x, y in self.prep.val_ds:
+        val_ds = self.prep.val_ds
+        if self.worker is not None:  # a worker's shard: tune on the whole split, as one device
+            pipe = self.prep.pipe
+            val_ds = pipe.eval_batches(pipe.source(self.splits.val))
+        for x, y in val_ds:
             outputs.append(np.asarray(self.model(x, training=False), np.float32))
             ys.append(np.asarray(y))
         return self.task.after_training(np.concatenate(ys), np.concatenate(outputs))

@@ -333,3 +333,40 @@ def test_lr_find_scales_the_loss_of_a_float16_model(float16_policy, monkeypatch)
     assert wrapped and len(result.losses) == 8 and np.isfinite(result.losses).all()
     for a, b in zip(m.get_weights(), before):  # restored after the sweep
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_saved_float32_backbone_is_rebuilt_in_the_runs_mixed_policy(tmp_path, float16_policy):
+    """A `keras:` file (saved in float32) computes in the run's policy like the backbones
+    tftune builds: same weights and variable paths, outputs within float16 rounding; a model
+    that cannot be rebuilt stays float32 with a note; under float32 nothing changes."""
+    import keras
+
+    from tftune.config import BackboneConfig
+    from tftune.model import backbones
+
+    keras.mixed_precision.set_global_policy("float32")  # saved as a float32 model
+    path = save_tiny_cnn(tmp_path / "cnn.keras")
+    reference = keras.saving.load_model(str(path))
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    backbone = backbones.load_backbone(BackboneConfig(spec=f"keras:{path}"), (32, 32))
+    assert "rebuilt in the run's dtype policy mixed_float16" in backbone.notes[-1]
+    assert {l.dtype_policy.name for l in backbone.model.layers if l.weights} == {"mixed_float16"}
+    assert [v.path for v in backbone.model.weights] == [v.path for v in reference.weights]
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(backbone.model(x), np.float32), reference(x),
+                               atol=0.05, rtol=0.01)
+
+    def broken(obj):
+        raise ValueError("Unknown layer: 'MyLayer'")
+
+    import tftune.model.backbones as module
+
+    original = module._with_policy
+    module._with_policy = lambda config, policy: broken(config)
+    try:
+        model, note = backbones.in_run_policy(reference, "keras:x")
+    finally:
+        module._with_policy = original
+    assert model is reference and "computes in float32, not mixed_float16" in note
+    keras.mixed_precision.set_global_policy("float32")
+    assert backbones.in_run_policy(reference, "keras:x") == (reference, None)

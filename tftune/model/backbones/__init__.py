@@ -518,6 +518,52 @@ def from_keras_model(model, cfg: BackboneConfig, spec: str = "keras:<in memory>"
     own = None
     if isinstance(model, keras_hub.models.Task):
         own, model = model.preprocessor, model.backbone
+    model, policy_note = in_run_policy(model, spec)
+    backbone = _wrap_keras_model(model, cfg, spec, own)
+    if policy_note:
+        backbone.notes.append(policy_note)
+    return backbone
+
+
+def in_run_policy(model, spec: str):
+    """`model` computing in the run's mixed-precision policy: a model loaded from a file or
+    made before the run keeps the dtype policy it was built with (float32), where the
+    backbones tftune builds follow the global policy. Rebuilt from its config with every
+    float32 layer policy set to the global one, and its weights (float32 variables either
+    way). Returns (model, a note for the log, or None when nothing changed); a model that
+    cannot be rebuilt (a custom layer not registered) stays as it is, with a note."""
+    import keras
+
+    policy = keras.mixed_precision.dtype_policy().name
+    if not policy.startswith("mixed_") or not any(
+            layer.dtype_policy.name == "float32" and layer.weights
+            for layer in model._flatten_layers()):
+        return model, None
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        copy = keras.saving.deserialize_keras_object(_with_policy(config, policy))
+        copy.set_weights(model.get_weights())
+    except Exception as e:  # keras raises many types for configs it cannot rebuild
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return model, (f"computes in float32, not {policy}: it could not be rebuilt in that "
+                       f"policy ({first})")
+    return copy, f"rebuilt in the run's dtype policy {policy} (it was saved in float32)"
+
+
+def _with_policy(obj, policy: str):
+    """A serialized Keras config with every float32 dtype policy set to `policy`."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "DTypePolicy" and obj.get("config", {}).get("name") == "float32":
+            return {**obj, "config": {**obj["config"], "name": policy}}
+        return {k: _with_policy(v, policy) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_with_policy(v, policy) for v in obj]
+    return obj
+
+
+def _wrap_keras_model(model, cfg: BackboneConfig, spec: str, own) -> Backbone:
+    """`from_keras_model` once the model is in the run's dtype policy: `own` is a saved
+    KerasHub task's preprocessor (or None)."""
     try:
         structure = model.input
     except (AttributeError, ValueError):

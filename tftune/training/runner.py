@@ -278,7 +278,7 @@ class Run:
                 data.model, plan, self.task, data.train, data.val, self.prep.steps_per_epoch,
                 self._callbacks(plan, data), self.jit, self.verbose, distribution=self.dist,
                 steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
-                                                        plan, data),
+                                                        plan, data, self.prep.pipe.static is not None),
                 resume=self._resume_stage if resuming else None, hooks=self._hooks(i),
             )
         except Preempted:
@@ -512,9 +512,10 @@ class Run:
         if not self.task.tunes_on_validation:
             return []
         ys, outputs = [], []
-        for x, y in self.prep.val_ds:
-            outputs.append(np.asarray(self.model(x, training=False), np.float32))
-            ys.append(np.asarray(y))
+        for x, y, *weight in self.prep.val_ds:  # static shapes: weight-0 filling left out
+            keep = np.asarray(weight[0]) > 0 if weight else slice(None)
+            outputs.append(np.asarray(self.model(x, training=False), np.float32)[keep])
+            ys.append(np.asarray(y)[keep])
         return self.task.after_training(np.concatenate(ys), np.concatenate(outputs))
 
 

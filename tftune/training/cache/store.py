@@ -185,13 +185,20 @@ def _ragged(values: Sequence[np.ndarray]):
 
 
 def batched(ds, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
-            bucket_boundaries: Optional[Sequence[int]] = None, pad: bool = False):
+            bucket_boundaries: Optional[Sequence[int]] = None, pad: bool = False,
+            static=None, training: bool = True):
     """Cached examples -> (features, label) batches, shuffled and bucketed like the uncached
-    pipeline (same buffer, seed and length buckets, so the same batches when exact)."""
+    pipeline (same buffer, seed and length buckets, so the same batches when exact).
+    `static` (the pipeline's `StaticShapes`): static-shape batches instead, full when
+    `training`, else filled at weight 0 (see `tftune.data.static_shapes`)."""
     import tensorflow as tf
 
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if static is not None:
+        from tftune.data.static_shapes import cached_batches
+
+        return cached_batches(ds, static, training, pad)
     if bucket_boundaries is not None:
         ds = ds.bucket_by_sequence_length(
             lambda x, y, n: n, list(bucket_boundaries),
@@ -231,7 +238,7 @@ def cached_datasets(plan: CachePlan, pipe, train_split, val_split, memory_bytes:
                 shuffle_buffer=fc.shuffle_limit(pipe.shuffle_buffer(fc.count)) if training else 0,
                 seed=pipe.seed,
                 bucket_boundaries=pipe.bucket_boundaries,
-                pad=pad,
+                pad=pad, static=pipe.static, training=training,
             ))
     except BaseException:
         for c in caches:

@@ -30,14 +30,15 @@ from tftune.errors import ConfigError
 
 
 def test_lengths_and_setting():
-    assert static_shapes.default_lengths(128) == (16, 32, 64, 128)
-    assert static_shapes.default_lengths(100) == (16, 32, 64, 100)
-    assert static_shapes.default_lengths(16) == (16,)
-    assert static_shapes.text_lengths(32, (8, 16, 64)) == (8, 16, 32)
+    assert static_shapes.text_lengths(128) == (16, 32, 64, 128)
+    assert static_shapes.text_lengths(100) == (16, 32, 64, 100)
+    assert static_shapes.text_lengths(16) == (16,)
+    assert static_shapes.text_lengths(32, 8) == (8, 16, 32)
+    assert static_shapes.text_lengths(32, 64) == (32,)
     assert static_shapes.enabled("auto", "tpu") and not static_shapes.enabled("auto", "default")
     assert static_shapes.enabled("on", "default") and not static_shapes.enabled("off", "tpu")
-    with pytest.raises(ConfigError, match="static_lengths"):
-        config_from_dict({"train": {"static_lengths": [32, 16]}})
+    with pytest.raises(ConfigError, match="static_min_length"):
+        config_from_dict({"train": {"static_min_length": 0}})
     with pytest.raises(ConfigError, match="static_shapes"):
         config_from_dict({"train": {"static_shape": "on"}})
 
@@ -75,20 +76,24 @@ def test_text_batches_take_a_bounded_set_of_shapes():
     rows = _texts(45)
     ds = _text_split(rows)
     pipe = pipeline.text_pipeline(_preprocessor(32), 45, 8, 0, static=True,
-                                  static_lengths=(8, 16))
+                                  static_min_length=8)
     assert pipe.static.shapes() == {(8, 8), (8, 16), (8, 32)}
     source = pipe.source(ds)
     seen_train, seen_eval = set(), set()
-    dropped = []
+    dropped, used_sets = [], []
     for epoch in range(3):
         batches = list(pipe.batches(source, True, pipeline.epoch_seed(0, 0, epoch)))
+        used = set()
         for x, y in batches:
             seen_train.add(static_shapes.batch_shape((x, y)))
             longest = int(np.max(np.sum(x["padding_mask"], axis=1)))
             assert longest <= x["token_ids"].shape[1]  # nothing cut off
-        used = sum(int(y.shape[0]) for _, y in batches)
-        dropped.append(45 - used)
-        assert 0 <= 45 - used <= 7 * 3  # at most batch - 1 per bucket
+            used |= {tuple(r[r > 0]) for r in np.asarray(x["token_ids"])}
+        n_used = sum(int(y.shape[0]) for _, y in batches)
+        dropped.append(45 - n_used)
+        used_sets.append(used)
+        assert 0 <= 45 - n_used <= 7 * 3  # at most batch - 1 per bucket
+    assert len(set(map(frozenset, used_sets))) > 1  # other examples dropped each epoch
     weights = 0.0
     for x, y, w in pipe.eval_batches(source):
         seen_eval.add(static_shapes.batch_shape((x, y)))
@@ -132,7 +137,7 @@ def test_static_evaluation_counts_every_example_once():
     keras.utils.set_random_seed(0)
     rows = _texts(45, seed=3)
     pipe = pipeline.text_pipeline(_preprocessor(32), 45, 8, 0, static=True,
-                                  static_lengths=(8, 16))
+                                  static_min_length=8)
     source = pipe.source(_text_split(rows))
     model = _tiny_text_model()
     task = get_task("classification", ("neg", "pos"), config_from_dict(
@@ -210,7 +215,7 @@ def _text_recipe(tmp, csv_path, preset, static, **train):
             {"name": "all", "train": "all", "epochs": 2, "learning_rate": 1e-3},
         ],
         "train": {"batch_size": 8, "verbose": "quiet",
-                  "static_shapes": "on" if static else "off", "static_lengths": [8, 16],
+                  "static_shapes": "on" if static else "off", "static_min_length": 8,
                   **train},
     }
 

@@ -358,13 +358,14 @@ class TrainConfig:
     # only the head on cached features (a step there costs less than Python's per-call work),
     # and 1 elsewhere. Callbacks, stop requests (SIGTERM) and step checkpoints act per call.
     steps_per_execution: Union[Literal["auto"], Count] = "auto"
-    # Static-shape batches (see `tftune.data.static_shapes`): texts padded to one of
-    # `static_lengths` (empty: powers of two from 16 up to the backbone's sequence_length),
+    # Static-shape batches (see `tftune.data.static_shapes`): texts padded to one of a few
+    # lengths (`static_min_length` (>= 1) and its doublings below the backbone's
+    # sequence_length, then the sequence_length; >= sequence_length: that length only),
     # full training batches (the remainder dropped, other examples each epoch), evaluation
     # batches filled with weight-0 rows (every example counted once), several steps a call.
     # `auto` is on when the strategy is a TPU (a new shape is a new compilation there).
     static_shapes: Literal["auto", "on", "off"] = "auto"
-    static_lengths: tuple[Count, ...] = ()
+    static_min_length: Count = 16
     # TensorBoard event files in runs/<name>/tensorboard: per-epoch metrics, each trained
     # group's learning rate, the stage boundaries (`tensorboard --logdir runs/<name>/tensorboard`).
     tensorboard: bool = False
@@ -399,11 +400,6 @@ class TrainConfig:
             from tftune.training.budget import parse_duration
 
             parse_duration(self.time_limit, f"{where}.time_limit" if where else "time_limit")
-        lengths = self.static_lengths
-        if any(b <= a for a, b in zip(lengths, lengths[1:])):
-            key = f"{where}.static_lengths" if where else "static_lengths"
-            raise ConfigError(f"Invalid value for '{key}'. Expected increasing token counts, "
-                              f"e.g. [16, 32, 64]. Received: {list(lengths)}")
 
     @property
     def time_limit_seconds(self) -> Optional[float]:

@@ -168,18 +168,19 @@ def balanced_counts(labels, num_classes: int) -> Callable[[int], "np.ndarray"]:
 
 
 def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int,
-                  static: bool = False, static_lengths: tuple = ()) -> Pipeline:
+                  static: bool = False, static_min_length: int = 16) -> Pipeline:
     """Tokenises once (cached), then batches texts of similar length together and trims each
     batch to its longest text: short texts stop paying for the full sequence length.
 
     `static`: fixed batch shapes instead (`tftune.data.static_shapes`): texts padded to the
-    bucket length of `static_lengths` (default powers of two up to the sequence length),
+    smallest of `static_min_length` and its doublings, up to the sequence length, that holds
+    the batch's longest text,
     full training batches, evaluation batches filled with weight-0 rows."""
     import tensorflow as tf
 
     seq_len = int(preprocessor.sequence_length)
     if static:
-        return _static_text_pipeline(preprocessor, n_train, batch_size, seed, static_lengths)
+        return _static_text_pipeline(preprocessor, n_train, batch_size, seed, static_min_length)
     boundaries = tuple(b for b in LENGTH_BUCKETS if b < seq_len)
 
     def tokenize(x, y):
@@ -282,7 +283,7 @@ def image_pipeline(n_train: int, batch_size: int, seed: int, augment=(), image_s
 
 
 def _static_text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int,
-                          static_lengths: tuple = ()) -> Pipeline:
+                          static_min_length: int = 16) -> Pipeline:
     """`text_pipeline` with static shapes: texts bucketed by the static lengths and padded
     to their bucket's length; full training batches (each bucket's remainder dropped, other
     examples each epoch); evaluation batches filled to the batch size at weight 0."""
@@ -291,7 +292,7 @@ def _static_text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int
     from tftune.data.static_shapes import StaticShapes, text_lengths
 
     shapes = StaticShapes(batch_size, text_lengths(int(preprocessor.sequence_length),
-                                                   static_lengths))
+                                                   static_min_length))
     boundaries = shapes.bucket_boundaries
 
     def tokenize(x, y):

@@ -5,9 +5,10 @@ The dynamic pipeline (`tftune.data.pipeline`) trims each text batch to its longe
 lets the last batch of a pass be short: on a TPU every new shape is a new compilation. In
 static mode:
 
-- texts are padded to the smallest of a fixed set of lengths (`lengths`: by default powers of
-  two from 16 up to the preprocessor's sequence_length, which is always the last one) that
-  holds the batch's longest text, and batched with texts of the same length bucket;
+- texts are padded to the smallest of a fixed set of lengths that holds the batch's longest
+  text (`lengths`: `train.static_min_length`, default 16, and its doublings below the
+  preprocessor's sequence_length, then the sequence_length), and batched with texts of the
+  same length bucket;
 - training batches all have the full batch size: the remainder is dropped
   (`drop_remainder`), in texts per length bucket, so up to (batch - 1) examples per bucket
   an epoch; each epoch's order comes from its own seed, so the dropped examples differ from
@@ -50,25 +51,13 @@ def enabled(setting: str, strategy_kind: str) -> bool:
     return setting == "on"
 
 
-def default_lengths(sequence_length: int, smallest: int = SMALLEST_LENGTH) -> tuple[int, ...]:
-    """Powers of two from `smallest` below `sequence_length`, then `sequence_length`."""
+def text_lengths(sequence_length: int, smallest: int = SMALLEST_LENGTH) -> tuple[int, ...]:
+    """`smallest` and its doublings below `sequence_length`, then `sequence_length`."""
     lengths, n = [], smallest
     while n < sequence_length:
         lengths.append(n)
         n *= 2
     return tuple(lengths) + (int(sequence_length),)
-
-
-def text_lengths(sequence_length: int, wanted: Sequence[int] = ()) -> tuple[int, ...]:
-    """The lengths texts are padded to: `wanted` (`train.static_lengths`) cut at
-    `sequence_length`, which always ends the list; the defaults when `wanted` is empty."""
-    if not wanted:
-        return default_lengths(sequence_length)
-    wanted = tuple(int(n) for n in wanted)
-    if any(b <= a for a, b in zip(wanted, wanted[1:])) or min(wanted) < 1:
-        raise ConfigError(f"train.static_lengths must be increasing positive token counts. "
-                          f"Received: {list(wanted)}")
-    return tuple(n for n in wanted if n < sequence_length) + (int(sequence_length),)
 
 
 @dataclasses.dataclass(frozen=True)

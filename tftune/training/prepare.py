@@ -81,7 +81,7 @@ def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int):
     static = static_shapes(cfg)
     if splits.modality == "text":
         return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed,
-                                      static, tuple(cfg.train.static_lengths))
+                                      static, cfg.train.static_min_length)
     return pipeline.image_pipeline(
         n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size),
         num_classes=len(splits.class_names), static=static,
@@ -148,8 +148,8 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print) -> 
         raise DataError(
             f"train.static_shapes drops each epoch's partial batches (per text length bucket), "
             f"and the {n_train} training examples make no full batch of "
-            f"{cfg.train.batch_size}. Use a smaller train.batch_size (or fewer "
-            f"train.static_lengths), or train.static_shapes: off.")
+            f"{cfg.train.batch_size}. Use a smaller train.batch_size (or a larger "
+            f"train.static_min_length), or train.static_shapes: off.")
 
     model = heads.build_classifier(backbone, task, cfg.head, tuple(cfg.data.image_size))
     head = heads.head_layers(model)

@@ -277,8 +277,9 @@ class Run:
             result = run_stage(
                 data.model, plan, self.task, data.train, data.val, self.prep.steps_per_epoch,
                 self._callbacks(plan, data), self.jit, self.verbose, distribution=self.dist,
-                steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
-                                                        plan, data, self.prep.pipe.static is not None),
+                steps_per_execution=steps_per_execution(
+                    self.cfg.train.steps_per_execution, plan, data,
+                    static=self.prep.pipe.static is not None),
                 resume=self._resume_stage if resuming else None, hooks=self._hooks(i),
             )
         except Preempted:

@@ -306,3 +306,31 @@ def test_static_run_resumes_mid_epoch_with_several_steps_a_call(tmp_path, tiny_b
     monkeypatch.undo()
     resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
     assert_same_run(resumed, reference)
+
+
+def test_auto_is_on_with_a_tpu(monkeypatch):
+    from tftune.training.prepare import static_shapes as run_static
+
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    assert not run_static(config_from_dict({}))
+    assert run_static(config_from_dict({"train": {"static_shapes": "on"}}))
+    assert run_static(config_from_dict({"train": {"tpu": "local"}}))
+    monkeypatch.setenv("TPU_NAME", "my-tpu")
+    assert run_static(config_from_dict({}))
+    assert not run_static(config_from_dict({"train": {"static_shapes": "off"}}))
+
+
+def test_the_replica_padder_keeps_a_filled_batch_weights():
+    """Several replicas pad a batch to a multiple of them at weight 0: a static evaluation
+    batch's own weight-0 rows stay at 0 (and a full (x, y) batch is unchanged)."""
+    import tensorflow as tf
+
+    from tftune.runtime.distribute import _padder
+
+    x, y, w = static_shapes.fill_batch(6, tf.constant([[1.0], [2.0], [3.0], [4.0]]),
+                                       tf.constant([1, 2, 3, 4]))
+    px, py, pw = _padder(4)(x, y, w)
+    assert pw.numpy().tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert py.numpy().tolist() == [1, 2, 3, 4, 1, 1, 1, 1]
+    _, _, pw = _padder(2)(tf.constant([[1.0], [2.0]]), tf.constant([1, 2]))
+    assert pw.numpy().tolist() == [1, 1]

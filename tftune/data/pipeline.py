@@ -318,7 +318,7 @@ def _static_text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int
     def batches(ds, training, epoch_seed):
         if training:
             ds = bucketed(pipe.shuffled(ds, n_train, epoch_seed), drop_remainder=True)
-            return fitted(ds).prefetch(tf.data.AUTOTUNE)
+            return fitted(ds).map(shapes.full).prefetch(tf.data.AUTOTUNE)
         return fitted(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
 
     def eval_batches(ds):

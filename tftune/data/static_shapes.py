@@ -114,10 +114,24 @@ class StaticShapes:
 
         return tuple(fit(t) for t in x)
 
+    def full(self, *batch):
+        """A full batch with its row count in its static shape (what `bucket_by_sequence_
+        length` leaves unknown), so a TPU sees a static batch dimension in the dataset's
+        element spec; one static length is a static token axis as well."""
+        import tensorflow as tf
+
+        def known(t):
+            shape = [self.batch_size] + list(t.shape[1:])
+            if len(self.lengths) == 1 and len(shape) == 2 and shape[1] is None:
+                shape[1] = self.lengths[0]
+            return tf.ensure_shape(t, shape)
+
+        return tf.nest.map_structure(known, batch)
+
     def fill(self, x, y, weight=None):
         """(x, y) -> (x, y, weight) with `batch_size` rows: the real ones at weight 1 (or
         `weight`), then copies of the first at weight 0."""
-        return fill_batch(self.batch_size, x, y, weight)
+        return self.full(*fill_batch(self.batch_size, x, y, weight))
 
 
 def fill_batch(batch_size: int, x, y, weight=None):
@@ -173,6 +187,5 @@ def cached_batches(ds, shapes: StaticShapes, training: bool, pad: bool):
         ds = (ds.padded_batch(size, drop_remainder=training) if pad
               else ds.batch(size, drop_remainder=training))
         ds = ds.map(lambda x, y, n: (x, y), num_parallel_calls=tf.data.AUTOTUNE)
-    if not training:
-        ds = ds.map(shapes.fill, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(shapes.full if training else shapes.fill, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -231,6 +231,9 @@ TOLERANCE = 0.1
 
 def test_static_text_run_matches_the_dynamic_one(tmp_path, tiny_bert_preset, monkeypatch):
     rows = _texts(150, seed=5, most=24)
+    # One label in 6 flipped: neither run can reach accuracy 1, so accuracy is compared too.
+    flip = {"pos": "neg", "neg": "pos"}
+    rows = [(t, flip[lab] if i % 6 == 0 else lab) for i, (t, lab) in enumerate(rows)]
     csv_path = write_text_csv(tmp_path / "t.csv", rows)
     dynamic = train_eagerly(_text_recipe(tmp_path, csv_path, tiny_bert_preset, False))
     seen = _shapes_seen(monkeypatch)

@@ -337,3 +337,25 @@ def test_the_replica_padder_keeps_a_filled_batch_weights():
     assert py.numpy().tolist() == [1, 2, 3, 4, 1, 1, 1, 1]
     _, _, pw = _padder(2)(tf.constant([[1.0], [2.0]]), tf.constant([1, 2]))
     assert pw.numpy().tolist() == [1, 1]
+
+
+def test_static_multilabel_tunes_thresholds_on_the_real_validation_examples(
+        tmp_path, tiny_bert_preset, monkeypatch):
+    """Multi-label thresholds are chosen on the validation outputs after training: with static
+    shapes the filled batches' weight-0 copies are left out, so it sees each example once."""
+    from helpers import multilabel_csv
+
+    from tftune.tasks.multilabel import Multilabel
+
+    csv_path = multilabel_csv(tmp_path / "tags.csv", n=45)
+    seen = []
+    original = Multilabel.after_training
+    monkeypatch.setattr(Multilabel, "after_training", lambda self, y, out: (
+        seen.append((len(y), len(out))), original(self, y, out))[1])
+    recipe = _text_recipe(tmp_path, csv_path, tiny_bert_preset, True)
+    recipe.update(task="multilabel", stages=recipe["stages"][:1])
+    recipe["data"]["label_column"] = "tags"
+    recipe["stages"][0].update(epochs=1, early_stopping={"monitor": "auto", "patience": 1})
+    result = train_eagerly(recipe)
+    n_val = result.metrics["sizes"]["val"]
+    assert seen == [(n_val, n_val)] and n_val % 8  # a filled last batch

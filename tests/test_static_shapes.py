@@ -359,3 +359,57 @@ def test_static_multilabel_tunes_thresholds_on_the_real_validation_examples(
     result = train_eagerly(recipe)
     n_val = result.metrics["sizes"]["val"]
     assert seen == [(n_val, n_val)] and n_val % 8  # a filled last batch
+
+
+MIRRORED_STATIC_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tftune.config import config_from_dict
+from tftune.training.runner import train
+out = {}
+for setting in ("default", "mirrored"):
+    recipe = json.loads(sys.argv[1])
+    recipe["name"] = setting
+    recipe["train"]["distribute"] = setting
+    result = train(config_from_dict(recipe), echo=lambda l: None)
+    out[setting] = {"metrics": {s: result.metrics[s] for s in ("val", "test")},
+                    "weights": [w.tolist() for w in result.model.get_weights()]}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_static_shapes_under_mirrored_strategy_match_one_device(tmp_path):
+    """Graph mode (tf.function steps, 8 a call), static shapes, MirroredStrategy on two logical
+    CPUs against one device: filled evaluation batches keep their weight-0 rows through the
+    replica padder, so the metrics and weights agree (SGD: rounding only)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    folder = make_image_folder(tmp_path / "images", per_class=13)  # 33 train: 4 full batches
+    cnn = save_tiny_cnn(tmp_path / "cnn.keras")
+    recipe = image_recipe(
+        tmp_path, folder, cnn,
+        stages=[{"name": "head", "train": "head", "epochs": 3, "learning_rate": 0.5,
+                 "optimizer": "sgd"},
+                {"name": "top", "train": "top:1", "epochs": 2, "learning_rate": 0.01,
+                 "optimizer": "sgd"}],
+        train={"batch_size": 8, "verbose": "quiet", "static_shapes": "on"})
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "TPU_NAME")}
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_STATIC_SCRIPT, json.dumps(recipe)],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    one, two = result["default"], result["mirrored"]
+    print(f"static, one device: {one['metrics']}\nstatic, mirrored x2: {two['metrics']}")
+    for split in ("val", "test"):
+        for key, value in one["metrics"][split].items():
+            assert two["metrics"][split][key] == pytest.approx(value, abs=1e-5), (split, key)
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(one["weights"], two["weights"]))
+    print(f"max |weight difference| mirrored vs default: {diff:.2e}")
+    assert diff < 1e-5

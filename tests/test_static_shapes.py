@@ -413,3 +413,29 @@ def test_static_shapes_under_mirrored_strategy_match_one_device(tmp_path):
                for a, b in zip(one["weights"], two["weights"]))
     print(f"max |weight difference| mirrored vs default: {diff:.2e}")
     assert diff < 1e-5
+
+
+def test_static_cache_fill_runs_the_prefix_on_static_shapes():
+    """The feature cache's fill of a static run: every sub-batch is (batch, static length),
+    and the features equal the dynamic fill's (padding is masked; filled rows dropped)."""
+    from tftune.training.cache import store
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 30, size=21).astype(np.int32)
+    ids = np.zeros((21, 32), np.int32)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(5, 20, n)
+    x = {"token_ids": ids, "padding_mask": ids > 0}
+    shapes = []
+
+    def prefix(part):  # per-token features and a per-text sum: row-independent
+        shapes.append(part["token_ids"].shape)
+        t = part["token_ids"].astype(np.float32) * part["padding_mask"]
+        return [t[..., None], t.sum(axis=1, keepdims=True)]
+
+    static = store._by_length(prefix, x, lengths, 8, [1, None], widths=(8, 16, 32))
+    assert set(shapes) <= {(8, 8), (8, 16), (8, 32)}, shapes
+    shapes.clear()
+    dynamic = store._by_length(prefix, x, lengths, 8, [1, None])
+    for a, b in zip(static, dynamic):
+        np.testing.assert_array_equal(a, b)

@@ -106,7 +106,7 @@ def test_text_batches_take_a_bounded_set_of_shapes():
     assert weights == 45
 
 
-def test_image_batches_are_full(image_folder):
+def test_image_batches_are_full():
     import tensorflow as tf
 
     from tftune.data import pipeline
@@ -128,7 +128,6 @@ def test_static_evaluation_counts_every_example_once():
     """Accuracy and loss over an odd-sized split (45 texts, batches of 8: the last filled
     with 3 weight-0 copies) equal the ones computed by hand over the 45 predictions."""
     import keras
-    import tensorflow as tf
 
     from tftune.data import pipeline
     from tftune.tasks import get_task
@@ -159,7 +158,6 @@ def test_static_evaluation_counts_every_example_once():
     assert got["loss"] == pytest.approx(loss, abs=1e-5)
     # the filling really is there: a static batch count of 45 rounded up to 8s per bucket
     assert sum(int(y.shape[0]) for _, y, _ in pipe.eval_batches(source)) > 45
-    del tf
 
 
 def _tiny_text_model():
@@ -439,3 +437,16 @@ def test_static_cache_fill_runs_the_prefix_on_static_shapes():
     dynamic = store._by_length(prefix, x, lengths, 8, [1, None])
     for a, b in zip(static, dynamic):
         np.testing.assert_array_equal(a, b)
+
+
+def test_steps_per_execution_auto_with_static_shapes():
+    from types import SimpleNamespace as NS
+
+    from tftune.training.device import steps_per_execution
+
+    head, full = NS(train_indices=()), NS(train_indices=(0, 1))
+    cached, uncached = NS(cached=True), NS(cached=False)
+    assert steps_per_execution("auto", full, uncached) == 1
+    assert steps_per_execution("auto", full, uncached, static=True) == 8
+    assert steps_per_execution("auto", head, cached, static=True) == 32
+    assert steps_per_execution(3, full, uncached, static=True) == 3

@@ -17,8 +17,9 @@ static mode:
   full batch size with copies of their first example at weight 0, as (x, y, weight): the
   loop's metrics are weighted sums, so every example counts exactly once and the padding not
   at all (the loss is sum(weight * loss) / sum(weight));
-- `batches(source, training=False)` (in the split's order: the cache fill, previews) keeps
-  the real rows only, at the static lengths.
+- `batches(source, training=False)` (in the split's order: the image cache fill, previews)
+  keeps the real rows only, at the static lengths; the text cache fill runs its sub-batches
+  at (batch, static length) (`cache.store.FeatureCache.fill(widths=...)`).
 
 So a static run sees at most len(lengths) shapes in training and len(lengths) in evaluation
 (one each for images). The loop then runs `steps_per_execution` > 1 steps per call

@@ -450,3 +450,20 @@ def test_steps_per_execution_auto_with_static_shapes():
     assert steps_per_execution("auto", full, uncached, static=True) == 8
     assert steps_per_execution("auto", head, cached, static=True) == 32
     assert steps_per_execution(3, full, uncached, static=True) == 3
+
+
+def test_a_checkpoint_of_auto_static_shapes_on_a_tpu_is_not_resumed_elsewhere(monkeypatch):
+    """`auto` resolves by the device: the config digest a checkpoint keeps records that it
+    was on (TPU), so a resume without the TPU (other batches) is refused, not inexact; runs
+    without static shapes keep their old digests."""
+    from tftune.rundir import checkpoint as ckpt
+    from tftune.rundir import plan
+
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    auto, off = config_from_dict({}), config_from_dict({"train": {"static_shapes": "off"}})
+    here = ckpt.digest(plan.comparable(auto))
+    assert plan.STATIC_AUTO_ON not in plan.comparable(auto)
+    monkeypatch.setenv("TPU_NAME", "my-tpu")
+    assert plan.comparable(auto)[plan.STATIC_AUTO_ON] is True
+    assert ckpt.digest(plan.comparable(auto)) != here
+    assert plan.STATIC_AUTO_ON not in plan.comparable(off)

@@ -174,8 +174,8 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int,
 
     `static`: fixed batch shapes instead (`tftune.data.static_shapes`): texts padded to the
     smallest of `static_min_length` and its doublings, up to the sequence length, that holds
-    the batch's longest text,
-    full training batches, evaluation batches filled with weight-0 rows."""
+    the batch's longest text; full training batches; evaluation batches filled with weight-0
+    rows."""
     import tensorflow as tf
 
     seq_len = int(preprocessor.sequence_length)

@@ -127,6 +127,7 @@ RULES = {
     "train.time_limit": "a duration > 0: seconds, or e.g. 90s, 10m, 1h30m",
     "train.checkpoint_steps": "an integer >= 0",
     "train.steps_per_execution": "one of: 'auto' or an integer >= 1",
+    "train.static_min_length": "an integer >= 1",
     "train.huber_delta": "a number > 0",
     "train.label_smoothing": "a number in [0, 1)",
     "train.class_weight.g": "a number > 0",

@@ -362,6 +362,14 @@ class TrainConfig:
     # only the head on cached features (a step there costs less than Python's per-call work),
     # and 1 elsewhere. Callbacks, stop requests (SIGTERM) and step checkpoints act per call.
     steps_per_execution: Union[Literal["auto"], Count] = "auto"
+    # Static-shape batches (see `tftune.data.static_shapes`): texts padded to one of a few
+    # lengths (`static_min_length` (>= 1) and its doublings below the backbone's
+    # sequence_length, then the sequence_length; >= sequence_length: that length only),
+    # full training batches (the remainder dropped, other examples each epoch), evaluation
+    # batches filled with weight-0 rows (every example counted once), several steps a call.
+    # `auto` is on when the strategy is a TPU (a new shape is a new compilation there).
+    static_shapes: Literal["auto", "on", "off"] = "auto"
+    static_min_length: Count = 16
     # TensorBoard event files in runs/<name>/tensorboard: per-epoch metrics, each trained
     # group's learning rate, the stage boundaries (`tensorboard --logdir runs/<name>/tensorboard`).
     tensorboard: bool = False

@@ -14,9 +14,12 @@ reshuffles on every iteration from `seed`, as `Dataset.shuffle` does."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from tftune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tftune.data.static_shapes import StaticShapes
 
 IMAGE_CACHE_BYTES = 3 * 2**30  # in-memory cache budget for decoded training images
 TEXT_SHUFFLE = 50_000
@@ -58,6 +61,9 @@ class Pipeline:
     # id(split) -> (split, its source): a split is tokenised / decoded once however many
     # consumers (training, validation, the feature cache's fill) ask for it.
     _sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # `train.static_shapes`: the fixed batch shapes (see `tftune.data.static_shapes`), or
+    # None for batches shaped by their data (trimmed texts, a short last batch).
+    static: Optional["StaticShapes"] = None
 
     def source(self, ds):
         """The split's examples converted once and cached (reuse it for every epoch); the
@@ -94,7 +100,7 @@ class Pipeline:
         if self.variant is None:
             raise ConfigError(f"A {self.modality} pipeline takes no augmentation.")
         other = self.variant(augment)
-        other._sources, other.resample = self._sources, self.resample
+        other._sources, other.resample, other.static = self._sources, self.resample, self.static
         return other
 
     def prepare(self, ds, training: bool):
@@ -161,12 +167,20 @@ def balanced_counts(labels, num_classes: int) -> Callable[[int], "np.ndarray"]:
     return counts
 
 
-def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pipeline:
+def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int,
+                  static: bool = False, static_min_length: int = 16) -> Pipeline:
     """Tokenises once (cached), then batches texts of similar length together and trims each
-    batch to its longest text: short texts stop paying for the full sequence length."""
+    batch to its longest text: short texts stop paying for the full sequence length.
+
+    `static`: fixed batch shapes instead (`tftune.data.static_shapes`): texts padded to the
+    smallest of `static_min_length` and its doublings, up to the sequence length, that holds
+    the batch's longest text; full training batches; evaluation batches filled with weight-0
+    rows."""
     import tensorflow as tf
 
     seq_len = int(preprocessor.sequence_length)
+    if static:
+        return _static_text_pipeline(preprocessor, n_train, batch_size, seed, static_min_length)
     boundaries = tuple(b for b in LENGTH_BUCKETS if b < seq_len)
 
     def tokenize(x, y):
@@ -204,7 +218,7 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int) -> Pip
 
 
 def image_pipeline(n_train: int, batch_size: int, seed: int, augment=(), image_size=(224, 224),
-                   num_classes: Optional[int] = None) -> Pipeline:
+                   num_classes: Optional[int] = None, static: bool = False) -> Pipeline:
     """Decoded images are cached as uint8 when they fit the memory budget, shuffled, batched,
     then cast to float and augmented per batch (`data.augment`, see `tftune.data.augment`;
     `num_classes` for mixup / cutmix, whose batches carry class probabilities as labels)."""
@@ -244,15 +258,73 @@ def image_pipeline(n_train: int, batch_size: int, seed: int, augment=(), image_s
         n = int(ds.cardinality()) if int(ds.cardinality()) > 0 else 0
         if training:
             ds = pipe.shuffled(ds, n, epoch_seed)
-        ds = ds.batch(batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+        full = bool(training and static)  # static shapes: the remainder is dropped
+        ds = ds.batch(batch_size, drop_remainder=full).map(
+            to_float, num_parallel_calls=tf.data.AUTOTUNE)
         if training and augmenter is not None:
             ds = ds.enumerate().map(
                 lambda k, xy: augmented(k, xy, *batch_seed(epoch_seed)),
                 num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def filled(ds):  # static shapes: full evaluation batches, weight 0 on the filling
+        return batches(ds, False, None).map(pipe.static.fill,
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+
     pipe = Pipeline("image", batch_size, seed, source, batches, augment=tuple(augment),
-                    mixes=bool(augmenter and augmenter.mixes))
+                    mixes=bool(augmenter and augmenter.mixes), eval_fn=filled if static else None)
+    if static:
+        from tftune.data.static_shapes import StaticShapes
+
+        pipe.static = StaticShapes(batch_size)
     pipe.variant = lambda other: image_pipeline(n_train, batch_size, seed, other, image_size,
-                                                num_classes)
+                                                num_classes, static)
+    return pipe
+
+
+def _static_text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int,
+                          static_min_length: int = 16) -> Pipeline:
+    """`text_pipeline` with static shapes: texts bucketed by the static lengths and padded
+    to their bucket's length; full training batches (each bucket's remainder dropped, other
+    examples each epoch); evaluation batches filled to the batch size at weight 0."""
+    import tensorflow as tf
+
+    from tftune.data.static_shapes import StaticShapes, text_lengths
+
+    shapes = StaticShapes(batch_size, text_lengths(int(preprocessor.sequence_length),
+                                                   static_min_length))
+    boundaries = shapes.bucket_boundaries
+
+    def tokenize(x, y):
+        return tokenize_texts(preprocessor, x), y
+
+    def lengths(x):
+        return tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=-1)
+
+    def fit(x, y):
+        return shapes.fit_tokens(x, lengths(x)), y
+
+    def source(ds):
+        return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
+
+    def bucketed(ds, drop_remainder):
+        return ds.bucket_by_sequence_length(
+            lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1),
+            drop_remainder=drop_remainder)
+
+    def fitted(batched):
+        return batched.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def batches(ds, training, epoch_seed):
+        if training:
+            ds = bucketed(pipe.shuffled(ds, n_train, epoch_seed), drop_remainder=True)
+            return fitted(ds).map(shapes.full).prefetch(tf.data.AUTOTUNE)
+        return fitted(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+    def eval_batches(ds):
+        out = fitted(bucketed(ds, drop_remainder=False))
+        return out.map(shapes.fill, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries,
+                    eval_fn=eval_batches, static=shapes)
     return pipe

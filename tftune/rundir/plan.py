@@ -22,7 +22,23 @@ RESUME_FREE = ("output_dir", "train.distribute", "train.tpu", "train.verbose",
 
 def comparable(cfg: RecipeConfig) -> dict:
     flat = _flatten(to_dict(cfg))
-    return {k: v for k, v in flat.items() if not k.startswith(RESUME_FREE)}
+    out = {k: v for k, v in flat.items() if not k.startswith(RESUME_FREE)}
+    # `train.static_shapes: auto` makes other batches on a TPU: a checkpoint's position in an
+    # epoch means other examples there, so the digest a checkpoint keeps tells them apart
+    # (only when on: the digests of runs without static shapes stay as they were).
+    if cfg.train.static_shapes == "auto" and _auto_static(cfg):
+        out[STATIC_AUTO_ON] = True
+    return out
+
+
+STATIC_AUTO_ON = "train.static_shapes (auto: on, a TPU)"
+
+
+def _auto_static(cfg: RecipeConfig) -> bool:
+    from tftune.data.static_shapes import enabled
+    from tftune.runtime.distribute import resolve
+
+    return enabled("auto", resolve(cfg.train.distribute, cfg.train.tpu))
 
 
 def _flatten(data: Any, prefix: str = "") -> dict:
@@ -93,9 +109,17 @@ def plan_run_dir(cfg: RecipeConfig, run: Path, resume: bool, overwrite: bool):
     if loaded.state.config_digest and loaded.state.config_digest != ckpt.digest(now):
         raise TftuneError(
             f"Cannot resume {run}: its checkpoint was written for another config than its "
-            f"{layout.CONFIG_FILE}. Pass --overwrite to start again."
+            f"{layout.CONFIG_FILE}{_static_hint(cfg)}. Pass --overwrite to start again."
         )
     return loaded
+
+
+def _static_hint(cfg: RecipeConfig) -> str:
+    if cfg.train.static_shapes != "auto":
+        return ""
+    return (" (or with train.static_shapes: auto it was written with static-shape batches on a "
+            "TPU and is resumed without one, or the other way round: resume where it ran, or "
+            "set train.static_shapes: on / off in the recipe from the start)")
 
 
 RESTART = "restart"  # plan_run_dir: resume a run that stopped before its first checkpoint

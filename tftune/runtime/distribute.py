@@ -273,14 +273,16 @@ def _weighted(weight: float):
 
 
 def _padder(replicas: int):
-    """(x, y) -> (x, y, weight) with the batch padded to a multiple of `replicas`."""
+    """(x, y) -> (x, y, weight) with the batch padded to a multiple of `replicas`; an
+    (x, y, weight) batch (static shapes' filled evaluation batches) keeps its weights."""
     import tensorflow as tf
 
-    def pad(x, y):
+    def pad(x, y, weight=None):
         n = tf.shape(y)[0]
         extra = (replicas - n % replicas) % replicas
         index = tf.concat([tf.range(n), tf.zeros([extra], tf.int32)], axis=0)
-        weight = tf.concat([tf.ones([n]), tf.zeros([extra])], axis=0)
+        real = tf.ones([n]) if weight is None else tf.cast(weight, tf.float32)
+        weight = tf.concat([real, tf.zeros([extra])], axis=0)
         take = lambda t: tf.gather(t, index)  # noqa: E731
         return tf.nest.map_structure(take, x), take(y), weight
 

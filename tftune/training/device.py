@@ -246,12 +246,18 @@ def verbosity(setting: str) -> tuple[int, bool]:
 
 
 CACHED_HEAD_STEPS_PER_CALL = 32
+STATIC_STEPS_PER_CALL = 8
 
 
-def steps_per_execution(setting, plan, data) -> int:
+def steps_per_execution(setting, plan, data, static: bool = False) -> int:
     """`train.steps_per_execution` for the stage `plan` trains on `data` (its `StageData`):
     `auto` is 32 steps a call for a head trained on cached features, whose step (a few small
-    products) costs less than the Python and runtime work of a call, and 1 elsewhere."""
+    products) costs less than the Python and runtime work of a call; 8 with static shapes
+    (`train.static_shapes`: on a TPU a call's host round trip is what a step must not wait
+    for; the loop ends an epoch inside a call and resumes at call boundaries exactly); and 1
+    elsewhere."""
     if setting != "auto":
         return int(setting)
-    return CACHED_HEAD_STEPS_PER_CALL if data.cached and not plan.train_indices else 1
+    if data.cached and not plan.train_indices:
+        return CACHED_HEAD_STEPS_PER_CALL
+    return STATIC_STEPS_PER_CALL if static else 1

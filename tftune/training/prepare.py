@@ -69,12 +69,25 @@ class Prepared:
     stage_pipes: list = dataclasses.field(default_factory=list)
 
 
+def static_shapes(cfg: RecipeConfig) -> bool:
+    """Whether the run's batches have static shapes (`train.static_shapes`; `auto`: on when
+    the strategy `train.distribute` resolves to is a TPU)."""
+    from tftune.data.static_shapes import enabled
+    from tftune.runtime.distribute import resolve
+
+    if cfg.train.static_shapes != "auto":
+        return enabled(cfg.train.static_shapes, "default")
+    return enabled("auto", resolve(cfg.train.distribute, cfg.train.tpu))
+
+
 def _pipeline(cfg: RecipeConfig, splits: DataSplits, backbone, n_train: int, batch: int):
+    static = static_shapes(cfg)
     if splits.modality == "text":
-        return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed)
+        return pipeline.text_pipeline(backbone.preprocessor, n_train, batch, cfg.train.seed,
+                                      static, cfg.train.static_min_length)
     return pipeline.image_pipeline(
         n_train, batch, cfg.train.seed, tuple(cfg.data.augment), tuple(cfg.data.image_size),
-        num_classes=len(splits.class_names),
+        num_classes=len(splits.class_names), static=static,
     )
 
 
@@ -138,8 +151,16 @@ def prepare_run(cfg: RecipeConfig, splits: DataSplits, backbone, echo=print, wor
         # Length buckets make more (partly filled) batches than n / batch: count them once
         # (this also fills the tokenised cache), so schedules span the steps really run.
         steps_per_epoch = int(train_ds.reduce(0, lambda n, _: n + 1))
+    elif pipe.static is not None:  # the last partial batch is dropped
+        steps_per_epoch = n_train // batch
     else:
         steps_per_epoch = math.ceil(n_train / batch)
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"train.static_shapes drops each epoch's partial batches (per text length bucket), "
+            f"and the {n_train} training examples make no full batch of "
+            f"{cfg.train.batch_size}. Use a smaller train.batch_size (or a larger "
+            f"train.static_min_length), or train.static_shapes: off.")
     if worker is not None:
         steps_per_epoch = int(agree_max(float(worker.steps(steps_per_epoch))))
 

@@ -302,8 +302,9 @@ class Run:
             result = run_stage(
                 data.model, plan, self.task, data.train, data.val, self.prep.steps_per_epoch,
                 self._callbacks(plan, data), self.jit, self.verbose, distribution=self.dist,
-                steps_per_execution=steps_per_execution(self.cfg.train.steps_per_execution,
-                                                        plan, data),
+                steps_per_execution=steps_per_execution(
+                    self.cfg.train.steps_per_execution, plan, data,
+                    static=self.prep.pipe.static is not None),
                 resume=self._resume_stage if resuming else None, hooks=self._hooks(plan),
             )
         except Preempted:
@@ -578,9 +579,10 @@ class Run:
         if self.worker is not None:  # a worker's shard: tune on the whole split, as one device
             pipe = self.prep.pipe
             val_ds = pipe.eval_batches(pipe.source(self.splits.val))
-        for x, y in val_ds:
-            outputs.append(np.asarray(self.model(x, training=False), np.float32))
-            ys.append(np.asarray(y))
+        for x, y, *weight in val_ds:  # static shapes: weight-0 filling left out
+            keep = np.asarray(weight[0]) > 0 if weight else slice(None)
+            outputs.append(np.asarray(self.model(x, training=False), np.float32)[keep])
+            ys.append(np.asarray(y)[keep])
         return self.task.after_training(np.concatenate(ys), np.concatenate(outputs))
 
 

@@ -104,7 +104,7 @@ def stage_data(cfg, model, backbone, prep, stage_index: int, spill_dir: Optional
         return cache.batched(
             pipe.resampled(features, epoch_seed), pipe.batch_size, shuffle_buffer=buffer,
             seed=epoch_seed,
-            bucket_boundaries=pipe.bucket_boundaries, pad=pad,
+            bucket_boundaries=pipe.bucket_boundaries, pad=pad, static=pipe.static,
         )
 
     return StageData(plan.suffix, cached, val_b, tuple(caches), plan.boundary)

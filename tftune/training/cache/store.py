@@ -47,15 +47,18 @@ class FeatureCache:
         return max(1, min(wanted, int(self.count * self.memory_bytes / self.bytes_total)))
 
     def fill(self, plan: CachePlan, batches, length_fn: Optional[Callable] = None,
-             sub_batch: int = 0, progress: Optional[Callable[[int], None]] = None
-             ) -> "FeatureCache":
+             sub_batch: int = 0, progress: Optional[Callable[[int], None]] = None,
+             widths: Optional[Sequence[int]] = None) -> "FeatureCache":
         """Runs `plan.prefix` over `batches` of (x, y), once, in graph mode; `progress(n)` is
         called with the number of examples stored so far after every batch.
 
         With `length_fn` and `sub_batch`, each batch is a block of consecutive examples that
         runs as sub-batches of `sub_batch` texts of similar length, each trimmed to its
         longest text; the outputs are put back in the block's order. The features are the
-        ones the block's own batches would give (padding is masked), with far less padding."""
+        ones the block's own batches would give (padding is masked), with far less padding.
+        `widths` (static shapes): each sub-batch is padded to the smallest of these token
+        counts that holds its longest text, and to `sub_batch` rows (copies of its first,
+        whose outputs are dropped), so the prefix runs on a bounded set of shapes."""
         import tensorflow as tf
 
         start = time.perf_counter()
@@ -67,7 +70,7 @@ class FeatureCache:
                 else np.full(len(y), -1, dtype=np.int32)
             )
             if sub_batch and length_fn is not None:
-                feats = _by_length(prefix, x, lengths, sub_batch, plan.sequence_axes)
+                feats = _by_length(prefix, x, lengths, sub_batch, plan.sequence_axes, widths)
             else:
                 feats = [keras.ops.convert_to_numpy(f) for f in prefix(x)]
             self._add(feats, y, lengths, plan.sequence_axes)
@@ -151,9 +154,11 @@ class FeatureCache:
         self._shards = []
 
 
-def _by_length(prefix, x, lengths: np.ndarray, sub_batch: int, axes) -> list[np.ndarray]:
+def _by_length(prefix, x, lengths: np.ndarray, sub_batch: int, axes,
+               widths: Optional[Sequence[int]] = None) -> list[np.ndarray]:
     """`prefix` over the block `x` (a dict of [n, tokens] arrays) in sub-batches of similar
-    length, each trimmed to its longest text; outputs in the block's order, token axes
+    length, each trimmed to its longest text (or cut to the smallest of `widths` that holds
+    it, with its rows filled up to `sub_batch`); outputs in the block's order, token axes
     zero-padded to the block's longest text."""
     x = {k: np.asarray(v) for k, v in x.items()}
     n = len(lengths)
@@ -162,15 +167,20 @@ def _by_length(prefix, x, lengths: np.ndarray, sub_batch: int, axes) -> list[np.
     for first in range(0, n, sub_batch):
         rows = order[first: first + sub_batch]
         longest = max(int(lengths[rows].max()), 1)
-        part = {k: v[rows, :longest] if v.ndim >= 2 else v[rows] for k, v in x.items()}
-        feats = [keras.ops.convert_to_numpy(f) for f in prefix(part)]
+        taken = rows
+        if widths:  # static shapes: a bounded set of (rows, tokens)
+            longest = min([w for w in widths if w >= longest] or [max(widths)])
+            taken = np.concatenate([rows, np.repeat(rows[:1], sub_batch - len(rows))])
+        part = {k: v[taken, :longest] if v.ndim >= 2 else v[taken] for k, v in x.items()}
+        feats = [keras.ops.convert_to_numpy(f)[: len(rows)] for f in prefix(part)]
         if not out:
             width = max(int(lengths.max()), 1)
             out = [np.zeros((n, width, *f.shape[2:]) if axis is not None else (n, *f.shape[1:]),
                             dtype=f.dtype) for f, axis in zip(feats, axes)]
         for dest, f, axis in zip(out, feats, axes):
-            if axis is not None:
-                dest[rows, : f.shape[1]] = f
+            if axis is not None:  # (a static width may pass the block's longest text)
+                w = min(f.shape[1], dest.shape[1])
+                dest[rows, :w] = f[:, :w]
             else:
                 dest[rows] = f
     return out
@@ -185,13 +195,20 @@ def _ragged(values: Sequence[np.ndarray]):
 
 
 def batched(ds, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
-            bucket_boundaries: Optional[Sequence[int]] = None, pad: bool = False):
+            bucket_boundaries: Optional[Sequence[int]] = None, pad: bool = False,
+            static=None, training: bool = True):
     """Cached examples -> (features, label) batches, shuffled and bucketed like the uncached
-    pipeline (same buffer, seed and length buckets, so the same batches when exact)."""
+    pipeline (same buffer, seed and length buckets, so the same batches when exact).
+    `static` (the pipeline's `StaticShapes`): static-shape batches instead, full when
+    `training`, else filled at weight 0 (see `tftune.data.static_shapes`)."""
     import tensorflow as tf
 
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if static is not None:
+        from tftune.data.static_shapes import cached_batches
+
+        return cached_batches(ds, static, training, pad)
     if bucket_boundaries is not None:
         ds = ds.bucket_by_sequence_length(
             lambda x, y, n: n, list(bucket_boundaries),
@@ -222,7 +239,8 @@ def cached_datasets(plan: CachePlan, pipe, train_split, val_split, memory_bytes:
             report = progress("train" if training else "val") if progress else None
             if pipe.length_fn is not None:  # texts: blocks run in sub-batches of similar length
                 fc.fill(plan, pipe.blocks(pipe.source(split), FILL_BLOCK * pipe.batch_size),
-                        pipe.length_fn, sub_batch=pipe.batch_size, progress=report)
+                        pipe.length_fn, sub_batch=pipe.batch_size, progress=report,
+                        widths=pipe.static.lengths if pipe.static is not None else None)
             else:
                 fc.fill(plan, pipe.prepare(split, training=False), progress=report)
             # Validation batches only sum losses and hits: bucketed by length, unshuffled.
@@ -231,7 +249,7 @@ def cached_datasets(plan: CachePlan, pipe, train_split, val_split, memory_bytes:
                 shuffle_buffer=fc.shuffle_limit(pipe.shuffle_buffer(fc.count)) if training else 0,
                 seed=pipe.seed,
                 bucket_boundaries=pipe.bucket_boundaries,
-                pad=pad,
+                pad=pad, static=pipe.static, training=training,
             ))
     except BaseException:
         for c in caches:

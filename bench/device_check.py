@@ -49,10 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # the top block: what a staged fine-tune trains first); the whole model's is printed beside
 # it: a randomly initialised deep CNN with BatchNorm on batch statistics amplifies rounding
 # on the way down (bfloat16 MobileNetV2 here: ~0.5 over all variables, ~0.87 at the top; the
-# small BERT: 0.998); its probabilities differ by up to 0.043 in bfloat16 at the seed used,
-# hence 0.08 there. XLA in float32: reordered float32 sums only.
+# small BERT: 0.998); its probabilities differ by 0.043 in bfloat16 at the seed used, 0.083
+# in bfloat16 with XLA on a CPU, hence 0.1 there. These are checks for gross errors (an
+# unscaled or non-finite gradient, a wrong dtype), not a precision benchmark. XLA in
+# float32: reordered float32 sums only.
 TOP_FRACTION = 10
-TOLERANCES = {"float32": (1e-3, 1e-3, 0.999, 1.01), "bfloat16": (0.08, 0.03, 0.8, 1.25),
+TOLERANCES = {"float32": (1e-3, 1e-3, 0.999, 1.01), "bfloat16": (0.1, 0.03, 0.8, 1.25),
               "float16": (0.01, 0.01, 0.95, 1.05)}
 
 

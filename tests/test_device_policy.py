@@ -151,18 +151,6 @@ def test_describe_device_without_details_and_on_tpu_and_cpu(monkeypatch):
     assert dev.describe_device() == CPU_BF16
 
 
-@pytest.mark.parametrize("accelerator, setting, expected", [
-    (False, "auto", False), (True, "auto", True),
-    (False, "on", True), (True, "off", False),
-])
-def test_single_setting_helpers_follow_the_table(monkeypatch, accelerator, setting, expected):
-    monkeypatch.setattr(dev, "describe_device",
-                        lambda kind=None: gpus(A100) if accelerator else CPU_BF16)
-    assert dev.jit_setting(setting) is expected
-    assert dev.mixed_precision_policy("auto", "text") == "mixed_bfloat16"
-    assert dev.mixed_precision_policy("off", "text") == "float32"
-
-
 def test_a_model_with_a_layer_xla_cannot_compile_turns_xla_off():
     import keras
 

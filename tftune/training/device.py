@@ -215,27 +215,6 @@ def run_jit(precision: Precision, model, echo=print) -> bool:
     return precision.jit_compile
 
 
-# -- kept for callers of the single settings ------------------------------------------------
-
-
-def has_accelerator() -> bool:
-    """Whether TensorFlow sees a GPU or a TPU."""
-    import tensorflow as tf
-
-    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-
-
-def jit_setting(setting: str) -> bool:
-    """`train.jit_compile` on this machine (see `choose_precision`)."""
-    return choose_precision("off", setting, "image", describe_device()).jit_compile
-
-
-def mixed_precision_policy(setting: str, modality: str) -> str:
-    """The Keras dtype policy for `train.mixed_precision` on this machine (see
-    `choose_precision`)."""
-    return choose_precision(setting, "auto", modality, describe_device()).policy
-
-
 def verbosity(setting: str) -> tuple[int, bool]:
     """(Keras progress-bar verbose, whether to print tftune's one line per epoch)."""
     if setting == "bar" or (setting == "auto" and sys.stdout.isatty()):

@@ -129,7 +129,7 @@ def save_adapters(model, backbone_model, run: Path, spec: str, weights: Optional
     path = run / ADAPTERS_FILE
 
     def write(p):
-        with open(p, "wb") as f:
+        with p.open("wb") as f:  # a local file or a GFile (a run directory on a URL)
             np.savez(f, **arrays)
 
     atomic_write(path, write)
@@ -161,7 +161,9 @@ def load_adapters(model, backbone_model, run: Path, seed: int = 0) -> None:
     for path, meta in info["lora_layers"].items():
         enable([by_path[path]], meta["rank"], meta["alpha"], seed, 0)
     variables = {v.path: v for v in model.variables}
-    with np.load(run / ADAPTERS_FILE, allow_pickle=False) as data:
+    import io
+
+    with np.load(io.BytesIO((run / ADAPTERS_FILE).read_bytes()), allow_pickle=False) as data:
         missing = [k for k in data.files if k not in variables]
         if missing:
             raise TftuneError(

@@ -222,3 +222,135 @@ def test_csv_and_image_folder_read_from_ram(data, tmp_path):
     storage.path(url).write_bytes(local.read_bytes())
     splits = load_text_file(DataConfig(source="csv", path=url), 0)
     assert splits.class_names == ["neg", "pos"] and sum(splits.sizes.values()) == 20
+
+
+# ------------------------------------------------------------------------------------------
+# kill -9 during checkpoint publishing, marker protocol forced on local disk
+
+# Every point of a `marker` checkpoint write and prune (checkpoint._write_marked /
+# _prune_marked): files written, marker about to be written, marker written, the `latest`
+# hint written, an old checkpoint unmarked before its files go, pruning done.
+MARKER_POINTS = ("checkpoint:marker_begin", "checkpoint:unmarked", "checkpoint:variables_written",
+                 "checkpoint:state_written", "checkpoint:arrays_written", "checkpoint:begin",
+                 "checkpoint:latest_updated", "checkpoint:pruned")
+
+
+def marker_kill_plans(trials: int, reference_trace: list[str], seed: int = 0) -> list[str]:
+    """Per trial a `point#n` to pause at and kill: the points in MARKER_POINTS order, then at
+    random; n at random among the times the uninterrupted run reached the point."""
+    rng = random.Random(seed)
+    plans = []
+    for t in range(trials):
+        name = MARKER_POINTS[t] if t < len(MARKER_POINTS) else rng.choice(MARKER_POINTS)
+        reached = sum(1 for l in reference_trace if l.split("#")[0] == name)
+        assert reached, (name, "never reached by the uninterrupted run")
+        plans.append(f"{name}#{rng.randint(1, reached)}")
+    return plans
+
+
+def marker_integrity(run: Path) -> list[str]:
+    """What a reader could trust is sound: every checkpoint folder that has its marker matches
+    it, and `latest`, when it names a folder with a marker, names a sound one."""
+    problems = []
+    for folder in ckpt.folders(run):
+        if (folder / ckpt.STATE).is_file() and ckpt.verify(folder)[0] is None:
+            problems.append(f"{folder.name}: {ckpt.verify(folder)[1]}")
+    latest = run / ckpt.DIR / ckpt.LATEST
+    if latest.is_file():
+        named = run / ckpt.DIR / latest.read_text().strip()
+        if (named / ckpt.STATE).is_file() and ckpt.verify(named)[0] is None:
+            problems.append(f"latest -> {named.name}: {ckpt.verify(named)[1]}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def marker_reference(tmp_path_factory):
+    """The uninterrupted `tftune train` run (marker protocol on local disk) of test_resume's
+    image kill recipe: its trace, metrics, history and weights."""
+    import test_resume as tr
+
+    root = tmp_path_factory.mktemp("marker")
+    folder, cnn = make_image_folder(root / "images"), save_tiny_cnn(root / "cnn.keras")
+    path = root / "r.yaml"
+    path.write_text(yaml.safe_dump(resume_recipe(folder, cnn, root / "ref-runs", checkpoint_steps=3)))
+    saved = dict(tr.ENV)
+    tr.ENV[storage.PUBLISH_ENV] = "marker"
+    try:
+        proc = tr.start(["train", str(path)], root, root / "reference.trace", log_name="reference")
+        assert proc.wait(timeout=600) == 0, tr.output(proc)
+        run = root / "ref-runs" / "r"
+        yield {"recipe": path, "trace": tr.trace_lines(root / "reference.trace"),
+               "metrics": json.loads((run / "metrics.json").read_text()),
+               "history": tr.history_rows(run), "weights": tr.model_weights(run / "model.keras")}
+    finally:
+        tr.ENV.clear()
+        tr.ENV.update(saved)
+
+
+def marker_trial(index: int, pause: str, recipe_path: Path, base: Path, reference: dict) -> dict:
+    import test_resume as tr
+
+    work = base / f"trial{index:02d}"
+    work.mkdir(parents=True)
+    run = work / "runs" / "r"
+    args = ["train", str(recipe_path), "--output", str(work / "runs")]
+    proc = tr.start(args, work, work / "kill.trace", pause=pause, log_name="kill")
+    stopped = tr.wait_stopped(proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    landed = (tr.describe_landing(tr.trace_lines(work / "kill.trace"), ("pause", pause))
+              if stopped else f"{pause}: the process had exited ({proc.returncode}) first")
+    problems = marker_integrity(run)
+    unmarked = [f.name for f in ckpt.folders(run) if not (f / ckpt.STATE).is_file()]
+    resumed = tr.start(args + ["--resume"], work, work / "resume.trace", log_name="resume")
+    code = resumed.wait(timeout=600)
+    row = {"trial": index, "kill": landed, "stopped": stopped, "exit": code, "run": run,
+           "problems": problems, "unmarked": unmarked,
+           "from": tr.resumed_from(tr.output(resumed), run)}
+    if code == 0:
+        row["metric_diff"] = tr.metric_difference(json.loads((run / "metrics.json").read_text()),
+                                                  reference["metrics"])
+        row["history_equal"] = tr.history_rows(run) == reference["history"]
+        row["leftovers"] = sorted(p.name for p in run.iterdir() if p.name.startswith(".")
+                                  or p.name == ckpt.DIR)
+    else:
+        row["log"] = tr.output(resumed)[-2000:]
+    return row
+
+
+def test_kill_9_during_marker_publishing_then_resume(tmp_path, marker_reference, monkeypatch):
+    """kill -9 at the points of the rename-free checkpoint protocol (TFTUNE_PUBLISH=marker on
+    local disk, the protocol every URL uses): the resumed run ends exactly as the
+    uninterrupted one. 2 trials by default (the kill right before a marker, and between
+    unmarking an old checkpoint and deleting its files); TFTUNE_STORAGE_KILL_TRIALS=N runs N."""
+    import test_resume as tr
+
+    trials = int(os.environ.get("TFTUNE_STORAGE_KILL_TRIALS", "2"))
+    plans = marker_kill_plans(trials, marker_reference["trace"],
+                              seed=int(os.environ.get("TFTUNE_KILL_SEED", "0")))
+    monkeypatch.setitem(tr.ENV, storage.PUBLISH_ENV, "marker")
+    jobs = int(os.environ.get("TFTUNE_KILL_JOBS", "2"))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        rows = list(pool.map(lambda ip: marker_trial(ip[0] + 1, ip[1], marker_reference["recipe"],
+                                                     tmp_path, marker_reference),
+                             enumerate(plans)))
+    for r in rows:
+        if r["exit"] == 0:
+            r["weight_diff"] = tr.max_weight_difference(
+                tr.model_weights(r["run"] / "model.keras"), marker_reference["weights"])
+    print(f"\nkill -9 during marker publishing (TFTUNE_PUBLISH=marker, local disk): {trials} trials")
+    print(f"{'trial':>5} | {'where the kill landed':<72} | {'unmarked folders left':<24} | "
+          f"{'resumed from':<56} | ok  | metric diff | weight diff")
+    for r in rows:
+        ok = (r["exit"] == 0 and r["stopped"] and r.get("history_equal") and not r["problems"]
+              and not r.get("leftovers") and r.get("weight_diff", 1) < 1e-6)
+        print(f"{r['trial']:>5} | {r['kill']:<72} | {', '.join(r['unmarked']) or '-':<24} | "
+              f"{r['from']:<56} | {'yes' if ok else 'NO':<3} | "
+              f"{r.get('metric_diff', float('nan')):11.2e} | {r.get('weight_diff', float('nan')):.2e}")
+    for r in rows:
+        assert r["stopped"], r
+        assert r["exit"] == 0, (r["trial"], r["kill"], r.get("log"))
+        assert not r["problems"], (r["trial"], r["kill"], r["problems"])
+        assert r["history_equal"], (r["trial"], r["kill"])
+        assert not r["leftovers"], (r["trial"], r["leftovers"])
+        assert r["metric_diff"] < 1e-6 and r["weight_diff"] < 1e-6, r

@@ -132,6 +132,34 @@ def test_staged_run_evaluate_and_export_on_ram(data, eager):
     g.rmtree(images)
 
 
+def test_text_run_on_ram_keeps_its_preprocessor(tmp_path, tiny_bert_preset, eager):
+    """A text run (CSV on ram://, run directory on ram://): the KerasHub preprocessor preset
+    is uploaded into the run and read back by `tftune.load`, whose predictions are the
+    trained model's."""
+    import tensorflow as tf
+
+    import tftune
+    from tftune.config import config_from_dict
+
+    rows = [(f"{w} {w} words here", w) for w in ("good", "bad") for _ in range(10)]
+    url = ram("text") + "/t.csv"
+    storage.path(url).write_bytes(write_text_csv(tmp_path / "t.csv", rows).read_bytes())
+    out = ram("textrun")
+    result = tftune.train(config_from_dict({
+        "recipe": "text_classification", "name": "t", "output_dir": out,
+        "data": {"source": "csv", "path": url, "val_fraction": 0.2, "test_fraction": 0.2},
+        "backbone": {"spec": f"keras_hub:{tiny_bert_preset}", "sequence_length": 16},
+        "stages": [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2}],
+        "train": {"batch_size": 8, "verbose": "quiet"},
+    }), echo=lambda _: None)
+    assert tf.io.gfile.exists(f"{out}/t/preprocessor/tokenizer.json")
+    predictor = tftune.load(f"{out}/t")
+    texts = ["good good words here", "bad bad words here"]
+    expected = result.model.predict(predictor.preprocessor(tf.constant(texts)), verbose=0)
+    np.testing.assert_allclose(predictor.predict(texts), expected, atol=1e-5)
+    tf.io.gfile.rmtree(out)
+
+
 # ------------------------------------------------------------------------------------------
 # the marker protocol on ram://
 

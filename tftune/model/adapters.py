@@ -129,7 +129,14 @@ def save_adapters(model, backbone_model, run: Path, spec: str, weights: Optional
     path = run / ADAPTERS_FILE
 
     def write(p):
-        with p.open("wb") as f:  # a local file or a GFile (a run directory on a URL)
+        if not isinstance(p, Path):  # a run directory on a URL (gs://): one whole upload
+            import io
+
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            p.write_bytes(buffer.getvalue())
+            return
+        with open(p, "wb") as f:
             np.savez(f, **arrays)
 
     atomic_write(path, write)

@@ -227,6 +227,36 @@ def test_crash_before_the_marker_leaves_the_previous_checkpoint(monkeypatch):
     assert not root.exists()
 
 
+def test_an_interrupted_first_checkpoint_is_no_checkpoint(monkeypatch):
+    """(Found by the kill test: killed inside the run's first marker write, the resume said
+    "checkpoints are all unusable".) A marker folder without its marker is a write a kill
+    interrupted, like the rename protocol's `.tmp-` folders: the run has no checkpoint yet and
+    starts again; a published folder damaged since still counts (and is refused)."""
+    from tftune.runtime import faults
+
+    run = ram("first")
+    original = faults.point
+
+    def crash(name, detail=""):
+        original(name, detail)
+        if name == "checkpoint:arrays_written":
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(faults, "point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.write(run, ckpt.RunState(), {"model": small_variables()})
+    monkeypatch.undo()
+    root = storage.path(run) / ckpt.DIR
+    (root / "ckpt-000001-89abcdef").mkdir()  # as a kill leaves it: no cleanup ran
+    (root / "ckpt-000001-89abcdef" / "variables.index").write_bytes(b"x")
+    assert [f.name for f in ckpt.folders(run)] == ["ckpt-000001-89abcdef"]
+    assert ckpt.published(run) == [] and ckpt.latest(run) is None
+    written = ckpt.write(run, ckpt.RunState(), {"model": small_variables()})
+    assert ckpt.published(run) == [written] == ckpt.folders(run)  # the leftover is removed
+    (written / "variables.index").write_bytes(b"damaged")
+    assert ckpt.published(run) == [written] and ckpt.latest(run) is None
+
+
 # ------------------------------------------------------------------------------------------
 # data on ram://
 

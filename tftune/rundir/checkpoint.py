@@ -397,6 +397,16 @@ def folders(run_dir: Path) -> list[Path]:
     return [root / name for _, name in reversed(_listing(root))]
 
 
+def published(run_dir: Path) -> list[Path]:
+    """The folders that were published as checkpoints (usable or damaged since), newest first:
+    every `ckpt-NNNNNN/` of the `rename` protocol (renamed into place whole), and the
+    `marker` protocol's `ckpt-NNNNNN-<hex>/` that have their marker. A marker folder without
+    one is a write a kill interrupted, like the rename protocol's `.tmp-` folders: not a
+    checkpoint at all."""
+    return [f for f in folders(run_dir)
+            if f.name.count("-") == 1 or (f / STATE).is_file()]
+
+
 def latest(run_dir: Path) -> Optional[Loaded]:
     """The checkpoint to resume from: the one `latest` names if it verifies, else the newest
     one that does; None when there is none."""

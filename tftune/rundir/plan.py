@@ -68,8 +68,8 @@ def plan_run_dir(cfg: RecipeConfig, run: Path, resume: bool, overwrite: bool):
             f"(--set name=...) or --output directory."
         )
     loaded = ckpt.latest(run)
-    if loaded is None and ckpt.folders(run):
-        bad = "; ".join(f"{p.name}: {ckpt.verify(p)[1]}" for p in ckpt.folders(run))
+    if loaded is None and ckpt.published(run):
+        bad = "; ".join(f"{p.name}: {ckpt.verify(p)[1]}" for p in ckpt.published(run))
         raise TftuneError(
             f"Run directory {run} holds an unfinished run whose checkpoints are all unusable "
             f"({bad}). Pass --overwrite to start it again."

@@ -412,3 +412,14 @@ def test_kill_9_during_marker_publishing_then_resume(tmp_path, marker_reference,
         assert r["history_equal"], (r["trial"], r["kill"])
         assert not r["leftovers"], (r["trial"], r["leftovers"])
         assert r["metric_diff"] < 1e-6 and r["weight_diff"] < 1e-6, r
+
+
+def test_tfrecord_shards_read_from_ram():
+    from test_tfrecord_source import _data, colour_records, write_shards
+
+    from tftune.data import load_data
+
+    pattern = write_shards(storage.path(ram("records")), "train", colour_records(5, 0), 2)
+    assert pattern.startswith("ram://")
+    splits = load_data(_data(path=pattern, val_fraction=0.2, test_fraction=0.2), 0)
+    assert sum(splits.sizes.values()) == 15 and splits.modality == "image"

@@ -68,10 +68,15 @@ def test_paths_local_stay_pathlib_and_urls_go_through_gfile(tmp_path, monkeypatc
 
 
 def test_an_unknown_scheme_is_one_clear_error():
+    from helpers import assert_one_line_error, invoke
+
     from tftune.errors import TftuneError
 
     with pytest.raises(TftuneError, match=r"^Cannot use nosuchfs://b/r: "):
         storage.path("nosuchfs://b/r").exists()
+    assert_one_line_error(invoke("evaluate", "nosuchfs://b/r"), "Cannot use nosuchfs://b/r")
+    assert_one_line_error(invoke("export", "ram://nothing-here/r", "--format", "savedmodel"),
+                          "Run directory ram://nothing-here/r not found")
 
 
 # ------------------------------------------------------------------------------------------

@@ -123,9 +123,9 @@ def export(
     echo(f"Exporting {run.path.name} as {export_name(format, quantize)} "
          f"(verifying on {len(inputs)} examples from {examples.description})")
     if storage.is_url(dest):  # another process cannot see e.g. ram://: build and verify locally
-        echo(f"   {dest} is not on local disk: the export is built and verified (a SavedModel "
-             f"in a fresh process) in a local temporary folder, then uploaded with its "
-             f"{storage.MANIFEST}")
+        how = " (a SavedModel in a fresh process)" if format == "savedmodel" else ""
+        echo(f"   {dest} is not on local disk: the export is built and verified{how} in a "
+             f"local temporary folder, then uploaded with its {storage.MANIFEST}")
 
     with rundir.building_dir(dest) as tmp:
         rundir.write_json(tmp / rundir.CLASSES_FILE, run.class_names)

@@ -138,9 +138,9 @@ def test_staged_run_evaluate_and_export_on_ram(data, eager):
 
 
 def test_text_run_on_ram_keeps_its_preprocessor(tmp_path, tiny_bert_preset, eager):
-    """A text run (CSV on ram://, run directory on ram://): the KerasHub preprocessor preset
-    is uploaded into the run and read back by `tftune.load`, whose predictions are the
-    trained model's."""
+    """A text run (CSV on ram://, run directory on ram://; head, then LoRA): the KerasHub
+    preprocessor preset and the adapters file are uploaded into the run and read back by
+    `tftune.load` (from model.keras, and from base + adapters): the trained model's outputs."""
     import tensorflow as tf
 
     import tftune
@@ -154,14 +154,19 @@ def test_text_run_on_ram_keeps_its_preprocessor(tmp_path, tiny_bert_preset, eage
         "recipe": "text_classification", "name": "t", "output_dir": out,
         "data": {"source": "csv", "path": url, "val_fraction": 0.2, "test_fraction": 0.2},
         "backbone": {"spec": f"keras_hub:{tiny_bert_preset}", "sequence_length": 16},
-        "stages": [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2}],
+        "stages": [{"name": "head", "train": "head", "epochs": 1, "learning_rate": 1e-2},
+                   {"name": "lora", "train": "top:1", "peft": "lora", "epochs": 1,
+                    "learning_rate": 3e-2, "lora": {"rank": 2, "alpha": 4.0}}],
         "train": {"batch_size": 8, "verbose": "quiet"},
     }), echo=lambda _: None)
     assert tf.io.gfile.exists(f"{out}/t/preprocessor/tokenizer.json")
-    predictor = tftune.load(f"{out}/t")
+    assert tf.io.gfile.exists(f"{out}/t/adapters.weights.npz")  # a LoRA run keeps its adapters
     texts = ["good good words here", "bad bad words here"]
+    predictor = tftune.load(f"{out}/t")
     expected = result.model.predict(predictor.preprocessor(tf.constant(texts)), verbose=0)
     np.testing.assert_allclose(predictor.predict(texts), expected, atol=1e-5)
+    rebuilt = tftune.load(f"{out}/t", from_adapters=True)  # base + the adapters file on ram://
+    np.testing.assert_allclose(rebuilt.predict(texts), expected, atol=1e-5)
     tf.io.gfile.rmtree(out)
 
 

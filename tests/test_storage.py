@@ -267,6 +267,26 @@ def test_an_interrupted_first_checkpoint_is_no_checkpoint(monkeypatch):
     assert ckpt.published(run) == [written] and ckpt.latest(run) is None
 
 
+def test_a_local_run_may_change_its_publish_mode(tmp_path, monkeypatch):
+    """Checkpoints written with TFTUNE_PUBLISH=marker, then without it (a resume with another
+    environment): both kinds are read, pruned and removed; an unmarked leftover is dropped."""
+    run = tmp_path / "r"
+    a = small_variables()
+    monkeypatch.setenv(storage.PUBLISH_ENV, "marker")
+    first = ckpt.write(run, ckpt.RunState(epoch=1), {"model": a})
+    second = ckpt.write(run, ckpt.RunState(epoch=2), {"model": a})
+    (run / ckpt.DIR / "ckpt-000003-0123abcd").mkdir()  # a kill inside the third write
+    assert "-" in first.name[5:] and ckpt.latest(run).path == second
+    monkeypatch.delenv(storage.PUBLISH_ENV)
+    third = ckpt.write(run, ckpt.RunState(epoch=3), {"model": a})
+    assert third.name == "ckpt-000004" and ckpt.latest(run).path == third
+    assert [f.name for f in ckpt.folders(run)] == [third.name, second.name]
+    fourth = ckpt.write(run, ckpt.RunState(epoch=4), {"model": a})
+    assert [f.name for f in ckpt.folders(run)] == [fourth.name, third.name]
+    ckpt.remove(run)
+    assert not (run / ckpt.DIR).exists()
+
+
 # ------------------------------------------------------------------------------------------
 # data on ram://
 

@@ -277,12 +277,18 @@ def _prune(root, keep: int) -> None:
     if storage.publish_mode(root) == "marker":
         _prune_marked(root, keep)
         return
-    numbers = [n for n in _numbers(root) if n <= keep]
-    for n in numbers[:-KEEP]:
+    listing = [(n, name) for n, name in _listing(root) if n <= keep]
+    # A run that changed TFTUNE_PUBLISH: its marker folders without a marker are leftovers.
+    unmarked = [(n, name) for n, name in listing if "-" in name[5:]
+                and not (root / name / STATE).is_file()]
+    for n, name in unmarked:
+        shutil.rmtree(root / name, ignore_errors=True)
+    listing = [entry for entry in listing if entry not in unmarked]
+    for n, name in listing[:-KEEP]:  # `name`: a marker run's folders too, should the mode change
         # Renamed away first: a kill during the deletion then leaves a temporary folder
         # (removed below by the next prune), never a checkpoint folder with files missing.
-        doomed = root / f".tmp-removed-ckpt-{n:06d}"
-        os.rename(root / f"ckpt-{n:06d}", doomed)
+        doomed = root / f".tmp-removed-{name}"
+        os.rename(root / name, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
     for p in root.iterdir():
         if p.name.startswith(".tmp-") and p.is_dir():

@@ -21,7 +21,9 @@ How writes are published (`publish_mode`), since object stores have no rename:
   their rename (the local equivalent of that whole-object visibility); only checkpoints
   switch protocol, which is what the kill -9 test exercises (tests/test_storage.py).
   `ram://` is per-process memory, so a killed process's `ram://` run dir dies with it: the
-  kill test runs the marker protocol on local disk instead.
+  kill test runs the marker protocol on local disk instead. (TensorFlow's own checkpoint
+  writer still merges its shards under a temporary prefix, a copy on object stores; that
+  happens inside the folder before its marker, so no reader trusts it yet.)
 
 Folders that evaluate and export build (`building_dir`) are built on local disk in both
 modes; for a URL destination the finished folder is then uploaded file by file and its

@@ -380,7 +380,9 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
     from tftune.rundir.reader import open_run
 
     run = open_run(run_dir)
-    if output is not None and Path(output).exists() and not overwrite:
+    from tftune.rundir import storage
+
+    if output is not None and storage.path(output).exists() and not overwrite:
         raise TftuneError(f"{output} already exists. Pass --overwrite to replace it, or another --output.")
     fmt = fmt or ("jsonl" if output and Path(output).suffix.lower() in (".jsonl", ".json") else "csv")
     names, items = gather_inputs(run, inputs, column, literal, sys.stdin)
@@ -399,7 +401,7 @@ def predict(run_dir: str, inputs: tuple[str, ...], output, fmt, column, literal:
     else:
         from tftune import rundir
 
-        rundir.write_text(Path(output), text)
+        rundir.write_text(storage.path(output), text)
         click.echo(f"Wrote {len(names)} predictions to {output}", err=True)
 
 
@@ -464,8 +466,9 @@ def plot(run_dir: str) -> None:
     kept (best) epoch starred. `tftune train` writes it at the end of a run.
     """
     from tftune.evaluation import plots
+    from tftune.rundir import storage
 
-    click.echo(f"Wrote {plots.run_training_curves(Path(run_dir))}")
+    click.echo(f"Wrote {plots.run_training_curves(storage.path(run_dir))}")
 
 
 @main.group()

@@ -67,8 +67,11 @@ def _check_task(name: str) -> None:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> RecipeConfig:
-    """Reads a recipe YAML file, applies `KEY=VALUE` overrides and validates the result."""
-    path = Path(path)
+    """Reads a recipe YAML file (a local path or a `tf.io.gfile` URL such as a run directory's
+    `gs://.../config.yaml`), applies `KEY=VALUE` overrides and validates the result."""
+    from tftune.rundir import storage
+
+    path = storage.path(path) if storage.is_url(path) else Path(path)
     if not path.is_file():
         raise ConfigError(
             f"Recipe file not found: {path}. Run `tftune recipes` to list the bundled recipes."

@@ -12,6 +12,7 @@ import numpy as np
 from tftune.config import DataConfig
 from tftune.data.splits import DataSplits, class_index, stratified_split, subsample
 from tftune.errors import DataError
+from tftune.rundir import storage
 from tftune.runtime import faults
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -29,9 +30,8 @@ def list_class_folder(root: Path) -> tuple[list[str], list[str]]:
         )
     paths, labels = [], []
     for d in class_dirs:
-        files = sorted(
-            str(f) for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        found = d.walk_files() if storage.is_url(d) else (f for f in d.rglob("*") if f.is_file())
+        files = sorted(str(f) for f in found if f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise DataError(
                 f"Class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
@@ -52,11 +52,20 @@ def bad_images(paths: list[str]) -> list[str]:
     bad = []
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with Image.open(_image_file(p)) as im:
                 im.verify()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             bad.append(p)
     return bad
+
+
+def _image_file(p: str):
+    """`p` for a local file; the bytes of a `tf.io.gfile` URL (gs://, ram://) as a file."""
+    if not storage.is_url(p):
+        return p
+    import io
+
+    return io.BytesIO(storage.path(p).read_bytes())
 
 
 def check_images(paths: list[str], skip: bool = False, skip_option: Optional[str] = None) -> list[str]:
@@ -155,7 +164,7 @@ def load_image_folder(cfg: DataConfig, seed: int) -> DataSplits:
 
     if not cfg.path:
         raise DataError("data.path is not set. Point it at a folder of class folders.")
-    root = Path(resolve(cfg.path)).expanduser()
+    root = storage.path(resolve(cfg.path))  # a local folder or a tf.io.gfile URL
     if not root.is_dir():
         raise DataError(f"Image folder not found: {root}. Set data.path to an existing folder.")
     has_splits = (root / "train").is_dir()

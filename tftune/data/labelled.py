@@ -73,7 +73,9 @@ def load_labelled(
         from tftune.tasks import Classification
 
         task = Classification(class_names)
-    path = Path(resolve(str(spec))).expanduser()
+    from tftune.rundir import storage
+
+    path = storage.path(resolve(str(spec)))  # a local path or a tf.io.gfile URL
     from tftune.config import DataConfig
 
     cfg = DataConfig(text_column=text_column, label_column=label_column,

@@ -14,6 +14,7 @@ import numpy as np
 from tftune.config import DataConfig
 from tftune.data.splits import DataSplits, seeded_split
 from tftune.errors import DataError
+from tftune.rundir import storage
 
 
 ENCODING_FIX = "--set data.encoding={}"
@@ -29,6 +30,14 @@ def _codec(encoding: str) -> str:
 
 def _raw(path: Path):
     """Opens plain, .gz or .bz2 files as bytes."""
+    if storage.is_url(path):  # gs://, ram://: read through tf.io.gfile
+        path = storage.path(path)
+        raw = io.BytesIO(path.read_bytes())
+        if path.suffix == ".bz2":
+            return bz2.open(raw, "rb")
+        if path.suffix == ".gz":
+            return gzip.open(raw, "rb")
+        return raw
     if path.suffix == ".bz2":
         return bz2.open(path, "rb")
     if path.suffix == ".gz":
@@ -125,7 +134,7 @@ def load_text_file(cfg: DataConfig, seed: int, task=None) -> DataSplits:
         task = Classification()
     if not cfg.path:
         raise DataError(f"data.path is not set. Point it at a {cfg.source.upper()} file.")
-    path = Path(resolve(cfg.path)).expanduser()
+    path = storage.path(resolve(cfg.path))  # a local file or a tf.io.gfile URL
     if not path.is_file():
         raise DataError(f"Data file not found: {path}. Set data.path to an existing file.")
     rows = read_rows(path, cfg.source, cfg.delimiter, cfg.encoding)

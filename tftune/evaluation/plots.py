@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tftune import rundir
+from tftune.rundir import storage
 from tftune.errors import TftuneError
 
 TRAINING_CURVES_FILE = "training_curves.png"
@@ -29,17 +30,31 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, out_png: Path) -> Path:
-    out_png = Path(out_png)
+    out_png = storage.path(out_png)
+    if storage.is_url(out_png):  # matplotlib writes local files: the PNG's bytes, one upload
+        import io
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        rundir.atomic_write(out_png, lambda p: p.write_bytes(buffer.getvalue()))
+        return out_png
     rundir.atomic_write(out_png, lambda p: fig.savefig(str(p), format="png", bbox_inches="tight"))
     return out_png
 
 
 def read_history(history_csv: str | Path) -> list[dict]:
     """The rows of a run's history.csv; an unreadable or empty file is an error."""
-    path = Path(history_csv)
+    path = storage.path(history_csv)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        if storage.is_url(path):
+            import io
+
+            if not path.is_file():
+                raise FileNotFoundError(2, "No such file or directory")
+            rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        else:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
     except OSError as e:
         raise TftuneError(f"Cannot read {path}: {e.strerror or e}. Pass a run directory with a history.csv.") from None
     if not rows or "epoch" not in rows[0] or "loss" not in rows[0]:
@@ -104,8 +119,8 @@ def training_curves(history_csv: str | Path, out_png: str | Path,
         ax.set_xticks(x)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"Training curves ({Path(history_csv).parent.name})", fontsize=10)
-    return _save(fig, Path(out_png))
+    fig.suptitle(f"Training curves ({storage.path(history_csv).parent.name})", fontsize=10)
+    return _save(fig, storage.path(out_png))
 
 
 def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], out_png: str | Path,
@@ -131,7 +146,7 @@ def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], out_png: str | 
                 ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=10)
-    return _save(fig, Path(out_png))
+    return _save(fig, storage.path(out_png))
 
 
 def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out_png: str | Path,
@@ -150,7 +165,7 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], out_png: s
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, Path(out_png))
+    return _save(fig, storage.path(out_png))
 
 
 def regression(y_true: np.ndarray, y_pred: np.ndarray, out_png: str | Path,
@@ -178,7 +193,7 @@ def regression(y_true: np.ndarray, y_pred: np.ndarray, out_png: str | Path,
     ax.set_ylabel("examples")
     ax.grid(alpha=0.3)
     ax.set_title("Residuals", fontsize=10)
-    return _save(fig, Path(out_png))
+    return _save(fig, storage.path(out_png))
 
 
 def run_training_curves(run: Path) -> Path:

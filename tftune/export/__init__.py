@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tftune import rundir
+from tftune.rundir import storage
 from tftune.errors import ConfigError, TftuneError
 from tftune.export.base import (
     QUANTIZATIONS,
@@ -108,7 +109,7 @@ def export(
             f"{pairs[0]!r} and {pairs[1]!r} (its data.text_columns) of --data. Received: "
             f"--text-column {text_column!r}"
         )
-    dest = Path(output).expanduser() if output else run.path / "export" / export_name(format, quantize)
+    dest = storage.path(output) if output else run.path / "export" / export_name(format, quantize)
     if dest.exists() and not overwrite:
         raise TftuneError(
             f"Export folder {dest} already exists. Pass --overwrite to replace it, or choose "
@@ -121,6 +122,10 @@ def export(
     inputs = take_inputs(examples, samples)
     echo(f"Exporting {run.path.name} as {export_name(format, quantize)} "
          f"(verifying on {len(inputs)} examples from {examples.description})")
+    if storage.is_url(dest):  # another process cannot see e.g. ram://: build and verify locally
+        how = " (a SavedModel in a fresh process)" if format == "savedmodel" else ""
+        echo(f"   {dest} is not on local disk: the export is built and verified{how} in a "
+             f"local temporary folder, then uploaded with its {storage.MANIFEST}")
 
     with rundir.building_dir(dest) as tmp:
         rundir.write_json(tmp / rundir.CLASSES_FILE, run.class_names)

@@ -16,10 +16,10 @@ compared with the run's Keras model (model.keras).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tftune import rundir
+from tftune.rundir import storage
 from tftune.errors import TftuneError
 from tftune.export.base import Calibration, Exported, Steps, reference
 from tftune.runtime.progress import silent
@@ -45,9 +45,9 @@ class AdaptersExporter:
         artefact = tmp / ARTEFACT_DIR
         artefact.mkdir()
         for name in (peft.ADAPTERS_FILE, peft.ADAPTERS_INFO, rundir.CONFIG_FILE):
-            shutil.copy2(run.path / name, artefact / name)
+            storage.copy_file(run.path / name, artefact / name)
         if run.modality == "text":
-            shutil.copytree(run.path / rundir.PREPROCESSOR_DIR, artefact / rundir.PREPROCESSOR_DIR)
+            storage.copy_tree(run.path / rundir.PREPROCESSOR_DIR, artefact / rundir.PREPROCESSOR_DIR)
         rebuilt = adapters.rebuild(run, artefact)
         again = Predictor(rebuilt, run.class_names, run.modality, run.image_size,
                           predictor.preprocessor, run.task)

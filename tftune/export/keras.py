@@ -5,10 +5,10 @@ own units."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tftune import rundir
+from tftune.rundir import storage
 from tftune.export.base import Calibration, Exported, Steps, model_outputs, reference
 from tftune.runtime.progress import silent
 
@@ -28,7 +28,7 @@ class KerasExporter:
         if run.modality == "text":
             import keras_hub
 
-            shutil.copytree(run.path / rundir.PREPROCESSOR_DIR, tmp / rundir.PREPROCESSOR_DIR)
+            storage.copy_tree(run.path / rundir.PREPROCESSOR_DIR, tmp / rundir.PREPROCESSOR_DIR)
             preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
                 str(tmp / rundir.PREPROCESSOR_DIR))
         reloaded = keras.saving.load_model(str(artefact), compile=False)

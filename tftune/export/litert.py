@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tftune import rundir
+from tftune.rundir import storage
 from tftune.errors import TftuneError
 from tftune.export.base import Calibration, Exported, Steps, reference
 from tftune.runtime.progress import Progress, silent
@@ -259,7 +260,7 @@ def _failed_op(error: BaseException) -> Optional[str]:
 def write_tokenizer_files(run, predictor, tmp: Path) -> None:
     """The tokenizer's files (vocabulary) and TOKENIZE.md: how to make the LiteRT inputs."""
     source = run.path / rundir.PREPROCESSOR_DIR
-    shutil.copytree(source, tmp / rundir.PREPROCESSOR_DIR)
+    storage.copy_tree(source, tmp / rundir.PREPROCESSOR_DIR)
     vocab_files = sorted((tmp / rundir.PREPROCESSOR_DIR / "assets" / "tokenizer").glob("*"))
     for f in vocab_files:
         shutil.copy2(f, tmp / f.name)

@@ -129,6 +129,13 @@ def save_adapters(model, backbone_model, run: Path, spec: str, weights: Optional
     path = run / ADAPTERS_FILE
 
     def write(p):
+        if not isinstance(p, Path):  # a run directory on a URL (gs://): one whole upload
+            import io
+
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            p.write_bytes(buffer.getvalue())
+            return
         with open(p, "wb") as f:
             np.savez(f, **arrays)
 
@@ -161,7 +168,9 @@ def load_adapters(model, backbone_model, run: Path, seed: int = 0) -> None:
     for path, meta in info["lora_layers"].items():
         enable([by_path[path]], meta["rank"], meta["alpha"], seed, 0)
     variables = {v.path: v for v in model.variables}
-    with np.load(run / ADAPTERS_FILE, allow_pickle=False) as data:
+    import io
+
+    with np.load(io.BytesIO((run / ADAPTERS_FILE).read_bytes()), allow_pickle=False) as data:
         missing = [k for k in data.files if k not in variables]
         if missing:
             raise TftuneError(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
+from tftune.rundir import storage
 from tftune.rundir.io import atomic_write, write_text
 from tftune.rundir.layout import MODEL_FILE, PREPROCESSOR_DIR
 
@@ -24,6 +26,13 @@ def save_preprocessor(preprocessor, backbone_model, run: Path) -> Path:
 
     import keras_hub
 
+    run = storage.path(run)
+    if storage.is_url(run):  # KerasHub writes presets to local disk: built there, then uploaded
+        with tempfile.TemporaryDirectory(prefix="tftune-preprocessor-") as tmp:
+            local = save_preprocessor(preprocessor, backbone_model, Path(tmp))
+            storage.rmtree(run / PREPROCESSOR_DIR)
+            storage.upload_tree(local, run / PREPROCESSOR_DIR)
+        return run / PREPROCESSOR_DIR
     path = run / PREPROCESSOR_DIR
     preprocessor.save_to_preset(str(path))
     if isinstance(backbone_model, keras_hub.models.Backbone):

@@ -15,10 +15,21 @@ half-written where a resume would read it.
   rows, which variables the stage trains, the variables' paths and shapes, and the size and
   sha256 of every other file in the folder.
 
-A checkpoint is written into a temporary folder (`.tmp-ckpt-*`), synced, renamed into place,
-and only then named in `checkpoint/latest` (replaced atomically). Reading takes `latest`, or
-the newest folder whose files match its manifest; a folder that does not is never used. The
-two newest checkpoints are kept.
+How a checkpoint is published depends on where the run directory is
+(`tftune.rundir.storage.publish_mode`):
+
+- `rename` (local disk): written into a temporary folder (`.tmp-ckpt-*`), synced, renamed
+  into place, and only then named in `checkpoint/latest` (replaced atomically).
+- `marker` (any URL: `gs://`, `ram://`; local disk with `TFTUNE_PUBLISH=marker`): nothing is
+  renamed. The files are written straight into a folder of a fresh unique name
+  (`ckpt-000012-<8 hex>/`) and `state.json`, the manifest, is written last: it is the commit
+  marker. `latest` is then overwritten in place; it is a hint only.
+
+Either way, reading takes `latest`, or the newest folder whose files match its manifest; a
+folder without `state.json`, or whose files do not match it, is never used. The two newest
+checkpoints are kept; an old one is removed marker first (or renamed away first), so a kill
+during the removal never leaves a committed folder with files missing. Leftovers of writes a
+kill interrupted are removed by the next checkpoint, best effort: correctness never needs it.
 """
 
 from __future__ import annotations
@@ -30,11 +41,13 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from tftune.runtime import faults
 from tftune.errors import TftuneError
+from tftune.rundir import storage
 
 DIR = "checkpoint"
 LATEST = "latest"
@@ -42,7 +55,7 @@ STATE = "state.json"
 VARIABLES = "variables"
 FORMAT = 1
 KEEP = 2
-_NAME = re.compile(r"^ckpt-(\d{6,})$")
+_NAME = re.compile(r"^ckpt-(\d{6,})(?:-[0-9a-f]{8})?$")  # the suffix: `marker` publishing
 
 
 @dataclasses.dataclass
@@ -88,15 +101,13 @@ class RunState:
         return f"{stage}, epoch {self.epoch + 1}, " + (f"step {self.step}" if self.step else "start")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _sha256(path) -> str:
+    return storage.sha256(path)
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path) -> None:
+    if storage.is_url(path):
+        return  # an object store's write is durable when its upload returns
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -122,14 +133,20 @@ def _same_layout(saved: list, current: list) -> bool:
     )
 
 
-def _numbers(root: Path) -> list[int]:
+def _listing(root) -> list[tuple[int, str]]:
+    """(number, folder name) of every checkpoint folder under `root` (complete or not; never
+    the temporary ones), oldest first."""
     out = []
     if root.is_dir():
         for p in root.iterdir():
             m = _NAME.match(p.name)
             if m and p.is_dir():
-                out.append(int(m.group(1)))
+                out.append((int(m.group(1)), p.name))
     return sorted(out)
+
+
+def _numbers(root) -> list[int]:
+    return [n for n, _ in _listing(root)]
 
 
 def write(run_dir: Path, state: RunState, variables: Mapping[str, Sequence],
@@ -142,7 +159,7 @@ def write(run_dir: Path, state: RunState, variables: Mapping[str, Sequence],
     import numpy as np
     import tensorflow as tf
 
-    root = Path(run_dir) / DIR
+    root = storage.path(run_dir) / DIR
     faults.point("checkpoint:begin")
     if not writer:
         scratch = Path(tempfile.mkdtemp(prefix="tftune-ckpt-"))
@@ -154,6 +171,10 @@ def write(run_dir: Path, state: RunState, variables: Mapping[str, Sequence],
         return None
     root.mkdir(parents=True, exist_ok=True)
     number = (_numbers(root) or [0])[-1] + 1
+    if storage.publish_mode(root) == "marker":
+        final = _write_marked(root, number, state, variables, arrays)
+        _prune(root, keep=number)
+        return final
     name = f"ckpt-{number:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
     try:
@@ -192,21 +213,111 @@ def write(run_dir: Path, state: RunState, variables: Mapping[str, Sequence],
     return final
 
 
-def _prune(root: Path, keep: int) -> None:
+def _npz_bytes(values) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(a) for a in values])
+    return buffer.getvalue()
+
+
+def _write_marked(root, number: int, state: RunState, variables, arrays):
+    """`marker` publishing: the files straight into `ckpt-NNNNNN-<8 hex>/`, then `state.json`
+    (the manifest, the commit marker) last, then the `latest` hint. No rename anywhere."""
+    import tensorflow as tf
+
+    name = f"ckpt-{number:06d}-{uuid.uuid4().hex[:8]}"
+    folder = root / name
+    marked = False
+    try:
+        folder.mkdir(parents=True, exist_ok=False)
+        with storage.storage_errors(folder):
+            tf.train.Checkpoint(**{g: list(v) for g, v in variables.items()}).write(
+                str(folder / VARIABLES))
+        faults.point("checkpoint:variables_written")
+        for key, values in dict(arrays).items():
+            _write_durably(folder / f"{key}.npz", _npz_bytes(values))
+        faults.point("checkpoint:arrays_written")
+        manifest = {}
+        for p in sorted(folder.iterdir(), key=lambda q: q.name):
+            if p.name == STATE:
+                continue
+            _fsync(p)
+            manifest[p.name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        state.variables = _layout(variables)
+        payload = {"format": FORMAT, "state": dataclasses.asdict(state), "files": manifest}
+        faults.point("checkpoint:marker_begin")
+        marked = True  # from here on the folder may be committed: never deleted on error
+        _write_durably(folder / STATE, json.dumps(payload, indent=1).encode())
+        _fsync(folder)
+        faults.point("checkpoint:state_written")
+        _write_durably(root / LATEST, (name + "\n").encode())  # a hint: readers verify
+        _fsync(root)
+        faults.point("checkpoint:latest_updated")
+    except BaseException:
+        if not marked:
+            storage.rmtree(folder)
+        raise
+    return folder
+
+
+def _write_durably(path, data: bytes) -> None:
+    """Writes `data` into `path` in place (no rename): synced on local disk; one upload on a URL."""
+    if storage.is_url(path):
+        path.write_bytes(data)
+        return
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _prune(root, keep: int) -> None:
     """Removes all but the KEEP newest checkpoints (up to `keep`), and leftover temporary
     folders of checkpoints that were being written when a process died."""
-    numbers = [n for n in _numbers(root) if n <= keep]
-    for n in numbers[:-KEEP]:
+    if storage.publish_mode(root) == "marker":
+        _prune_marked(root, keep)
+        return
+    listing = [(n, name) for n, name in _listing(root) if n <= keep]
+    # A run that changed TFTUNE_PUBLISH: its marker folders without a marker are leftovers.
+    unmarked = [(n, name) for n, name in listing if "-" in name[5:]
+                and not (root / name / STATE).is_file()]
+    for n, name in unmarked:
+        shutil.rmtree(root / name, ignore_errors=True)
+    listing = [entry for entry in listing if entry not in unmarked]
+    for n, name in listing[:-KEEP]:  # `name`: a marker run's folders too, should the mode change
         # Renamed away first: a kill during the deletion then leaves a temporary folder
         # (removed below by the next prune), never a checkpoint folder with files missing.
-        doomed = root / f".tmp-removed-ckpt-{n:06d}"
-        os.rename(root / f"ckpt-{n:06d}", doomed)
+        doomed = root / f".tmp-removed-{name}"
+        os.rename(root / name, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
     for p in root.iterdir():
         if p.name.startswith(".tmp-") and p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         elif p.name.startswith(f".{LATEST}.") and p.is_file():
             p.unlink()  # rundir.atomic_write's temporary file, left by a kill
+    faults.point("checkpoint:pruned")
+
+
+def _prune_marked(root, keep: int) -> None:
+    """`marker` pruning: all but the KEEP newest committed folders (up to `keep`) lose their
+    marker first, then their files; uncommitted folders older than `keep` (writes a kill
+    interrupted) are removed too. Best effort: a leftover is never read."""
+    listing = [(n, name) for n, name in _listing(root) if n <= keep]
+    committed = [(n, name) for n, name in listing if (root / name / STATE).is_file()]
+    doomed = committed[:-KEEP]
+    for n, name in doomed:
+        (root / name / STATE).unlink(missing_ok=True)
+        faults.point("checkpoint:unmarked")
+        storage.rmtree(root / name)
+    for n, name in listing:
+        if n < keep and (n, name) not in committed:
+            storage.rmtree(root / name)
+    for p in root.iterdir():  # the `rename` protocol's leftovers, should the mode have changed
+        if p.name.startswith(".tmp-") or p.name.startswith(f".{LATEST}."):
+            storage.rmtree(p)
     faults.point("checkpoint:pruned")
 
 
@@ -224,6 +335,10 @@ class Loaded:
         p = self.path / f"{key}.npz"
         if not p.is_file():
             return None
+        if storage.is_url(p):
+            import io
+
+            p = io.BytesIO(p.read_bytes())
         with np.load(p, allow_pickle=False) as data:
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
@@ -248,8 +363,9 @@ class Loaded:
                     f"backbone or the recipe changed since it was written. Pass --overwrite to "
                     f"start the run again."
                 )
-        status = tf.train.Checkpoint(**{g: list(v) for g, v in variables.items()}).read(
-            str(self.path / VARIABLES))
+        with storage.storage_errors(self.path):
+            status = tf.train.Checkpoint(**{g: list(v) for g, v in variables.items()}).read(
+                str(self.path / VARIABLES))
         status.expect_partial()
         status.assert_existing_objects_matched()
 
@@ -257,6 +373,7 @@ class Loaded:
 def verify(folder: Path) -> tuple[Optional[RunState], str]:
     """(state, "") when `folder` is a complete checkpoint whose files match its manifest,
     else (None, why not)."""
+    folder = storage.path(folder)
     try:
         payload = json.loads((folder / STATE).read_text())
     except FileNotFoundError:
@@ -285,17 +402,27 @@ def verify(folder: Path) -> tuple[Optional[RunState], str]:
 
 def folders(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders (complete or not; never the temporary ones), newest first."""
-    root = Path(run_dir) / DIR
-    return [root / f"ckpt-{n:06d}" for n in reversed(_numbers(root))]
+    root = storage.path(run_dir) / DIR
+    return [root / name for _, name in reversed(_listing(root))]
+
+
+def published(run_dir: Path) -> list[Path]:
+    """The folders that were published as checkpoints (usable or damaged since), newest first:
+    every `ckpt-NNNNNN/` of the `rename` protocol (renamed into place whole), and the
+    `marker` protocol's `ckpt-NNNNNN-<hex>/` that have their marker. A marker folder without
+    one is a write a kill interrupted, like the rename protocol's `.tmp-` folders: not a
+    checkpoint at all."""
+    return [f for f in folders(run_dir)
+            if f.name.count("-") == 1 or (f / STATE).is_file()]
 
 
 def latest(run_dir: Path) -> Optional[Loaded]:
     """The checkpoint to resume from: the one `latest` names if it verifies, else the newest
     one that does; None when there is none."""
-    root = Path(run_dir) / DIR
+    root = storage.path(run_dir) / DIR
     if not root.is_dir():
         return None
-    order = [f"ckpt-{n:06d}" for n in reversed(_numbers(root))]
+    order = [name for _, name in reversed(_listing(root))]
     try:
         named = (root / LATEST).read_text().strip()
     except OSError:
@@ -315,8 +442,14 @@ def latest(run_dir: Path) -> Optional[Loaded]:
 def remove(run_dir: Path) -> None:
     """Deletes the run's checkpoints (after the run finished): renamed away first, so a kill
     during the deletion leaves a temporary folder, not a damaged `checkpoint/`."""
-    root = Path(run_dir) / DIR
+    root = storage.path(run_dir) / DIR
     if not root.exists():
+        return
+    if storage.publish_mode(root) == "marker":  # no rename: every marker first, then the files
+        (root / LATEST).unlink(missing_ok=True)
+        for _, name in _listing(root):
+            (root / name / STATE).unlink(missing_ok=True)
+        storage.rmtree(root)
         return
     doomed = Path(run_dir) / f".{DIR}-removed-{os.getpid()}"
     os.rename(root, doomed)

@@ -6,13 +6,19 @@ import csv
 import io
 from pathlib import Path
 
+from tftune.rundir import storage
 from tftune.rundir.io import write_text
 
 
 def read_rows(path: Path) -> list[dict]:
     """The rows of a history CSV (values as text); [] when there is none."""
     try:
-        with open(path, newline="") as f:
+        p = storage.path(path)
+        if storage.is_url(p):
+            if not p.is_file():
+                return []
+            return list(csv.DictReader(io.StringIO(p.read_text())))
+        with open(p, newline="") as f:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
@@ -27,4 +33,4 @@ def write_rows(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(Path(path), buffer.getvalue())
+    write_text(storage.path(path), buffer.getvalue())

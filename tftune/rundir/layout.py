@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from tftune.errors import TftuneError
+from tftune.rundir import storage
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
@@ -22,8 +23,9 @@ SKIPPED_FILE = "skipped_files.txt"  # data.skip_bad_files: the files left out, o
 
 
 def prepare(output_dir: str | Path, name: str, overwrite: bool) -> Path:
-    """Creates `output_dir/name`; an existing non-empty one is an error unless `overwrite`."""
-    run = Path(output_dir).expanduser() / name
+    """Creates `output_dir/name` (a local path or a URL, see `storage`); an existing non-empty
+    one is an error unless `overwrite`."""
+    run = storage.path(output_dir) / name
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         if not overwrite:
             state = (
@@ -35,7 +37,7 @@ def prepare(output_dir: str | Path, name: str, overwrite: bool) -> Path:
                 f"replace it, or pick another name (--set name=...) or --output directory."
             )
         if run.is_dir():
-            shutil.rmtree(run)
+            storage.rmtree(run) if storage.is_url(run) else shutil.rmtree(run)
         else:
             run.unlink()
     run.mkdir(parents=True, exist_ok=True)

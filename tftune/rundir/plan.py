@@ -12,7 +12,7 @@ from typing import Any
 from tftune.config import RecipeConfig, dump_config, load_recipe, to_dict
 from tftune.errors import TftuneError
 from tftune.rundir import checkpoint as ckpt
-from tftune.rundir import io, layout
+from tftune.rundir import io, layout, storage
 
 # Settings that say where and how a run computes, not what: a resume may change them.
 RESUME_FREE = ("output_dir", "train.distribute", "train.tpu", "train.verbose",
@@ -84,8 +84,8 @@ def plan_run_dir(cfg: RecipeConfig, run: Path, resume: bool, overwrite: bool):
             f"(--set name=...) or --output directory."
         )
     loaded = ckpt.latest(run)
-    if loaded is None and ckpt.folders(run):
-        bad = "; ".join(f"{p.name}: {ckpt.verify(p)[1]}" for p in ckpt.folders(run))
+    if loaded is None and ckpt.published(run):
+        bad = "; ".join(f"{p.name}: {ckpt.verify(p)[1]}" for p in ckpt.published(run))
         raise TftuneError(
             f"Run directory {run} holds an unfinished run whose checkpoints are all unusable "
             f"({bad}). Pass --overwrite to start it again."
@@ -140,7 +140,10 @@ def open_run_dir(cfg: RecipeConfig, run_path: Path, output_dir, overwrite: bool,
         # Temporary files of writes a kill interrupted (never read: they were not renamed).
         for p in run_path.iterdir():
             if _PARTIAL.match(p.name) or p.name == ".feature_cache":
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+                if storage.is_url(p):
+                    storage.rmtree(p)
+                else:
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
         return run_path, False
     run = layout.prepare(output_dir or cfg.output_dir, cfg.name, overwrite)
     io.write_text(run / layout.CONFIG_FILE, dump_config(cfg))

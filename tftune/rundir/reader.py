@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from tftune import rundir
+from tftune.rundir import storage
 from tftune.config import RecipeConfig, load_recipe
 from tftune.data.labelled import Examples
 from tftune.errors import ConfigError, DataError, TftuneError
@@ -89,7 +90,8 @@ class FinishedRun:
 
         path = self.path / rundir.PREPROCESSOR_DIR
         try:
-            return keras_hub.models.TextClassifierPreprocessor.from_preset(str(path))
+            with storage.local_copy(path) as local:  # KerasHub reads presets from local disk
+                return keras_hub.models.TextClassifierPreprocessor.from_preset(str(local))
         except Exception as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TftuneError(
@@ -147,7 +149,7 @@ def open_run(path: str | Path) -> FinishedRun:
 
     Raises TftuneError naming what is missing and what to do about it.
     """
-    run = Path(path).expanduser()
+    run = storage.path(path)  # a local path or a URL (gs://, ram://)
     if not run.exists():
         raise TftuneError(f"Run directory {run} not found. Pass the runs/<name>/ folder written by `tftune train`.")
     if not run.is_dir():

@@ -11,6 +11,7 @@ from typing import Optional
 import keras
 
 from tftune.errors import TftuneError
+from tftune.rundir import storage
 from tftune.rundir.history import read_rows, write_rows
 
 
@@ -23,7 +24,7 @@ class HistoryCSV(keras.callbacks.Callback):
 
     def __init__(self, path: Path, stage_index: int, stage_name: str, rows: Optional[list] = None):
         super().__init__()
-        self.path = Path(path)
+        self.path = storage.path(path)  # a local path or a URL (`tftune.rundir.storage`)
         self.stage_index = stage_index
         self.stage_name = stage_name
         self.rows = rows if rows is not None else read_rows(self.path)
@@ -113,7 +114,7 @@ class TensorBoardLog(keras.callbacks.Callback):
     def __init__(self, logdir: Path, stage_index: int, description: str, multipliers: dict,
                  rows: list):
         super().__init__()
-        self.logdir = Path(logdir)
+        self.logdir = storage.path(logdir)  # tf.summary writes to gs:// etc. itself
         self.stage_index = stage_index
         self.description = description
         self.multipliers = dict(multipliers)

@@ -21,6 +21,7 @@ from tftune.model import adapters, peft
 from tftune import rundir
 from tftune.rundir import checkpoint as ckpt
 from tftune.rundir import plan as run_plan
+from tftune.rundir import storage
 from tftune.runtime import distribute, faults
 from tftune.runtime.preemption import Preempted, StopRequest, watch
 from tftune.training.device import (choose_precision, describe_device, resume_conflict,
@@ -89,7 +90,7 @@ def train(
     from tftune.training.budget import now
 
     started = now()
-    run_path = Path(output_dir or cfg.output_dir).expanduser() / cfg.name
+    run_path = storage.path(output_dir or cfg.output_dir) / cfg.name  # a local path or a URL
     # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs ops.
     dist = distribute.make_distribution(cfg.train.distribute, cfg.train.tpu)
     with watch() as stop, dist.scope():
@@ -288,7 +289,7 @@ class Run:
         if self.stop_requested():  # e.g. SIGTERM while loading: stop before the cache is built
             raise self.stopped_here()
         data = stage_data(self.cfg, self.model, self.backbone, self.prep, i,
-                          self.run / ".feature_cache", self.echo)
+                          self._feature_cache_dir(), self.echo)
         st = self.state
         resuming = self.loaded is not None and st.stage == i and (st.epoch or st.step or st.stopped)
         if self.budget is not None:
@@ -337,6 +338,11 @@ class Run:
         faults.point("stage_end", f"stage {i + 1}")
         if self.stop_requested():
             raise self.stopped_here()
+
+    def _feature_cache_dir(self):
+        """Where the feature cache spills: in the run directory on local disk; for a run
+        directory on a URL (`gs://`), the local temporary folder (None: the cache's default)."""
+        return None if storage.is_url(self.run) else self.run / ".feature_cache"
 
     # -- the time budget ----------------------------------------------------------------
 

@@ -387,6 +387,18 @@ def metric_difference(a: dict, b: dict) -> float:
     return max(diffs)
 
 
+def sigterm_then_resume(monkeypatch, train, cfg, out, step: int, where: str):
+    """SIGTERM at training step `step` of the run `train(cfg(out))`: it stops with a
+    checkpoint at `where` (e.g. "stage 2/2 'top', epoch 1, step 4 "); then the resumed run."""
+    from tftune.runtime.preemption import Preempted
+
+    sigterm_at(monkeypatch, "step", step)
+    with pytest.raises(Preempted, match=where):
+        train(cfg(out), echo=lambda _: None)
+    monkeypatch.undo()
+    return train(cfg(out), resume=True, echo=lambda _: None)
+
+
 def assert_same_run(resumed, reference, label: str = "resume") -> None:
     """A resumed (or otherwise re-made) run equals the uninterrupted one: the same variables,
     every weight within 1e-6, every val / test metric within 1e-6, the same history rows."""

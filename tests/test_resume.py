@@ -53,6 +53,7 @@ from helpers import (
     recording_steps,
     regression_csv,
     sigterm_at,
+    sigterm_then_resume,
     make_image_folder,
     make_sentence,
     save_tiny_cnn,
@@ -216,7 +217,6 @@ def test_resumed_stage_gets_its_trainability_from_the_stage(tmp_path, data, refe
 def test_text_run_resumes_mid_stage_with_bucketed_batches(tmp_path, tiny_bert_preset, monkeypatch):
     """Text: length-bucketed, trimmed batches and a cached top:1 stage (ragged features);
     stopped mid-epoch in stage 2 and resumed, the result equals the uninterrupted run's."""
-    from tftune.runtime.preemption import Preempted
     from tftune.training.runner import train
 
     rng = random.Random(1)
@@ -243,11 +243,8 @@ def test_text_run_resumes_mid_stage_with_bucketed_batches(tmp_path, tiny_bert_pr
         monkeypatch, lambda: train(cfg(tmp_path / "ref"), echo=lambda _: None))
     first_stage = steps.index("epoch 1 step 1", 1)  # stage 2 starts again at epoch 1 step 1
     assert first_stage >= 3, steps  # 24 texts in batches of 8, bucketed by length
-    sigterm_at(monkeypatch, "step", first_stage + 2)
-    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 1, step 2 "):
-        train(cfg(tmp_path / "cut"), echo=lambda _: None)
-    monkeypatch.undo()
-    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    resumed = sigterm_then_resume(monkeypatch, train, cfg, tmp_path / "cut", first_stage + 2,
+                                  "stage 2/2 'top', epoch 1, step 2 ")
     assert_same_run(resumed, reference)
 
 

@@ -20,7 +20,7 @@ from helpers import (
     metric_difference,
     recording_steps,
     save_tiny_cnn,
-    sigterm_at,
+    sigterm_then_resume,
     train_eagerly,
     write_text_csv,
 )
@@ -281,7 +281,6 @@ def test_static_run_resumes_mid_epoch_with_several_steps_a_call(tmp_path, tiny_b
                                                                  monkeypatch):
     """Static shapes, 2 steps a call, a cached top:1 stage: stopped mid-epoch in stage 2 and
     resumed, the result equals the uninterrupted run's."""
-    from tftune.runtime.preemption import Preempted
     from tftune.training.runner import train
 
     rows = _texts(60, seed=1, most=20)
@@ -301,11 +300,8 @@ def test_static_run_resumes_mid_epoch_with_several_steps_a_call(tmp_path, tiny_b
     assert len(steps) - first_stage >= 6, steps
     # SIGTERM during stage 2's step 3 (the first of the second call): the stop falls on the
     # call's boundary, after step 4.
-    sigterm_at(monkeypatch, "step", first_stage + 3)
-    with pytest.raises(Preempted, match="stage 2/2 'top', epoch 1, step 4 "):
-        train(cfg(tmp_path / "cut"), echo=lambda _: None)
-    monkeypatch.undo()
-    resumed = train(cfg(tmp_path / "cut"), resume=True, echo=lambda _: None)
+    resumed = sigterm_then_resume(monkeypatch, train, cfg, tmp_path / "cut", first_stage + 3,
+                                  "stage 2/2 'top', epoch 1, step 4 ")
     assert_same_run(resumed, reference)
 
 

@@ -295,6 +295,17 @@ class Length:
     epochs: int
     last_steps: Optional[int] = None
 
+    @classmethod
+    def planned(cls, epochs: float, steps_per_epoch: int) -> "Length":
+        """The length of a stage planned for `epochs` (maybe fractional) epochs."""
+        from tftune.training.budget import stage_steps
+
+        whole, last = stage_steps(epochs, steps_per_epoch)
+        return cls(whole, last if last < steps_per_epoch else None)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return (self.epochs - 1) * steps_per_epoch + (self.last_steps or steps_per_epoch)
+
 
 @dataclasses.dataclass
 class Hooks:

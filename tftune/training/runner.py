@@ -371,8 +371,6 @@ class Run:
         """`plan` with the epochs the budget gives it (None: skip the stage): whole epochs,
         and the steps of a last part of one. A resumed stage keeps the epochs planned when it
         began (its schedule spans them)."""
-        from tftune.training.budget import stage_steps
-
         i, budget, shapes = plan.index, self.budget, self.shapes
         if data.cached:
             budget.fill_measured(shapes[i], data.caches[0].seconds)
@@ -386,40 +384,43 @@ class Run:
             epochs = budget.stage_begins(i, shapes)
             if epochs is None:
                 epochs = plan.stage.epochs
-            self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
+            self._record_plan(i, epochs)
         if epochs == 0:
             return None
         from tftune.training import loop
 
-        per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
-        whole, last = stage_steps(epochs, per_epoch)
-        last = last if last < per_epoch else None
-        self.lengths[i] = loop.Length(whole, last)
+        length = self.lengths[i] = loop.Length.planned(
+            epochs, plan.stage.steps_per_epoch or self.prep.steps_per_epoch)
         stretches = tuple(tuple(r) for r in self.stretches.get(str(i), ())) if resuming else ()
-        return dataclasses.replace(plan, stage=dataclasses.replace(plan.stage, epochs=whole),
-                                   last_epoch_steps=last, stretches=stretches, stretchable=True)
+        return dataclasses.replace(
+            plan, stage=dataclasses.replace(plan.stage, epochs=length.epochs),
+            last_epoch_steps=length.last_steps, stretches=stretches, stretchable=True)
+
+    def _record_plan(self, i: int, epochs: float) -> None:
+        """Keeps stage `i`'s planned epochs for the checkpoints (2, not 2.0)."""
+        self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
 
     def _revised(self, plan):
         """What `budget.epoch_timer` calls when the budget plans stage `plan` again: the
         stage's length, its schedule stretched to the new length, both kept for a resume."""
-        from tftune.training.budget import stage_steps
+        from tftune.training import loop
         from tftune.training.optim import WarmupDecay
 
         i = plan.index
         per_epoch = plan.stage.steps_per_epoch or self.prep.steps_per_epoch
 
         def revised(epochs: float, model) -> None:
-            whole, last = stage_steps(epochs, per_epoch)
+            new = loop.Length.planned(epochs, per_epoch)
             optimizer = model.optimizer
             optimizer = getattr(optimizer, "inner_optimizer", optimizer)
             schedule = getattr(optimizer, "_learning_rate", None)
             if isinstance(schedule, WarmupDecay):
-                if not schedule.stretch(int(optimizer.iterations), (whole - 1) * per_epoch + last):
+                if not schedule.stretch(int(optimizer.iterations), new.total_steps(per_epoch)):
                     return  # its schedule cannot follow: the stage keeps its length
                 self.stretches[str(i)] = [list(r) for r in schedule.stretches]
-            self.planned[str(i)] = int(epochs) if float(epochs).is_integer() else float(epochs)
+            self._record_plan(i, epochs)
             length = self.lengths[i]
-            length.epochs, length.last_steps = whole, (last if last < per_epoch else None)
+            length.epochs, length.last_steps = new.epochs, new.last_steps
 
         return revised
 

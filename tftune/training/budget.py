@@ -110,6 +110,9 @@ class StageShape:
     epochs: int
     trained: float
     cacheable: bool
+    val_passes: float = 1.0
+    """Validation passes an epoch costs: 2 with a greedy soup (each epoch's weights are tried
+    once more in the soup at the stage's end), 1 otherwise."""
 
 
 @dataclasses.dataclass
@@ -193,12 +196,14 @@ class Budget:
         cached = stage.cacheable and stage.trained < 1
         fill = 0.0 if filled or not cached or f is None else f * (1 - stage.trained) * (1 + self.val_ratio)
         if index in self.measured:
-            return dataclasses.replace(self.measured[index], fill=fill)
+            measured = self.measured[index]
+            return Cost(fill, measured.train, measured.val * stage.val_passes)
         if f is None:
             return None
         if cached:
-            return Cost(fill, f * max(3 * stage.trained, 0.02), f * self.val_ratio * max(stage.trained, 0.02))
-        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio)
+            val = f * self.val_ratio * max(stage.trained, 0.02)
+            return Cost(fill, f * max(3 * stage.trained, 0.02), val * stage.val_passes)
+        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio * stage.val_passes)
 
     # -- the plan ------------------------------------------------------------------------
 
@@ -320,7 +325,8 @@ def stage_shapes(cfg, plans, pipes) -> list[StageShape]:
         groups = max(len(plan.group_names), 1)
         shapes.append(StageShape(plan.stage.name, plan.stage.epochs,
                                  len(plan.train_indices) / groups,
-                                 cfg.train.feature_cache != "off" and not pipe.random))
+                                 cfg.train.feature_cache != "off" and not pipe.random,
+                                 2.0 if plan.soup == "greedy" else 1.0))
     return shapes
 
 
@@ -364,7 +370,8 @@ def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached
     return EpochTimer()
 
 
-def val_estimate(budget: Budget, index: int, stage: StageShape) -> float:
-    """Seconds of stage `index`'s validation pass (0 while nothing is timed)."""
+def val_estimate(budget: Budget, index: int, stage: StageShape, soup_trials: int = 0) -> float:
+    """Seconds of stage `index`'s validation pass, and of the `soup_trials` validation passes
+    its soup still needs at the stage's end (0 while nothing is timed)."""
     cost = budget.estimate(index, stage, filled=True)
-    return cost.val if cost is not None else 0.0
+    return cost.val / stage.val_passes * (1 + soup_trials) if cost is not None else 0.0

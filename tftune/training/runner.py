@@ -424,13 +424,19 @@ class Run:
 
         return revised
 
-    def _out_of_time(self, plan):
+    def _out_of_time(self, plan, srun):
         from tftune.training.budget import val_estimate
 
         budget, shape = self.budget, self.shapes[plan.index]
+        kind = plan.soup
+
+        def soup_trials() -> int:
+            """Validation passes the stage's soup takes at its end, counting this epoch's."""
+            held = len(srun.snapshots.weights) + 1 if srun.snapshots is not None else 0
+            return (held - 1 if kind == "greedy" else 1) if held >= 2 else 0
 
         def out_of_time() -> bool:
-            if not budget.out_of_time(val_estimate(budget, plan.index, shape)):
+            if not budget.out_of_time(val_estimate(budget, plan.index, shape, soup_trials())):
                 return False
             if not budget.stopped_at_limit:
                 budget.stopped_at_limit = True
@@ -492,7 +498,7 @@ class Run:
                               stop_requested=self.stop_requested,
                               every_steps=self.cfg.train.checkpoint_steps,
                               length=self.lengths.get(i),
-                              **({"out_of_time": self._out_of_time(self.prep.plans[i])}
+                              **({"out_of_time": self._out_of_time(self.prep.plans[i], srun)}
                                  if self.budget is not None else {}))
 
         return hooks

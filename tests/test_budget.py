@@ -254,7 +254,10 @@ def test_a_run_with_a_greedy_soup_ends_within_its_limit(tmp_path, data, clock, m
     result, lines = run(recipe, clock)
     log = "\n".join(lines)
     assert "greedy soup of epochs" in log
-    assert result.metrics["time_limit"]["seconds"] <= 40, log
+    limit = result.metrics["time_limit"]
+    assert limit["seconds"] <= 40, log
+    assert limit["final_evaluation_seconds"] == 4  # validation and test, 2 fake seconds each
+    assert "the final evaluation took 4s" in log
 
 
 @pytest.mark.usefixtures("eager")

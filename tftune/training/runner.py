@@ -544,6 +544,7 @@ class Run:
         cfg, run = self.cfg, self.run
         evaluation = loop.Steps(self.model, self.task, self.dist)
         metrics: dict[str, Any] = {}
+        trained = self.spent() if self.budget is not None else 0.0
         for split, ds in (("val", self.prep.val_ds), ("test", self.prep.test_ds)):
             if ds is not None:
                 metrics[split] = evaluation.evaluate(ds)
@@ -556,6 +557,9 @@ class Run:
             metrics["time_limit"] = {
                 "limit": self.budget.limit, "planned_epochs": dict(self.planned),
                 "seconds": round(self.spent(), 1),
+                # where an overrun came from: the final evaluation against what was kept for it
+                "final_evaluation_seconds": round(self.spent() - trained, 1),
+                "kept_for_final_evaluation": round(self.budget.reserve(), 1),
                 "skipped_stages": [cfg.stages[i].name for i in self.skipped()],
                 "stopped_at_limit": self.budget.stopped_at_limit}
         faults.point("final:evaluated")
@@ -571,6 +575,11 @@ class Run:
         faults.point("final:metrics_written")
         ckpt.remove(run)  # finished: metrics.json and model.keras are the run's result
         summary = self.task.summary(metrics)
+        if self.budget is not None:
+            limit = metrics["time_limit"]
+            self.echo(f"   time budget: {limit['seconds']:.0f}s used of {limit['limit']:.0f}s; the final "
+                      f"evaluation took {limit['final_evaluation_seconds']:.0f}s, "
+                      f"{limit['kept_for_final_evaluation']:.0f}s were kept for it")
         if self.dist.is_chief:
             self.echo(f"Done in {metrics['seconds']:.0f}s: {summary}. Run directory: {run_path}")
         else:

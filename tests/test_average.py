@@ -142,3 +142,26 @@ def test_the_settings_are_checked(tmp_path, data):
         config_from_dict({"train": {"average": "swa"}})
     with pytest.raises(ConfigError, match=r"'train.ema_momentum'. Expected a number in \[0, 1\)"):
         config_from_dict({"train": {"ema_momentum": 1.0}})
+
+
+@pytest.mark.parametrize(("kind", "held", "passes"), [
+    ("greedy", 3, 2), ("uniform", 3, 1), ("greedy", 1, 0), ("none", 3, 0), ("ema", 3, 0),
+])  # fmt: skip
+def test_the_time_limit_counts_the_validation_passes_make_soup_takes(kind, held, passes):
+    """`average.trials` (what the time limit reserves for a soup) is the number of times
+    `make_soup` validates, on snapshots of `held` epochs."""
+    from types import SimpleNamespace
+
+    from tftune.training import average
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    snaps = average.Snapshots("val_accuracy")
+    for epoch in range(held):
+        snaps.epochs.append(epoch)
+        snaps.values.append(0.5 + 0.1 * epoch)
+        snaps.weights.append([np.full(w.shape, epoch, "float32") for w in model.get_weights()])
+    calls = []
+    task = SimpleNamespace(mode=lambda monitor: "max", better=lambda monitor, a, b: a > b)
+    if kind in average.KINDS:
+        average.make_soup(kind, model, lambda: calls.append(1) or 0.5, snaps, task)
+    assert average.trials(kind, held) == len(calls) == passes

@@ -74,6 +74,15 @@ class Soup:
     kept: bool  # whether the model now holds the soup
 
 
+def trials(kind: str, held: int) -> int:
+    """Validation passes `make_soup` takes for a `kind` soup of `held` epochs' weights: one
+    for each epoch a greedy soup tries after the best, one for a uniform soup, none for fewer
+    than two epochs."""
+    if kind not in KINDS or held < 2:
+        return 0
+    return held - 1 if kind == "greedy" else 1
+
+
 def make_soup(kind: str, model, evaluate, snaps: Snapshots, task, size: int = 3) -> Optional[Soup]:
     """Builds the `kind` soup from `snaps` into `model` (the fitted model, holding the best
     epoch's weights on entry); `evaluate()` gives the monitor's validation value of what the

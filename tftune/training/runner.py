@@ -425,15 +425,15 @@ class Run:
         return revised
 
     def _out_of_time(self, plan, srun):
+        from tftune.training import average
         from tftune.training.budget import val_estimate
 
         budget, shape = self.budget, self.shapes[plan.index]
-        kind = plan.soup
 
         def soup_trials() -> int:
-            """Validation passes the stage's soup takes at its end, counting this epoch's."""
+            """The validation passes of the stage's soup at its end, this epoch's weights included."""
             held = len(srun.snapshots.weights) + 1 if srun.snapshots is not None else 0
-            return (held - 1 if kind == "greedy" else 1) if held >= 2 else 0
+            return average.trials(plan.soup, held)
 
         def out_of_time() -> bool:
             if not budget.out_of_time(val_estimate(budget, plan.index, shape, soup_trials())):
@@ -544,7 +544,7 @@ class Run:
         cfg, run = self.cfg, self.run
         evaluation = loop.Steps(self.model, self.task, self.dist)
         metrics: dict[str, Any] = {}
-        trained = self.spent() if self.budget is not None else 0.0
+        trained = self.spent()  # the final evaluation's share of a time limit is logged
         for split, ds in (("val", self.prep.val_ds), ("test", self.prep.test_ds)):
             if ds is not None:
                 metrics[split] = evaluation.evaluate(ds)
@@ -554,11 +554,12 @@ class Run:
 
         metrics["seconds"] = round(now() - started, 1)
         if self.budget is not None:
+            spent = self.spent()
             metrics["time_limit"] = {
                 "limit": self.budget.limit, "planned_epochs": dict(self.planned),
-                "seconds": round(self.spent(), 1),
+                "seconds": round(spent, 1),
                 # where an overrun came from: the final evaluation against what was kept for it
-                "final_evaluation_seconds": round(self.spent() - trained, 1),
+                "final_evaluation_seconds": round(spent - trained, 1),
                 "kept_for_final_evaluation": round(self.budget.reserve(), 1),
                 "skipped_stages": [cfg.stages[i].name for i in self.skipped()],
                 "stopped_at_limit": self.budget.stopped_at_limit}

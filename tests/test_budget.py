@@ -174,6 +174,50 @@ def test_between_epochs_a_stage_is_planned_again_from_its_timed_epochs():
     assert b.revise(1, STAGES, done=3, planned=3) == 3  # the stage is over
 
 
+def test_checkpoints_are_part_of_an_epochs_cost():
+    """Each epoch ends with a checkpoint and each stage with one more: with checkpoints of
+    5 s, `all` (31 s an epoch of training and validation) costs 36 s an epoch and 5 s more
+    at its end. 60 s left, less an 8 s reserve that now holds the model's save (5 s):
+    (60 - 10 - 5) / 36 = 1.25 epochs, not the 1.67 the same budget gives without them."""
+    clock = Clock()
+    b = Budget(100, clock.t - 40, {"train": 1000, "val": 100, "test": 200}, print, clock=clock)
+    b.forward, b.save_seconds = 10.0, 5.0
+    cost = b.estimate(1, STAGES[1])
+    assert (cost.epoch, cost.need(2)) == (36.0, 77.0)
+    assert b.reserve() == pytest.approx(3 + 5 + 2)  # final evaluation, model save, 2 %
+    epochs, lines = b.plan(1, STAGES)
+    assert epochs == 1.25
+    assert "all 1.25 of 3 epoch(s) (~50s, 36s an epoch)" in lines[0]
+
+
+def test_the_final_evaluation_is_sized_from_a_timed_validation_pass():
+    """Until a stage has validated the whole model, the final evaluation (validation and
+    test) is estimated from the forward pass over train (10 s x 300/1000); once an uncached
+    stage's validation pass is timed (4 s over val), from that: 4 s x (100 + 200)/100. A
+    cached stage's validation runs only the trained part and does not count."""
+    clock = Clock()
+    b = Budget(100, clock.t, {"train": 1000, "val": 100, "test": 200}, print, clock=clock)
+    b.forward, b.RESERVE_FRACTION = 10.0, 0.0
+    assert b.reserve() == pytest.approx(3 + b.MIN_SAVE_SECONDS)
+    b.epoch_measured(0, STAGES[0], cached=True, train=0.5, val=0.1)
+    assert b.reserve() == pytest.approx(3 + b.MIN_SAVE_SECONDS)
+    b.epoch_measured(1, STAGES[1], cached=False, train=30.0, val=4.0)
+    assert b.reserve() == pytest.approx(12 + b.MIN_SAVE_SECONDS)
+
+
+def test_at_a_step_the_stage_stops_while_its_ending_still_fits():
+    """Ending a stage at a step takes its validation, the epoch's checkpoint and the stage's
+    checkpoint; the step check keeps room for all three before the final evaluation."""
+    clock = Clock()
+    b = Budget(100, clock.t, {"train": 1000, "val": 100, "test": 200}, print, clock=clock)
+    b.forward, b.save_seconds = 10.0, 4.0
+    room = b.reserve() + 2.0 + 2 * 4.0  # validation 2 s, two checkpoints
+    clock.t += 100 - room - 0.5
+    assert not b.out_of_time(2.0)
+    clock.t += 1.0
+    assert b.out_of_time(2.0)
+
+
 def test_nothing_measured_keeps_the_configured_epochs():
     clock = Clock()
     b = Budget(100, clock.t, {"train": 10, "val": 2}, print, clock=clock)
@@ -258,6 +302,37 @@ def test_a_run_with_a_greedy_soup_ends_within_its_limit(tmp_path, data, clock, m
     assert limit["seconds"] <= 40, log
     assert limit["final_evaluation_seconds"] == 4  # validation and test, 2 fake seconds each
     assert "the final evaluation took 4s" in log
+
+
+@pytest.mark.usefixtures("eager")
+def test_a_run_with_slow_checkpoints_and_evaluation_ends_within_its_limit(tmp_path, data,
+                                                                         clock, monkeypatch):
+    """Every checkpoint costs 2 fake seconds and every validation pass 1 (the final
+    evaluation's two passes included): the budget counts each epoch's checkpoint and the
+    stage's, and sizes the final evaluation from a timed validation pass, so the run ends
+    within its limit."""
+    from tftune.rundir import checkpoint
+    from tftune.training import loop
+
+    folder, cnn = data
+    write, evaluate = checkpoint.write, loop.Steps.evaluate
+
+    def slow_write(*args, **kwargs):
+        clock.t += 2
+        return write(*args, **kwargs)
+
+    def slow_evaluate(self, dataset):
+        clock.t += 1
+        return evaluate(self, dataset)
+
+    monkeypatch.setattr(checkpoint, "write", slow_write)
+    monkeypatch.setattr(loop.Steps, "evaluate", slow_evaluate)
+    result, lines = run(limited(folder, cnn, tmp_path, 40, top_epochs=6), clock)
+    log = "\n".join(lines)
+    limit = result.metrics["time_limit"]
+    assert limit["seconds"] <= 40, log
+    assert 1 < limit["planned_epochs"]["1"] < 6, log  # the limit did shorten the top stage
+    assert limit["final_evaluation_seconds"] == 2
 
 
 @pytest.mark.usefixtures("eager")

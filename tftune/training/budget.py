@@ -13,7 +13,11 @@ checked after every epoch:
   uncached, a forward pass plus a backward pass through the trained part, `forward x (1 + 2g)`;
   on cached features only the trained part runs, `forward x 3g` (and the fill before it,
   `forward x (1 - g)` over train and validation). Validation is a forward pass over the
-  validation split. A stage's own epochs, once timed, replace its estimate.
+  validation split. A stage's own epochs, once timed, replace its estimate. Every epoch ends
+  with a checkpoint and every stage with one more; each costs the slowest checkpoint so far.
+- **The final evaluation** (validation and test with the whole model, then saving it) is
+  sized from a timed validation pass of the whole model once an uncached stage has run one,
+  else from the forward pass over train.
 - **The plan:** when the remaining stages' configured epochs do not fit into what is left
   (less a reserve for the final evaluation and saving), each stage gets a share of the time
   left in proportion to what it would need, and as much training as fits into its share, in
@@ -26,10 +30,11 @@ checked after every epoch:
   its configured epochs) when they took less time than estimated, shortened when more, ended
   when not a tenth of an epoch fits. Its schedule's remaining part is stretched to the new
   length (`optim.WarmupDecay.stretch`), and the stretch is checkpointed with the plan.
-- **At the limit:** the loop checks the clock after every step. When only the validation
-  and the final evaluation still fit, the epoch ends there: it is validated, early stopping
-  keeps the best weights, and the stages after it are skipped. Nothing is written mid-step:
-  the stop goes through the same epoch end and checkpoint as any other.
+- **At the limit:** the loop checks the clock after every step. When only the validation,
+  the epoch's and the stage's checkpoints and the final evaluation still fit, the epoch ends
+  there: it is validated, early stopping keeps the best weights, and the stages after it
+  are skipped. Nothing is written mid-step: the stop goes through the same epoch end and
+  checkpoint as any other.
 
 The time spent is stored in every checkpoint, so `--resume` gets what is left of the budget.
 """
@@ -120,13 +125,15 @@ class Cost:
     fill: float  # seconds before the first epoch (a feature-cache fill)
     train: float  # seconds of one epoch's training steps
     val: float  # seconds of one validation pass
+    save: float = 0.0  # seconds of a checkpoint: one after each epoch, one at the stage's end
 
     @property
     def epoch(self) -> float:
-        return self.train + self.val
+        return self.train + self.val + self.save
 
-    def need(self, epochs: int) -> float:
-        return self.fill + epochs * self.epoch
+    def need(self, epochs: float) -> float:
+        """Seconds of the stage with `epochs` epochs (its fill and its closing checkpoint)."""
+        return self.fill + epochs * self.epoch + self.save
 
 
 class Budget:
@@ -151,7 +158,8 @@ class Budget:
         self.forward: Optional[float] = None  # seconds of one forward pass over train
         self.forward_from = ""
         self.measured: dict[int, Cost] = {}  # a stage's own epochs, once timed
-        self.save_seconds = 0.0
+        self.save_seconds = 0.0  # the slowest checkpoint so far
+        self.eval_seconds: Optional[float] = None  # a validation pass of the whole model
         self.stopped_at_limit = False
 
     # -- the clock -----------------------------------------------------------------------
@@ -164,9 +172,13 @@ class Budget:
 
     def reserve(self) -> float:
         """Seconds kept for the final evaluation (validation and test with the whole model)
-        and for saving the model."""
-        final = (self.forward or 0.05 * self.limit) * (self.val_ratio + self.test_ratio)
-        save = max(2 * self.save_seconds, self.MIN_SAVE_SECONDS)
+        and for saving the model: the evaluation from a timed validation pass of the whole
+        model when a stage has run one, else from the forward pass over train."""
+        if self.eval_seconds is not None and self.val_ratio > 0:
+            final = self.eval_seconds * (self.val_ratio + self.test_ratio) / self.val_ratio
+        else:
+            final = (self.forward or 0.05 * self.limit) * (self.val_ratio + self.test_ratio)
+        save = max(self.save_seconds, self.MIN_SAVE_SECONDS)
         return final + save + self.RESERVE_FRACTION * self.limit
 
     # -- measurements --------------------------------------------------------------------
@@ -182,6 +194,8 @@ class Budget:
                        val: float) -> None:
         """Stage `index` trained an epoch in `train` seconds and validated in `val`."""
         self.measured[index] = Cost(0.0, train, val)
+        if not cached:  # the whole model ran over the validation split
+            self.eval_seconds = val
         units = 3 * stage.trained if cached else 1 + 2 * stage.trained
         if units > 0.05:
             self.forward = train / units
@@ -192,18 +206,18 @@ class Budget:
     def estimate(self, index: int, stage: StageShape, filled: bool = False) -> Optional[Cost]:
         """Stage `index`'s costs: its own timed epochs when it has any, else the cost model's
         (None when nothing has been measured yet). `filled`: its cache is already filled."""
-        f = self.forward
+        f, save = self.forward, self.save_seconds
         cached = stage.cacheable and stage.trained < 1
         fill = 0.0 if filled or not cached or f is None else f * (1 - stage.trained) * (1 + self.val_ratio)
         if index in self.measured:
             measured = self.measured[index]
-            return Cost(fill, measured.train, measured.val * stage.val_passes)
+            return Cost(fill, measured.train, measured.val * stage.val_passes, save)
         if f is None:
             return None
         if cached:
             val = f * self.val_ratio * max(stage.trained, 0.02)
-            return Cost(fill, f * max(3 * stage.trained, 0.02), val * stage.val_passes)
-        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio * stage.val_passes)
+            return Cost(fill, f * max(3 * stage.trained, 0.02), val * stage.val_passes, save)
+        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio * stage.val_passes, save)
 
     # -- the plan ------------------------------------------------------------------------
 
@@ -232,7 +246,7 @@ class Budget:
         else:
             rest = left - sum(needs[k] for k in cheap)
             share = rest * needs[0] / max(sum(n for k, n in enumerate(needs) if k not in cheap), 1e-9)
-            epochs = min(float(wanted[0]), _hundredths((share - cost.fill) / max(cost.epoch, 1e-9)))
+            epochs = min(float(wanted[0]), _hundredths((share - cost.need(0)) / max(cost.epoch, 1e-9)))
             # A stage that begins needs half an epoch to fit (the limit may end it early).
             if epochs < 0.5 and done == 0:
                 epochs = 0.0
@@ -249,7 +263,7 @@ class Budget:
             if cost is None:
                 counts.append(None)
                 continue
-            n = min(float(want), max(0.0, _hundredths((seconds - cost.fill) / max(cost.epoch, 1e-9))))
+            n = min(float(want), max(0.0, _hundredths((seconds - cost.need(0)) / max(cost.epoch, 1e-9))))
             n = n if n >= 0.5 else 0.0
             seconds -= cost.need(n) if n else 0.0
             counts.append(n)
@@ -313,9 +327,10 @@ class Budget:
         return revised
 
     def out_of_time(self, val_seconds: float) -> bool:
-        """At a step boundary: whether only validation (`val_seconds`) and the final
-        evaluation still fit (the same answer on every worker)."""
-        return self.agree(self.left() < self.reserve() + val_seconds)
+        """At a step boundary: whether only what ending the stage here takes still fits
+        before the final evaluation: validation (`val_seconds`), the epoch's checkpoint and
+        the stage's (the same answer on every worker)."""
+        return self.agree(self.left() < self.reserve() + val_seconds + 2 * self.save_seconds)
 
 
 def stage_shapes(cfg, plans, pipes) -> list[StageShape]:

@@ -218,6 +218,42 @@ def test_at_a_step_the_stage_stops_while_its_ending_still_fits():
     assert b.out_of_time(2.0)
 
 
+def test_an_epoch_cut_short_is_timed_from_its_steps_after_the_first_call():
+    """The epoch timer extends an epoch that ran part of its 100 steps to a whole one: the
+    first call (tracing, the input's start) counted once, the later steps at their rate. An
+    epoch the limit ended after its first call, which took 40 s (a retrace, a slow host),
+    tells nothing about the rest: the stage keeps its earlier timing instead of planning
+    with 40 s x 100 steps."""
+    import types
+
+    clock = Clock()
+    b = Budget(10_000, clock.t, {"train": 1000, "val": 100, "test": 200}, print, clock=clock)
+    timer = budget_module.epoch_timer(b, 1, STAGES, cached=False, steps_per_epoch=100,
+                                      planned=lambda: 3.0, revised=lambda epochs, model: None)
+    timer.set_model(types.SimpleNamespace(stop_training=True))  # no replanning here
+
+    def epoch(calls, val=2.0):
+        """One epoch of `calls`: (steps, seconds) each."""
+        timer.on_epoch_begin(0)
+        step = 0
+        for steps, seconds in calls:
+            timer.on_train_batch_begin(step)
+            clock.t += seconds
+            step += steps
+            timer.on_train_batch_end(step - 1)
+        clock.t += val
+        timer.on_epoch_end(0)
+
+    epoch([(2, 3.0)])  # nothing timed before (a resumed stage): its one call, scaled
+    assert b.measured[1].train == pytest.approx(150.0)
+    epoch([(10, 15.0)] + [(10, 5.0)] * 9)  # whole: its own time
+    assert (b.measured[1].train, b.measured[1].val, b.eval_seconds) == (60.0, 2.0, 2.0)
+    epoch([(10, 12.0)] + [(10, 4.0)] * 2)  # 30 steps: 12 s, then 0.4 s a step for 90 more
+    assert b.measured[1].train == pytest.approx(12.0 + 0.4 * 90)
+    epoch([(1, 40.0)], val=3.0)  # one call: the training time is not extrapolated
+    assert b.measured[1].train == pytest.approx(48.0) and b.eval_seconds == 3.0
+
+
 def test_nothing_measured_keeps_the_configured_epochs():
     clock = Clock()
     b = Budget(100, clock.t, {"train": 10, "val": 2}, print, clock=clock)

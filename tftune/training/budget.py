@@ -190,12 +190,15 @@ class Budget:
             self.forward = seconds / frozen
             self.forward_from = f"the cache fill of stage {stage.name!r}"
 
-    def epoch_measured(self, index: int, stage: StageShape, cached: bool, train: float,
-                       val: float) -> None:
-        """Stage `index` trained an epoch in `train` seconds and validated in `val`."""
-        self.measured[index] = Cost(0.0, train, val)
+    def epoch_measured(self, index: int, stage: StageShape, cached: bool,
+                       train: Optional[float], val: float) -> None:
+        """Stage `index` trained an epoch in `train` seconds (None: it ran too little of one
+        to tell) and validated in `val`."""
         if not cached:  # the whole model ran over the validation split
             self.eval_seconds = val
+        if train is None:
+            return
+        self.measured[index] = Cost(0.0, train, val)
         units = 3 * stage.trained if cached else 1 + 2 * stage.trained
         if units > 0.05:
             self.forward = train / units
@@ -349,8 +352,12 @@ def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached
                 steps_per_epoch: int, planned: Callable[[], float],
                 revised: Callable[[float, Any], None]):
     """A Keras callback timing stage `index`'s epochs for the budget: training (from the
-    epoch's first step to its last, scaled to a whole epoch when the epoch resumed part-way or
-    ended early) and validation (from the last step to the epoch's end). Then it asks the
+    epoch's start to its last step) and validation (from the last step to the epoch's end).
+    An epoch that resumed part-way or ended early is extended to a whole one: its first call
+    (which holds any tracing and the input's start) once, the steps after it at their rate.
+    From a single call the stage keeps its earlier timing (one slow step times 300 would plan
+    the budget away); with none (a resumed stage), that call is scaled to a whole epoch,
+    which errs on the side of ending early. Then it asks the
     budget to plan the stage again (`planned()`: its epochs now): it ends the stage when
     nothing more fits, and calls `revised(epochs, model)` when the stage's length changes."""
     import keras
@@ -358,7 +365,7 @@ def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.begin = self.last = budget.clock()
-            self.first = self.final = None
+            self.first = self.final = self.first_end = None
 
         def on_train_batch_begin(self, batch, logs=None):
             if self.first is None:
@@ -366,12 +373,20 @@ def epoch_timer(budget: Budget, index: int, stages: Sequence[StageShape], cached
 
         def on_train_batch_end(self, batch, logs=None):
             self.last, self.final = budget.clock(), batch
+            if self.first_end is None:  # the first call: `first_steps` steps
+                self.first_end, self.first_steps = self.last, batch + 1 - self.first
 
         def on_epoch_end(self, epoch, logs=None):
             end = budget.clock()
-            ran = (self.final + 1 - self.first) if self.final is not None else 0
-            if ran:
-                train = (self.last - self.begin) * steps_per_epoch / ran
+            if self.final is not None:
+                ran = self.final + 1 - self.first
+                after = ran - self.first_steps  # steps after the first call
+                train = None
+                if after > 0:
+                    rate = (self.last - self.first_end) / after
+                    train = self.first_end - self.begin + rate * (steps_per_epoch - self.first_steps)
+                elif ran >= steps_per_epoch or index not in budget.measured:
+                    train = (self.last - self.begin) * steps_per_epoch / ran
                 budget.epoch_measured(index, stages[index], cached, train, end - self.last)
             if self.model.stop_training:
                 return

@@ -149,12 +149,12 @@ def tokenize_texts(preprocessor, x):
 
 
 def without_autotune(ds):
-    """`ds` with tf.data's autotuning off. Length-bucketed training epochs need this: with it
-    on, deleting an epoch's iterator (when the next epoch starts) waited ~50 s for tf.data's
-    threads on Rotten Tomatoes (8,926 texts, a MiniLM epoch of 150 s on 2 cores), about a
-    third of an epoch lost at every epoch boundary; the input is a cached, tokenised split, so
-    fixed parallelism serves it as fast. Bucketed evaluation passes are built the same way and
-    get the same (their stall was not timed separately)."""
+    """`ds` with tf.data's autotuning off (the option holds for every dataset made from
+    it). Length-bucketed batches need this: with it on, deleting an epoch's iterator (when
+    the next epoch starts) waited ~50 s for tf.data's threads on Rotten Tomatoes (8,926
+    texts, a MiniLM epoch of 150 s on 2 cores), about a third of an epoch lost at every epoch
+    boundary; the input is a cached, tokenised split, so fixed parallelism serves it as fast. Evaluation passes are bucketed the same way (their
+    stall was not timed separately)."""
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -211,20 +211,20 @@ def text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int,
         return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
     def bucketed(ds):
-        return ds.bucket_by_sequence_length(
+        return without_autotune(ds.bucket_by_sequence_length(
             lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1)
-        )
+        ))
 
     def trimmed(batched):
         return batched.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def batches(ds, training, epoch_seed):
         if training:
-            return without_autotune(trimmed(bucketed(pipe.shuffled(ds, n_train, epoch_seed))))
+            return trimmed(bucketed(pipe.shuffled(ds, n_train, epoch_seed)))
         return trimmed(ds.batch(batch_size))
 
     def eval_batches(ds):
-        return without_autotune(trimmed(bucketed(ds)))
+        return trimmed(bucketed(ds))
 
     pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries,
                     eval_fn=eval_batches)
@@ -322,9 +322,9 @@ def _static_text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int
         return ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
     def bucketed(ds, drop_remainder):
-        return ds.bucket_by_sequence_length(
+        return without_autotune(ds.bucket_by_sequence_length(
             lambda x, y: lengths(x), list(boundaries), [batch_size] * (len(boundaries) + 1),
-            drop_remainder=drop_remainder)
+            drop_remainder=drop_remainder))
 
     def fitted(batched):
         return batched.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
@@ -332,13 +332,12 @@ def _static_text_pipeline(preprocessor, n_train: int, batch_size: int, seed: int
     def batches(ds, training, epoch_seed):
         if training:
             ds = bucketed(pipe.shuffled(ds, n_train, epoch_seed), drop_remainder=True)
-            return without_autotune(fitted(ds).map(shapes.full).prefetch(tf.data.AUTOTUNE))
+            return fitted(ds).map(shapes.full).prefetch(tf.data.AUTOTUNE)
         return fitted(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
 
     def eval_batches(ds):
         out = fitted(bucketed(ds, drop_remainder=False))
-        return without_autotune(
-            out.map(shapes.fill, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+        return out.map(shapes.fill, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     pipe = Pipeline("text", batch_size, seed, source, batches, lengths, boundaries,
                     eval_fn=eval_batches, static=shapes)

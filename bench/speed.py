@@ -110,7 +110,9 @@ def stepper(fn):
 
 def fit_arm(setups, kind, group_lr: bool):
     """`model.fit`'s per-step work: its train function between its callbacks' batch hooks
-    (a History, as fit adds; verbose=0), on fit's distributed iterator."""
+    (a History, as fit adds; verbose=0), on fit's distributed iterator; the optimizer is
+    Keras' AdamW with the recipe's schedule, weight decay and moving average (`use_ema`,
+    when the recipe averages with `ema`), or (`group_lr`) tftune's own."""
     import keras
 
     from tftune.training.optim import NO_WEIGHT_DECAY, WarmupDecay, warmup_steps
@@ -123,9 +125,12 @@ def fit_arm(setups, kind, group_lr: bool):
         optimizer = plan.optimizer(prep.steps_per_epoch)
     else:
         total = stage.epochs * prep.steps_per_epoch
+        # The recipe's weight averaging as Keras' own (`train.average: ema` is `use_ema`).
+        ema = {} if plan.ema_momentum is None else {"use_ema": True,
+                                                    "ema_momentum": plan.ema_momentum}
         optimizer = keras.optimizers.AdamW(
             WarmupDecay(stage.learning_rate, total, warmup_steps(stage, total), stage.schedule),
-            weight_decay=stage.weight_decay)
+            weight_decay=stage.weight_decay, **ema)
         optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     compile_model(model, prep.task, optimizer, False)
     model.make_train_function()
@@ -198,7 +203,10 @@ def _ms(values):
 def feature_cache(kind, train, rounds, block):
     """A `train` stage's step on input batches vs on the cached boundary activations, one step
     per call and as a run takes them (`train.steps_per_execution: auto`, 32 steps a call for a
-    head on the cache: per step, the call's seconds / 32)."""
+    head on the cache: per step, the call's seconds / 32), and for a head the floor under it
+    (`bare_steps`)."""
+    import tensorflow as tf
+
     from flops import function_flops
     from tftune.training import cache, loop
     from tftune.training.device import steps_per_execution
@@ -233,10 +241,17 @@ def feature_cache(kind, train, rounds, block):
         if per_call > 1:  # arm(n) runs n calls of `per_call` steps: seconds / per_call a step
             s, it = sides["cached"]
             arms["cached, calls"] = stepper(lambda k: s.train_steps(it, per_call))
+            # The floor under a cached head step (see `bare_steps`), as many steps a call.
+            xb, yb = next(iter(data.train(0)))
+            for training in (False, True):
+                bare = bare_steps(data.model, prep.task, training)
+                arms[f"bare {training}"] = stepper(
+                    lambda k, b=bare: b(xb, yb, tf.constant(per_call)))
         seconds = interleave(arms, rounds, warmup=3, block=block)
         if per_call > 1:
             seconds["cached, 1 a call"] = seconds.pop("cached")
-            seconds["cached"] = [t / per_call for t in seconds.pop("cached, calls")]
+            for name in ("cached, calls", "bare False", "bare True"):
+                seconds[name.replace(", calls", "")] = [t / per_call for t in seconds.pop(name)]
         serving = _serving_seconds(data.train(0))
         data.close()
     finally:
@@ -254,10 +269,44 @@ def feature_cache(kind, train, rounds, block):
     print(f"[{kind}]   the cached batches alone (one in-graph pass, no training): "
           f"{_ms([serving])} a batch (median of 7 passes)", flush=True)
     if per_call > 1:
+        for training, what in ((False, "forward pass, gradient and a plain update"),
+                               (True, "forward pass with dropout (training=True), gradient and a plain update")):
+            bare = seconds[f"bare {training}"]
+            cap = ratio(seconds["uncached"], bare)
+            print(f"[{kind}]   floor: the head's {what}, {per_call} a call on one in-memory "
+                  f"batch (no input pipeline, optimizer, metrics or callbacks): median step "
+                  f"{_ms(bare)}; cached step / this {ratio(seconds['cached'], bare)}; "
+                  f"uncached / this {cap} = {100 * cap.median / ceiling:.1f}% of the FLOP "
+                  f"ceiling", flush=True)
         one = seconds["cached, 1 a call"]
         print(f"[{kind}]   one step a call instead: uncached / cached "
               f"{ratio(seconds['uncached'], one)}; {per_call} a call / 1 a call "
               f"{ratio(seconds['cached'], one)}; median step {_ms(one)}", flush=True)
+
+
+def bare_steps(model, task, training: bool):
+    """`fn(x, y, n)`: n steps of `model` on the one batch (x, y) in one traced `tf.while_loop`,
+    each only the forward pass (`training`: with dropout), the task's mean loss, its gradient
+    and `variable -= 1e-6 * gradient`. No input pipeline, optimizer state, loss scaling,
+    metrics or callbacks: the least a step of this model can cost in TensorFlow's graph
+    executor, which a head on cached features cannot go below."""
+    import tensorflow as tf
+
+    loss_fn = task.loss(reduction=None)
+    variables = model.trainable_variables
+
+    @tf.function
+    def fn(x, y, n):
+        def body(i):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.cast(loss_fn(y, model(x, training=training)), "float32"))
+            for v, g in zip(variables, tape.gradient(loss, variables)):
+                v.assign_sub(1e-6 * tf.cast(g, v.dtype))
+            return (i + 1,)
+
+        return tf.while_loop(lambda i: i < n, body, [tf.constant(0)])
+
+    return fn
 
 
 def _serving_seconds(dataset, passes: int = 7) -> float:

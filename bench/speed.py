@@ -248,10 +248,11 @@ def feature_cache(kind, train, rounds, block):
                 arms[f"bare {training}"] = stepper(
                     lambda k, b=bare: b(xb, yb, tf.constant(per_call)))
         seconds = interleave(arms, rounds, warmup=3, block=block)
-        if per_call > 1:
+        if per_call > 1:  # per step: each call's seconds / per_call
             seconds["cached, 1 a call"] = seconds.pop("cached")
-            for name in ("cached, calls", "bare False", "bare True"):
-                seconds[name.replace(", calls", "")] = [t / per_call for t in seconds.pop(name)]
+            seconds["cached"] = seconds.pop("cached, calls")
+            for name in ("cached", "bare False", "bare True"):
+                seconds[name] = [t / per_call for t in seconds[name]]
         serving = _serving_seconds(data.train(0))
         data.close()
     finally:
@@ -269,8 +270,9 @@ def feature_cache(kind, train, rounds, block):
     print(f"[{kind}]   the cached batches alone (one in-graph pass, no training): "
           f"{_ms([serving])} a batch (median of 7 passes)", flush=True)
     if per_call > 1:
-        for training, what in ((False, "forward pass, gradient and a plain update"),
-                               (True, "forward pass with dropout (training=True), gradient and a plain update")):
+        for training, what in (
+                (False, "forward pass, gradient and a plain update"),
+                (True, "forward pass with dropout (training=True), gradient and a plain update")):
             bare = seconds[f"bare {training}"]
             cap = ratio(seconds["uncached"], bare)
             print(f"[{kind}]   floor: the head's {what}, {per_call} a call on one in-memory "

@@ -153,8 +153,8 @@ def without_autotune(ds):
     it). Length-bucketed batches need this: with it on, deleting an epoch's iterator (when
     the next epoch starts) waited ~50 s for tf.data's threads on Rotten Tomatoes (8,926
     texts, a MiniLM epoch of 150 s on 2 cores), about a third of an epoch lost at every epoch
-    boundary; the input is a cached, tokenised split, so fixed parallelism serves it as fast. Evaluation passes are bucketed the same way (their
-    stall was not timed separately)."""
+    boundary; the input is a cached, tokenised split, so fixed parallelism serves it as fast.
+    Evaluation passes are bucketed the same way (their stall was not timed separately)."""
     import tensorflow as tf
 
     options = tf.data.Options()

@@ -124,6 +124,40 @@ def test_text_training_epochs_run_without_tf_data_autotuning(static):
     assert pipe.eval_batches(source).options().autotune.enabled is False
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_cached_text_features_run_without_tf_data_autotuning(static):
+    """Cached text features (a `top:N` stage's token states) are bucketed by length like the
+    texts, so they are served with autotuning off too; every example is still served once
+    in evaluation."""
+    import tensorflow as tf
+
+    from tftune.data import pipeline
+    from tftune.training.cache.store import batched
+
+    pipe = pipeline.text_pipeline(_preprocessor(32), 20, 4, 0, static=static,
+                                  static_min_length=8)
+    lengths = [3, 5, 9, 12, 17, 25, 30, 7, 2, 14]
+
+    def examples():
+        for i, n in enumerate(lengths):
+            yield (np.full([n, 3], i, np.float32),), np.int32(i % 2), np.int32(n)
+
+    ds = tf.data.Dataset.from_generator(examples, output_signature=(
+        (tf.TensorSpec([None, 3], tf.float32),), tf.TensorSpec([], tf.int32),
+        tf.TensorSpec([], tf.int32)))
+    for training in (True, False):
+        served = batched(ds, 4, bucket_boundaries=pipe.bucket_boundaries, pad=True,
+                         static=pipe.static, training=training)
+        assert served.options().autotune.enabled is False
+        rows = [b for b in served]
+        assert rows
+    if static:  # evaluation batches: each example once at weight 1, the fill at weight 0
+        got = sorted(int(x[0][j, 0, 0]) for x, _, w in rows for j in range(len(w)) if w[j] == 1)
+    else:
+        got = sorted(int(x[0][j, 0, 0]) for x, _ in rows for j in range(x[0].shape[0]))
+    assert got == list(range(len(lengths)))
+
+
 def test_image_batches_are_full():
     import tensorflow as tf
 

@@ -154,7 +154,8 @@ def without_autotune(ds):
     the next epoch starts) waited ~50 s for tf.data's threads on Rotten Tomatoes (8,926
     texts, a MiniLM epoch of 150 s on 2 cores), about a third of an epoch lost at every epoch
     boundary; the input is a cached, tokenised split, so fixed parallelism serves it as fast.
-    Evaluation passes are bucketed the same way (their stall was not timed separately)."""
+    Evaluation passes are bucketed the same way (their stall was not timed separately), and
+    so are cached text features (`tftune.training.cache.store.batched`, not timed either)."""
     import tensorflow as tf
 
     options = tf.data.Options()

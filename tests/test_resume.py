@@ -10,7 +10,7 @@
   75; and the kill test: `kill -9` at random moments (mid-epoch, at epoch ends and stage
   boundaries, inside checkpoint writes, at random times, twice in a row), resume each, and
   compare with an uninterrupted run. TFTUNE_KILL_TRIALS=N runs N trials (default 10),
-  TFTUNE_KILL_JOBS=J runs J at a time (default 2). Run with -s to see the table.
+  TFTUNE_KILL_JOBS=J runs J at a time (default 2). Run with -n0 -s to see the table.
 - The kill test also runs on two text variants (`KILL_CASES`, tiny BERT), with 2 kills each
   (`VARIANT_CATEGORIES`; TFTUNE_KILL_TRIALS_VARIANTS=N runs N): `multilabel` (thresholds
   tuned at the end) and `regression` with a LoRA stage (head -> `peft: lora` on the

@@ -8,7 +8,7 @@
 - kill -9 during checkpoint publishing with the marker protocol forced on local disk
   (`TFTUNE_PUBLISH=marker`; `ram://` dies with the killed process): each resume ends exactly
   as the uninterrupted run. Two trials by default; TFTUNE_STORAGE_KILL_TRIALS=N runs N
-  (TFTUNE_KILL_JOBS=J at a time, default 2). Run with -s to see the table.
+  (TFTUNE_KILL_JOBS=J at a time, default 2). Run with -n0 -s to see the table.
 - Data sources (image folder, CSV) read from `ram://`.
 """
 

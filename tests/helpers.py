@@ -376,6 +376,16 @@ def max_weight_difference(a: list, b: list) -> float:
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
 
 
+def model_weights(path: Path) -> list:
+    """The weights of a saved `.keras` model (tftune's own layers and optimizer registered)."""
+    import keras
+
+    import tftune.model.heads  # noqa: F401
+    import tftune.training.optim  # noqa: F401
+
+    return keras.saving.load_model(str(path), compile=False).get_weights()
+
+
 def metric_difference(a: dict, b: dict) -> float:
     """The largest difference between two runs' validation and test metrics: every number
     the task reports (loss and accuracy; rmse, r2...; micro_f1, map...); both must report

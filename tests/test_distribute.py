@@ -7,20 +7,24 @@
 - there each worker decodes and feature-caches only its shard of every split (the decode
   trace counts it), its metrics are exact sums over the whole splits, and the run ends
   within a stated tolerance of one device's;
+- preemption there: SIGTERM to one worker stops both at the same step with a checkpoint in
+  the shared run directory, and both resumed end as the uninterrupted 2-worker run;
 - the TPU path up to the resolver: a clear one-line error without a TPU;
 - which strategy each setting picks, and TF_CONFIG errors.
 
 Logical devices and multi-worker collectives are fixed when TensorFlow initialises, so those
-runs are subprocesses. Run with -s to see their output."""
+runs are subprocesses. Run with -n0 -s to see their output."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,21 +190,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(tmp_path: Path, recipe_path: Path, env=lambda i: {}) -> list[str]:
+def start_workers(tmp_path: Path, recipe_path: Path, extra=(), tag: str = "",
+                  env=lambda i: {}) -> list[subprocess.Popen]:
     """`tftune train --distribute multi_worker` in 2 local worker processes (TF_CONFIG on
-    127.0.0.1), each in its own working directory `tmp_path/worker<i>` with its own TMPDIR
-    and `env(i)`; returns each worker's output once both succeeded."""
+    127.0.0.1), each in its own working directory `tmp_path/worker<i><tag>` with its own
+    TMPDIR and `env(i)`, and `extra` arguments."""
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     procs = []
     for i in range(2):
-        cwd = tmp_path / f"worker{i}"
+        cwd = tmp_path / f"worker{i}{tag}"
         cwd.mkdir()
-        (tmp_path / f"tmp{i}").mkdir()
-        worker_env = {**ENV, "TMPDIR": str(tmp_path / f"tmp{i}"), **env(i), "TF_CONFIG": json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})}
+        (tmp_path / f"tmp{i}{tag}").mkdir()
+        worker_env = {**ENV, "TMPDIR": str(tmp_path / f"tmp{i}{tag}"), **env(i),
+                      "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                               "task": {"type": "worker", "index": i}})}
         procs.append(subprocess.Popen(
-            [TFTUNE, "train", str(recipe_path), "--distribute", "multi_worker"], cwd=cwd,
+            [TFTUNE, "train", str(recipe_path), "--distribute", "multi_worker", *extra], cwd=cwd,
             env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish_workers(procs: list[subprocess.Popen], expected_exit: int = 0) -> list[str]:
+    """Each worker's output (stdout, then stderr) once both exited with `expected_exit`, with
+    no traceback."""
     outs = []
     try:
         for p in procs:
@@ -211,9 +223,14 @@ def run_workers(tmp_path: Path, recipe_path: Path, env=lambda i: {}) -> list[str
                 p.kill()
     for i, (p, (out, err)) in enumerate(zip(procs, outs)):
         print(f"\n--- worker {i} (exit {p.returncode}) ---\n{out}{err}")
-        assert p.returncode == 0, out + err
+        assert p.returncode == expected_exit, out + err
         assert "Traceback" not in out + err and "Error" not in out + err
-    return [out for out, _ in outs]
+    return [out + err for out, err in outs]
+
+
+def run_workers(tmp_path: Path, recipe_path: Path, env=lambda i: {}) -> list[str]:
+    """Both workers run to the end (exit 0); returns their output."""
+    return finish_workers(start_workers(tmp_path, recipe_path, env=env))
 
 
 # Each worker trains on its own shard, shuffled by the epoch's seed: a global batch is the
@@ -336,3 +353,63 @@ def test_tpu_path_fails_clearly_without_a_tpu(tmp_path, image_data):
     assert "could not initialise TPU 'local' (TPUs not found in the cluster)" in errors[0]
     assert "--tpu NAME" in errors[0] and "--distribute default" in errors[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_multi_worker_sigterm_to_one_worker_then_both_resume_as_if_uninterrupted(tmp_path, image_data):
+    """Preemption of one host of a multi-worker job: SIGTERM reaches worker 1 only, in the
+    second stage. The workers agree to stop at the same step, the chief writes the checkpoint
+    to the shared run directory, and both exit 75 saying how to resume. Both restarted with
+    `--resume` finish with the history, metrics and weights of an uninterrupted 2-worker run
+    of the same recipe."""
+    from helpers import history_rows, max_weight_difference, metric_difference, model_weights
+    from tftune.runtime import faults
+    from tftune.runtime.preemption import EXIT_CODE
+
+    root, folder, cnn = image_data
+    shared = tmp_path / "shared"  # the run directory on storage both workers see (e.g. GCS)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe(folder, cnn, str(shared), checkpoint_steps=2)))
+    finish_workers(start_workers(tmp_path, path, ["--output", str(shared / "ref")], tag="-ref"))
+
+    traces = [tmp_path / f"trace{i}.txt" for i in range(2)]
+    procs = start_workers(tmp_path, path, ["--output", str(shared / "cut")], tag="-cut",
+                          env=lambda i: {faults.TRACE_ENV: str(traces[i])})
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        lines = traces[1].read_text().splitlines() if traces[1].exists() else []
+        begun = [j for j, line in enumerate(lines) if line.startswith("stage_begin#2 ")]
+        if begun and any(line.startswith("step#") for line in lines[begun[0]:]):
+            break
+        time.sleep(0.02)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = finish_workers(procs, expected_exit=EXIT_CODE)
+    for out in outs:  # each worker says how to resume (its scheduler restarts it)
+        assert "Resume with: tftune train" in out and "--distribute multi_worker" in out, out
+    stopped = [[line for line in t.read_text().splitlines() if line.startswith("step#")][-1]
+               for t in traces]
+    print(f"last step of each worker: {stopped}")
+    assert stopped[0].split(" ", 2)[2] == stopped[1].split(" ", 2)[2]  # the same epoch and step
+    assert "stage_end#2" not in traces[0].read_text()  # stopped inside the second stage
+
+    outs = finish_workers(start_workers(tmp_path, path, ["--output", str(shared / "cut"), "--resume"],
+                                        tag="-resume"))
+    assert "Resuming from checkpoint/" in outs[0], outs[0]
+    ref, cut = shared / "ref" / "dist", shared / "cut" / "dist"
+    # The epoch's running metric sums are SUM-aggregated ON_READ variables: a checkpoint holds
+    # their total over the replicas, and restoring gives each replica total / replicas
+    # (TensorFlow's values_util.get_on_read_restore_ops), so the resumed epoch adds the same
+    # numbers in another order: its training metrics may differ in float32 rounding. On one
+    # device they are bit for bit the same (tests/test_resume.py).
+    rows = [[dict(r) for r in history_rows(run)] for run in (ref, cut)]
+    assert [r.keys() for r in rows[1]] == [r.keys() for r in rows[0]]
+    for a, b in zip(*rows):
+        for key, value in a.items():
+            if key in ("stage", "stage_name", "epoch", "learning_rate"):
+                assert b[key] == value, key
+            else:
+                assert float(b[key]) == pytest.approx(float(value), rel=1e-6, abs=1e-7), (key, a, b)
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (ref, cut))
+    assert metric_difference(a, b) < 1e-6, (a, b)
+    diff = max_weight_difference(model_weights(cut / "model.keras"), model_weights(ref / "model.keras"))
+    print(f"max |weight difference| resumed vs uninterrupted, 2 workers: {diff:.2e}")
+    assert diff < 1e-6

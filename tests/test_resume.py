@@ -49,6 +49,7 @@ from helpers import (
     invoke,
     max_weight_difference,
     metric_difference,
+    model_weights,
     multilabel_csv,
     recording_steps,
     regression_csv,
@@ -502,15 +503,6 @@ def same_files(a: dict, b: dict) -> bool:
             == {k: v for k, v in b.items() if k != peft.ADAPTERS_FILE}
             and adapters_a.keys() == adapters_b.keys()
             and all(np.array_equal(adapters_a[k], adapters_b[k]) for k in adapters_a))
-
-
-def model_weights(path: Path) -> list:
-    import keras
-
-    import tftune.model.heads  # noqa: F401
-    import tftune.training.optim  # noqa: F401
-
-    return keras.saving.load_model(str(path), compile=False).get_weights()
 
 
 def trace_steps(trace: list[str]) -> list[tuple]:

@@ -125,10 +125,11 @@ def test_text_training_epochs_run_without_tf_data_autotuning(static):
 
 
 @pytest.mark.parametrize("static", [False, True])
-def test_cached_text_features_run_without_tf_data_autotuning(static):
+def test_cached_text_features_keep_tf_data_autotuning(static):
     """Cached text features (a `top:N` stage's token states) are bucketed by length like the
-    texts, so they are served with autotuning off too; every example is still served once
-    in evaluation."""
+    texts but keep tf.data's autotuning: off, a cached head step on Rotten Tomatoes took
+    1.2-1.3 ms instead of 0.5 ms, and no epoch-boundary stall was seen on cached features
+    (see `pipeline.without_autotune`). Every example is served once in evaluation."""
     import tensorflow as tf
 
     from tftune.data import pipeline
@@ -148,7 +149,7 @@ def test_cached_text_features_run_without_tf_data_autotuning(static):
     for training in (True, False):
         served = batched(ds, 4, bucket_boundaries=pipe.bucket_boundaries, pad=True,
                          static=pipe.static, training=training)
-        assert served.options().autotune.enabled is False
+        assert served.options().autotune.enabled is not False
         rows = [b for b in served]
         assert rows
     if static:  # evaluation batches: each example once at weight 1, the fill at weight 0

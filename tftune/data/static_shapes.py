@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from tftune.data.pipeline import without_autotune
 from tftune.errors import ConfigError
 
 SETTINGS = ("auto", "on", "off")
@@ -180,9 +179,9 @@ def cached_batches(ds, shapes: StaticShapes, training: bool, pad: bool):
 
     size = shapes.batch_size
     if shapes.lengths:
-        ds = without_autotune(ds.bucket_by_sequence_length(
+        ds = ds.bucket_by_sequence_length(
             lambda x, y, n: n, list(shapes.bucket_boundaries),
-            [size] * len(shapes.lengths), drop_remainder=training))
+            [size] * len(shapes.lengths), drop_remainder=training)
         ds = ds.map(lambda x, y, n: (shapes.fit_features(x, n), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
     else:

@@ -12,7 +12,6 @@ from typing import Callable, Optional, Sequence
 import keras
 import numpy as np
 
-from tftune.data.pipeline import without_autotune
 from tftune.training.cache.plan import CachePlan
 
 FILL_BLOCK = 32  # the cache fill sorts blocks of FILL_BLOCK batches of texts by length
@@ -210,11 +209,11 @@ def batched(ds, batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
         from tftune.data.static_shapes import cached_batches
 
         return cached_batches(ds, static, training, pad)
-    if bucket_boundaries is not None:  # tf.data autotuning off, as for uncached texts
-        ds = without_autotune(ds.bucket_by_sequence_length(
+    if bucket_boundaries is not None:  # autotuning stays on (see pipeline.without_autotune)
+        ds = ds.bucket_by_sequence_length(
             lambda x, y, n: n, list(bucket_boundaries),
             [batch_size] * (len(bucket_boundaries) + 1),
-        ))
+        )
     elif pad:
         ds = ds.padded_batch(batch_size)
     else:

@@ -306,10 +306,12 @@ def test_a_greedy_soup_stage_pays_for_its_trials():
     b = Budget(100, clock.t, {"train": 1000, "val": 100}, print, clock=clock)
     b.forward = 10.0
     plain, greedy = StageShape("all", 3, 1.0, False), StageShape("all", 3, 1.0, False, 2.0)
-    assert b.estimate(1, greedy).train == b.estimate(1, plain).train
-    assert b.estimate(1, greedy).val == pytest.approx(2 * b.estimate(1, plain).val)
+    one, soup = b.estimate(1, plain), b.estimate(1, greedy)
+    assert soup.train == one.train and soup.val == one.val  # the same pass, paid twice
+    assert soup.epoch == pytest.approx(one.epoch + one.val)
     b.measured[1] = Cost(0.0, 50.0, 4.0)
-    assert (b.estimate(1, plain).val, b.estimate(1, greedy).val) == (4.0, 8.0)
+    one, soup = b.estimate(1, plain), b.estimate(1, greedy)
+    assert (one.val, soup.val) == (4.0, 4.0) and (one.epoch, soup.epoch) == (54.0, 58.0)
     assert budget_module.val_estimate(b, 1, plain) == 4.0
     assert budget_module.val_estimate(b, 1, greedy, soup_trials=2) == 12.0
 

@@ -126,10 +126,11 @@ class Cost:
     train: float  # seconds of one epoch's training steps
     val: float  # seconds of one validation pass
     save: float = 0.0  # seconds of a checkpoint: one after each epoch, one at the stage's end
+    val_passes: float = 1.0  # validation passes an epoch costs (`StageShape.val_passes`)
 
     @property
     def epoch(self) -> float:
-        return self.train + self.val + self.save
+        return self.train + self.val * self.val_passes + self.save
 
     def need(self, epochs: float) -> float:
         """Seconds of the stage with `epochs` epochs (its fill and its closing checkpoint)."""
@@ -214,13 +215,13 @@ class Budget:
         fill = 0.0 if filled or not cached or f is None else f * (1 - stage.trained) * (1 + self.val_ratio)
         if index in self.measured:
             measured = self.measured[index]
-            return Cost(fill, measured.train, measured.val * stage.val_passes, save)
+            return Cost(fill, measured.train, measured.val, save, stage.val_passes)
         if f is None:
             return None
         if cached:
             val = f * self.val_ratio * max(stage.trained, 0.02)
-            return Cost(fill, f * max(3 * stage.trained, 0.02), val * stage.val_passes, save)
-        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio * stage.val_passes, save)
+            return Cost(fill, f * max(3 * stage.trained, 0.02), val, save, stage.val_passes)
+        return Cost(fill, f * (1 + 2 * stage.trained), f * self.val_ratio, save, stage.val_passes)
 
     # -- the plan ------------------------------------------------------------------------
 
@@ -404,4 +405,4 @@ def val_estimate(budget: Budget, index: int, stage: StageShape, soup_trials: int
     """Seconds of stage `index`'s validation pass, and of the `soup_trials` validation passes
     its soup still needs at the stage's end (0 while nothing is timed)."""
     cost = budget.estimate(index, stage, filled=True)
-    return cost.val / stage.val_passes * (1 + soup_trials) if cost is not None else 0.0
+    return cost.val * (1 + soup_trials) if cost is not None else 0.0

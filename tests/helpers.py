@@ -376,6 +376,11 @@ def max_weight_difference(a: list, b: list) -> float:
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
 
 
+def trace_lines(trace: Path) -> list[str]:
+    """The points a run's `TFTUNE_TRACE` file holds so far (none before it exists)."""
+    return trace.read_text().splitlines() if trace.exists() else []
+
+
 def model_weights(path: Path) -> list:
     """The weights of a saved `.keras` model (tftune's own layers and optimizer registered)."""
     import keras

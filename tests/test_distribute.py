@@ -361,7 +361,8 @@ def test_multi_worker_sigterm_to_one_worker_then_both_resume_as_if_uninterrupted
     to the shared run directory, and both exit 75 saying how to resume. Both restarted with
     `--resume` finish with the history, metrics and weights of an uninterrupted 2-worker run
     of the same recipe."""
-    from helpers import history_rows, max_weight_difference, metric_difference, model_weights
+    from helpers import (history_rows, max_weight_difference, metric_difference, model_weights,
+                         trace_lines)
     from tftune.runtime import faults
     from tftune.runtime.preemption import EXIT_CODE
 
@@ -376,7 +377,7 @@ def test_multi_worker_sigterm_to_one_worker_then_both_resume_as_if_uninterrupted
                           env=lambda i: {faults.TRACE_ENV: str(traces[i])})
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in procs):
-        lines = traces[1].read_text().splitlines() if traces[1].exists() else []
+        lines = trace_lines(traces[1])
         begun = [j for j, line in enumerate(lines) if line.startswith("stage_begin#2 ")]
         if begun and any(line.startswith("step#") for line in lines[begun[0]:]):
             break
@@ -385,7 +386,7 @@ def test_multi_worker_sigterm_to_one_worker_then_both_resume_as_if_uninterrupted
     outs = finish_workers(procs, expected_exit=EXIT_CODE)
     for out in outs:  # each worker says how to resume (its scheduler restarts it)
         assert "Resume with: tftune train" in out and "--distribute multi_worker" in out, out
-    stopped = [[line for line in t.read_text().splitlines() if line.startswith("step#")][-1]
+    stopped = [[line for line in trace_lines(t) if line.startswith("step#")][-1]
                for t in traces]
     print(f"last step of each worker: {stopped}")
     assert stopped[0].split(" ", 2)[2] == stopped[1].split(" ", 2)[2]  # the same epoch and step

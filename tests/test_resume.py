@@ -55,6 +55,7 @@ from helpers import (
     regression_csv,
     sigterm_at,
     sigterm_then_resume,
+    trace_lines,
     make_image_folder,
     make_sentence,
     save_tiny_cnn,
@@ -410,10 +411,6 @@ def wait_stopped(proc, timeout=300) -> bool:
         time.sleep(0.02)
     proc.kill()
     raise TimeoutError(f"process {proc.pid} neither stopped nor exited")
-
-
-def trace_lines(trace: Path) -> list[str]:
-    return trace.read_text().splitlines() if trace.exists() else []
 
 
 def output(proc) -> str:

@@ -4,6 +4,7 @@ pruned on the per-epoch validation metric, and resumable after a kill -9."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -109,6 +110,8 @@ def test_a_sweep_writes_trials_results_a_plot_and_the_best_recipe(tmp_path, reci
     for r in table:  # each trial is an ordinary, finished run directory with its own values
         run = Path(r["run_dir"])
         assert (run / "metrics.json").is_file() and (run / "model.keras").is_file()
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert "val" in metrics and "test" not in metrics  # trials never score the test split
         cfg = load_recipe(run / "config.yaml")
         assert cfg.stages[1].learning_rate == pytest.approx(float(r["stages.1.learning_rate"]))
         assert int(r["epochs_reported"]) == 4  # 2 head + 2 top epochs
@@ -118,6 +121,8 @@ def test_a_sweep_writes_trials_results_a_plot_and_the_best_recipe(tmp_path, reci
     assert best_cfg.name == "r-best"
     assert best_cfg.stages[1].learning_rate == pytest.approx(float(best["stages.1.learning_rate"]))
     assert "Sweep s: best trial" in result.output
+    assert f"score it on test once: tftune evaluate {best['run_dir']} --split test" in result.output
+    assert best_cfg.train.evaluate_test is True  # the best recipe, trained again, scores it
     # the directory is never replaced without --overwrite
     assert_one_line_error(invoke("sweep", sweep_file), "already exists", "--resume")
 

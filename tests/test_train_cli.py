@@ -156,6 +156,33 @@ def test_overwrite_replaces_the_run(tmp_path, image_folder, tiny_cnn_file):
     assert (other / "img" / "model.keras").is_file()
 
 
+def test_no_test_leaves_the_test_split_for_one_later_evaluation(tmp_path, image_folder, tiny_cnn_file):
+    """`--no-test` (train.evaluate_test: false): the run is scored on validation only, says how
+    to score the test split, and `tftune evaluate --split test` does it later."""
+    import json
+
+    from tftune.runtime.preemption import resume_command
+
+    recipe = image_recipe(tmp_path, image_folder, tiny_cnn_file)
+    recipe["stages"] = [{"name": "only", "train": "head", "epochs": 1}]
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    result = invoke("train", str(path), "--no-test")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "img"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "val" in metrics and "test" not in metrics
+    assert metrics["sizes"]["test"] > 0  # the split is still held out, only not scored
+    assert load_recipe(run / "config.yaml").train.evaluate_test is False
+    assert f"score it once with: tftune evaluate {run} --split test" in result.output
+    assert "test accuracy" not in result.output
+    report = invoke("evaluate", str(run), "--split", "test")
+    assert report.exit_code == 0, report.output
+    assert (run / "eval" / "test").is_dir()
+    # a preempted run's resume command keeps the flag
+    assert resume_command("r.yaml", (), {"--no-test": True, "--time-limit": None}) == \
+        "tftune train r.yaml --no-test --resume"
+
+
 # ------------------------------------------------------------------------------------------
 # text recipe
 

@@ -95,8 +95,13 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="A wall-clock budget for the whole run, e.g. 10m, 1h30m, 900 (seconds): "
                    "stages' epochs are planned from measured costs to end within it (sets "
                    "train.time_limit; with --resume, what is left of it).")
+@click.option("--no-test", is_flag=True,
+              help="Leave the test split unscored at the end (sets train.evaluate_test=false), "
+                   "for runs that tune on validation; `tftune evaluate RUN_DIR --split test` "
+                   "scores it later.")
 def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite: bool,
-          resume: bool, distribute: str | None, tpu: str | None, time_limit: str | None) -> None:
+          resume: bool, distribute: str | None, tpu: str | None, time_limit: str | None,
+          no_test: bool) -> None:
     """Train RECIPE (a recipe file, or the name of one in recipes/) and write runs/<name>/.
 
     Prints a banner per stage and a line (or progress bar) per epoch; the run directory holds
@@ -112,6 +117,7 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
 
     extra = tuple(f"train.{k}={v}" for k, v in (("distribute", distribute), ("tpu", tpu),
                                                   ("time_limit", time_limit)) if v)
+    extra += ("train.evaluate_test=false",) if no_test else ()
     config = load_recipe(find_recipe(recipe), overrides + extra)
     _import_tensorflow_quietly()
     click.echo(f"Recipe {config.recipe}: {config.description or config.name}")
@@ -119,7 +125,7 @@ def train(recipe: str, overrides: tuple[str, ...], output: str | None, overwrite
         run_train(config, output_dir=output, overwrite=overwrite, resume=resume, echo=click.echo)
     except Preempted as e:
         flags = {"--output": output, "--distribute": distribute, "--tpu": tpu,
-                 "--time-limit": time_limit}
+                 "--time-limit": time_limit, "--no-test": no_test}
         click.echo(f"{e} Resume with: {resume_command(recipe, overrides, flags)}", err=True)
         sys.exit(EXIT_CODE)
 

@@ -398,6 +398,10 @@ class TrainConfig:
     # fills and epochs cost, plans each stage's epochs to end within it, and stops at the
     # limit with the best weights (see `tftune.training.budget`). `--resume` gets what is left.
     time_limit: Optional[Union[Positive, str]] = None
+    # Score the test split when training ends (metrics.json, the closing line). false keeps it
+    # unseen and its time out of a time limit, for runs that tune on validation (a sweep's
+    # trials set it); `tftune evaluate RUN --split test` scores it later, once.
+    evaluate_test: bool = True
 
     def check(self, where: str = "train") -> None:
         if self.time_limit is not None:

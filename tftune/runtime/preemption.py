@@ -68,6 +68,8 @@ def resume_command(recipe: str, overrides=(), flags=None) -> str:
     for o in overrides:
         words += ["--set", o]
     for flag, value in (flags or {}).items():
-        if value:
+        if value is True:  # an on/off option such as --no-test
+            words.append(flag)
+        elif value:
             words += [flag, value]
     return shlex.join(words + ["--resume"])

@@ -3,7 +3,8 @@
 - **Trials.** Trial N trains the recipe with the sweep's `--set` overrides and its own
   parameter values into `<sweep>/trials/<name>-tNNN/`, a run directory like any other
   (`tftune evaluate`, `export`, `train --resume` all work on it). Its value is the run's final
-  validation metric (best weights kept), so the test split plays no part in the search.
+  validation metric (best weights kept), so the test split plays no part in the search:
+  trials leave it unscored (`train.evaluate_test: false`, unless `--set` says otherwise).
 - **Pruning.** After every epoch the trial reports the metric to the study; Optuna's median
   pruner stops a trial whose value is worse than the median of earlier trials at the same
   epoch of the same stage (after two finished trials, never at the run's first epoch).
@@ -339,7 +340,10 @@ class _Loop:
         if limit is not None:
             held = trial.user_attrs.get("time_limit")  # a resumed trial keeps its budget
             extra.append(f"train.time_limit={round(held if held is not None else limit, 1)}")
-        return tuple(self.s.overrides) + tuple(extra), values, trials_dir / run_name
+        # trials are judged on validation: their test split stays unscored (and out of their
+        # time limit) unless the sweep's own --set asks for it
+        unseen = ("train.evaluate_test=false",)
+        return unseen + tuple(self.s.overrides) + tuple(extra), values, trials_dir / run_name
 
     def _run_trial(self, trial, limit: Optional[float] = None) -> None:
         import optuna
@@ -434,7 +438,9 @@ class _Loop:
                 shown = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
                 self.echo(f"Sweep {self.name}: best trial {best.number}, {self.metric}="
                           f"{best.value:.4f} ({shown}). Results: {self.dir / RESULTS_FILE}, "
-                          f"{self.dir / PLOT_FILE}; its recipe: {self.dir / BEST_FILE}")
+                          f"{self.dir / PLOT_FILE}; its recipe: {self.dir / BEST_FILE}; "
+                          f"score it on test once: tftune evaluate "
+                          f"{best.user_attrs.get('run_dir', '<its run directory>')} --split test")
         return SweepResult(self.dir, self.metric, best.value if best else None,
                            best.number if best else None, dict(best.params) if best else {}, rows)
 

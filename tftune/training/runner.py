@@ -355,7 +355,10 @@ class Run:
             return None
         pipes = self.prep.stage_pipes or [self.prep.pipe] * len(self.prep.plans)
         self.shapes = stage_shapes(self.cfg, self.prep.plans, pipes)
-        budget = Budget(limit, self.started - self.state.seconds, self.splits.sizes, self.echo,
+        sizes = dict(self.splits.sizes)
+        if not self.cfg.train.evaluate_test:
+            sizes.pop("test", None)  # nothing of the limit is kept for a split not scored
+        budget = Budget(limit, self.started - self.state.seconds, sizes, self.echo,
                         agree=self.dist.agree, agree_min=self.dist.agree_min)
         before = (f", {format_seconds(self.state.seconds)} of it spent before this resume"
                   if self.state.seconds else "")
@@ -545,7 +548,8 @@ class Run:
         evaluation = loop.Steps(self.model, self.task, self.dist)
         metrics: dict[str, Any] = {}
         trained = self.spent()  # the final evaluation's share of a time limit is logged
-        for split, ds in (("val", self.prep.val_ds), ("test", self.prep.test_ds)):
+        scored = (("val", self.prep.val_ds), ("test", self.prep.test_ds))
+        for split, ds in scored[:None if cfg.train.evaluate_test else 1]:
             if ds is not None:
                 metrics[split] = evaluation.evaluate(ds)
         metrics["stages"] = [dataclasses.asdict(r) for r in self.results]
@@ -581,6 +585,9 @@ class Run:
             self.echo(f"   time budget: {limit['seconds']:.0f}s used of {limit['limit']:.0f}s; the final "
                       f"evaluation took {limit['final_evaluation_seconds']:.0f}s, "
                       f"{limit['kept_for_final_evaluation']:.0f}s were kept for it")
+        if not cfg.train.evaluate_test and self.prep.test_ds is not None:
+            self.echo(f"   test split not scored (train.evaluate_test: false); score it once "
+                      f"with: tftune evaluate {run_path} --split test")
         if self.dist.is_chief:
             self.echo(f"Done in {metrics['seconds']:.0f}s: {summary}. Run directory: {run_path}")
         else:

@@ -548,8 +548,8 @@ class Run:
         evaluation = loop.Steps(self.model, self.task, self.dist)
         metrics: dict[str, Any] = {}
         trained = self.spent()  # the final evaluation's share of a time limit is logged
-        scored = (("val", self.prep.val_ds), ("test", self.prep.test_ds))
-        for split, ds in scored[:None if cfg.train.evaluate_test else 1]:
+        test_ds = self.prep.test_ds if cfg.train.evaluate_test else None
+        for split, ds in (("val", self.prep.val_ds), ("test", test_ds)):
             if ds is not None:
                 metrics[split] = evaluation.evaluate(ds)
         metrics["stages"] = [dataclasses.asdict(r) for r in self.results]

@@ -262,6 +262,29 @@ def test_csv_source(text_csv):
             assert rows[text.decode()] == splits.class_names[label]
 
 
+def test_split_seed_holds_the_splits_while_the_run_seed_changes(text_csv):
+    def split(seed, **kw):
+        splits = load_data(text_cfg(text_csv, val_fraction=0.1, test_fraction=0.2, max_train_examples=30, **kw),
+                           seed=seed)
+        return {name: sorted(texts_of(getattr(splits, name))) for name in ("train", "val", "test")}
+
+    # Without it the run's seed draws the split: another seed validates on other examples.
+    assert split(0)["val"] != split(1)["val"]
+    # With it, every train.seed sees the same validation, test and (subsampled) training examples.
+    assert split(0, split_seed=7) == split(1, split_seed=7) == split(123, split_seed=7)
+    assert split(5, split_seed=0) == split(0)
+
+
+def test_split_seed_out_of_range_is_a_config_error():
+    from tftune.config import config_from_dict
+    from tftune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'data\.split_seed'.*Received: -1"):
+        config_from_dict({"recipe": "text_classification", "name": "t",
+                          "data": {"source": "csv", "path": "x.csv", "split_seed": -1},
+                          "backbone": {"spec": "keras_hub:x"}, "stages": [{"name": "head", "train": "head"}]})
+
+
 def test_jsonl_source_with_other_columns(tmp_path):
     rng = random.Random(1)
     path = tmp_path / "data.jsonl"

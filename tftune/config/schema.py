@@ -65,6 +65,9 @@ class DataConfig:
     (which early stopping watches) is always drawn from the data; a `folder` with a `val/`
     subfolder and `python` datasets bring their own.
     `max_train_examples`, `max_test_examples`: null (all) or >= 1, a stratified subsample.
+    `split_seed`: seeds the split and the subsamples, in [0, 2**32 - 1]; null: `train.seed`.
+    Set it to vary `train.seed` (a sweep over seeds, several seeds of one recipe) while every
+    run validates and tests on the same examples.
     `image_size`: [height, width] the images are resized to, each >= 1 (a `keras_applications`
     backbone needs at least its own minimum, 32 for most, 75 for InceptionV3).
     """
@@ -80,6 +83,7 @@ class DataConfig:
     test_fraction: Fraction = 0.1
     max_train_examples: Optional[Count] = None
     max_test_examples: Optional[Count] = None
+    split_seed: Optional[Annotated[int, Range("[0, 4294967295]")]] = None
     image_size: tuple[Count, Count] = (224, 224)
     # Image augmentation (training batches only), in order: names (`flip`, `rotation`, `zoom`,
     # `translation`, `resized_crop`, `contrast`, `brightness`, `color_jitter`, `randaugment`,

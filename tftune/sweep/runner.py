@@ -5,6 +5,8 @@
   (`tftune evaluate`, `export`, `train --resume` all work on it). Its value is the run's final
   validation metric (best weights kept), so the test split plays no part in the search:
   trials leave it unscored (`train.evaluate_test: false`, unless `--set` says otherwise).
+  Every trial, and the best recipe written at the end, keeps the base recipe's data split
+  (`data.split_seed`), so a sweep over `train.seed` compares its trials on the same examples.
 - **Pruning.** After every epoch the trial reports the metric to the study; Optuna's median
   pruner stops a trial whose value is worse than the median of earlier trials at the same
   epoch of the same stage (after two finished trials, never at the run's first epoch).
@@ -331,6 +333,12 @@ class _Loop:
             return 0.0
         return left if s.trial_time_limit is None else min(left, s.trial_time_limit)
 
+    def _split_pin(self) -> str:
+        """The base recipe's split seed as an override: a trial's own train.seed (swept or not)
+        then leaves its data split alone."""
+        seed = self.base.data.split_seed
+        return f"data.split_seed={self.base.train.seed if seed is None else seed}"
+
     def _overrides(self, trial, limit: Optional[float]) -> tuple[tuple, dict, Path]:
         values = {p.key: p.suggest(trial) for p in self.s.params}
         run_name = f"{self.name}-t{trial.number:03d}"
@@ -341,8 +349,9 @@ class _Loop:
             held = trial.user_attrs.get("time_limit")  # a resumed trial keeps its budget
             extra.append(f"train.time_limit={round(held if held is not None else limit, 1)}")
         # trials are judged on validation: their test split stays unscored (and out of their
-        # time limit) unless the sweep's own --set asks for it
-        unseen = ("train.evaluate_test=false",)
+        # time limit) unless the sweep's own --set asks for it; every trial validates on the
+        # same examples, a swept train.seed included
+        unseen = ("train.evaluate_test=false", self._split_pin())
         return unseen + tuple(self.s.overrides) + tuple(extra), values, trials_dir / run_name
 
     def _run_trial(self, trial, limit: Optional[float] = None) -> None:
@@ -461,7 +470,7 @@ class _Loop:
         sets = [f"{k}={yaml_value(v)}" for k, v in best.params.items()]
         if best.user_attrs.get("time_limit") is not None:
             sets.append(f"train.time_limit={best.user_attrs['time_limit']}")
-        cfg = load_recipe(self.recipe_path, tuple(self.s.overrides) + tuple(sets))
+        cfg = load_recipe(self.recipe_path, (self._split_pin(),) + tuple(self.s.overrides) + tuple(sets))
         cfg = dataclasses.replace(cfg, name=f"{self.base.name}-best")
         header = (f"# Written by tftune sweep {self.name}: trial {best.number}, "
                   f"{self.metric}={best.value:.4f}\n"

@@ -275,16 +275,6 @@ def test_split_seed_holds_the_splits_while_the_run_seed_changes(text_csv):
     assert split(5, split_seed=0) == split(0)
 
 
-def test_split_seed_out_of_range_is_a_config_error():
-    from tftune.config import config_from_dict
-    from tftune.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"'data\.split_seed'.*Received: -1"):
-        config_from_dict({"recipe": "text_classification", "name": "t",
-                          "data": {"source": "csv", "path": "x.csv", "split_seed": -1},
-                          "backbone": {"spec": "keras_hub:x"}, "stages": [{"name": "head", "train": "head"}]})
-
-
 def test_jsonl_source_with_other_columns(tmp_path):
     rng = random.Random(1)
     path = tmp_path / "data.jsonl"

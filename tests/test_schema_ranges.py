@@ -102,6 +102,7 @@ RULES = {
     "data.test_fraction": "a number in [0, 1)",
     "data.max_train_examples": "an integer >= 1 or null",
     "data.max_test_examples": "an integer >= 1 or null",
+    "data.split_seed": "an integer in [0, 4294967295] or null",
     "data.image_size.0": "an integer >= 1",
     "data.image_size.1": "an integer >= 1",
     "backbone.sequence_length": "an integer >= 2 or null",

@@ -104,6 +104,7 @@ def test_a_sweep_writes_trials_results_a_plot_and_the_best_recipe(tmp_path, reci
     result = invoke("sweep", sweep_file)
     assert result.exit_code == 0, result.output
     sweep_dir = tmp_path / "out" / "s"
+    split_seed = load_recipe(recipe).train.seed  # every trial keeps the base recipe's split
     table = rows(sweep_dir)
     assert [r["state"] for r in table] == ["complete"] * 3
     assert len({r["stages.1.learning_rate"] for r in table}) == 3
@@ -115,14 +116,14 @@ def test_a_sweep_writes_trials_results_a_plot_and_the_best_recipe(tmp_path, reci
         cfg = load_recipe(run / "config.yaml")
         assert cfg.stages[1].learning_rate == pytest.approx(float(r["stages.1.learning_rate"]))
         # a swept train.seed leaves the split alone: every trial validates on the same examples
-        assert cfg.train.seed == int(r["train.seed"]) and cfg.data.split_seed == load_recipe(recipe).train.seed
+        assert cfg.train.seed == int(r["train.seed"]) and cfg.data.split_seed == split_seed
         assert int(r["epochs_reported"]) == 4  # 2 head + 2 top epochs
     assert (sweep_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
     best = max(table, key=lambda r: float(r["val_accuracy"]))
     best_cfg = load_recipe(sweep_dir / "best.yaml")
     assert best_cfg.name == "r-best"
     assert best_cfg.stages[1].learning_rate == pytest.approx(float(best["stages.1.learning_rate"]))
-    assert best_cfg.data.split_seed == load_recipe(recipe).train.seed  # trained again on the sweep's split
+    assert best_cfg.data.split_seed == split_seed  # trained again on the sweep's split
     assert "Sweep s: best trial" in result.output
     assert f"score it on test once: tftune evaluate {best['run_dir']} --split test" in result.output
     assert best_cfg.train.evaluate_test is True  # the best recipe, trained again, scores it

@@ -120,6 +120,10 @@ class DataConfig:
     # log and in skipped_files.txt in the run directory) instead of stopping with an error.
     skip_bad_files: bool = False
 
+    def split_seed_for(self, run_seed: int) -> int:
+        """The seed of the split and the subsamples: `split_seed`, else the run's `train.seed`."""
+        return run_seed if self.split_seed is None else self.split_seed
+
     def check(self, where: str = "data") -> None:
         """The rules between fields, run when a recipe is loaded (after each field's range)."""
         key = f"{where}." if where else ""

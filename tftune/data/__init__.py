@@ -11,8 +11,7 @@ def load_data(cfg: DataConfig, seed: int, task=None) -> DataSplits:
     """Loads the configured source, its labels read by `task` (a `tftune.tasks.Task`; default
     single-label classification), split and subsampled with `cfg.split_seed`, else `seed` (the
     run's `train.seed`). The `python` source is passed to `tftune.train` directly."""
-    if cfg.split_seed is not None:
-        seed = cfg.split_seed
+    seed = cfg.split_seed_for(seed)
     if task is not None and not task.image_folders and cfg.source in ("folder", "fashion_mnist"):
         raise DataError(
             f"Task {task.name!r} reads its labels from a CSV / JSONL file (data.source: csv, "

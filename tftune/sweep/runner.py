@@ -336,8 +336,7 @@ class _Loop:
     def _split_pin(self) -> str:
         """The base recipe's split seed as an override: a trial's own train.seed (swept or not)
         then leaves its data split alone."""
-        seed = self.base.data.split_seed
-        return f"data.split_seed={self.base.train.seed if seed is None else seed}"
+        return f"data.split_seed={self.base.data.split_seed_for(self.base.train.seed)}"
 
     def _overrides(self, trial, limit: Optional[float]) -> tuple[tuple, dict, Path]:
         values = {p.key: p.suggest(trial) for p in self.s.params}
